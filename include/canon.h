@@ -1,0 +1,27 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* RFC 8785 (JCS) canonical JSON with the Attesto number policy: numbers must
+ * be integers within +-(2^53-1), whatever their spelling; I-JSON input (valid
+ * UTF-8, no lone surrogates, no duplicate keys). */
+#pragma once
+#include <cjson/cJSON.h>
+#include <stddef.h>
+
+#define CANON_MAX_SAFE_INTEGER 9007199254740991LL
+#define CANON_MAX_DEPTH        64
+
+/* Strictly parses len bytes (no trailing garbage but white space) into a
+ * cJSON tree whose numbers are the validated integers. On failure returns
+ * LV_ERR_INPUT (or LV_ERR_TOOBIG past max_len) with detail naming the path,
+ * e.g. "payload.score: non-integer number 0.87 (send decimals as strings)";
+ * path_prefix ("payload") starts the path. */
+int canon_parse(const char *in, size_t len, size_t max_len, const char *path_prefix,
+                cJSON **ret);
+
+/* Serializes a tree canonically: object members sorted by UTF-16 code units,
+ * no white space, JCS string escaping, integers only (a non-integral or
+ * out-of-range number is LV_ERR_INPUT). The result is NUL-terminated. */
+int canon_serialize(const cJSON *node, char **ret, size_t *ret_len);
+
+/* parse + serialize in one step. */
+int canon_json(const char *in, size_t len, size_t max_len, const char *path_prefix, char **ret,
+               size_t *ret_len);

@@ -1,0 +1,40 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Global options: each from its flag, else its ATTESTO_LOCAL_VAULT_* variable, else a default. */
+#pragma once
+#include <stdbool.h>
+#include <stddef.h>
+
+typedef struct Config {
+    const char *spool_db;
+    const char *witness_db;
+    const char *installation_id;
+    const char *witness_id; /* default: installation_id */
+    const char *relay_url;
+    const char *key_id; /* NULL: derived from the public key */
+    const char *signing_key;
+    const char *encryption_key;
+    const char *pkcs11_module;
+    const char *pin_file;
+    const char *ca_file;
+    const char *log_level;
+    bool json;    /* --json given globally */
+} Config;
+
+#define LV_DEFAULT_SPOOL_DB   "/var/lib/attesto/local-vault.sqlite3"
+#define LV_DEFAULT_WITNESS_DB "/var/lib/attesto/local-vault-witness.sqlite3"
+#define LV_DEFAULT_SIGNING_KEY "pkcs11:token=attesto;object=lv-signing;type=private"
+#define LV_DEFAULT_ENCRYPTION_KEY "pkcs11:token=attesto;object=lv-spool-kek;type=secret-key"
+
+/* Parses the global options that stand before the verb, fills in the
+ * environment and defaults. On return *ret_index is the index of the verb in
+ * argv (== argc when there is none). Errors: LV_ERR_INPUT with detail. */
+int config_parse_globals(int argc, char **argv, Config *cfg, int *ret_index);
+
+/* One line per global option, for --help and the man page. */
+void config_print_help(FILE *f);
+
+/* Checks the values that must hold for any verb that uses them; each returns
+ * LV_ERR_INPUT with detail naming the option and the rule. */
+int config_require_installation_id(const Config *cfg);
+int config_require_relay_url(const Config *cfg); /* set and https:// */
+int config_check_key_uri(const char *option, const char *value);

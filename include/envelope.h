@@ -1,0 +1,45 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The relay envelope of DESIGN §5.2: build, sign on the token, verify, and
+ * the fail-closed acknowledgement check of §5.4. */
+#pragma once
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "token.h"
+
+#define ENVELOPE_SIGN_DOMAIN "attesto.local-vault.relay-envelope.v1"
+
+typedef struct EnvelopeInput {
+    const char *installation_id;
+    const char *stream_id;
+    const char *source_ref;
+    const char *event_type; /* NULL: "source.attestation" */
+    const char *payload_canon; /* canonical payload JSON (for the hash, and the opt-in member) */
+    size_t payload_len;
+    bool include_payload; /* opt-in: the payload travels inside the signed part */
+    int64_t spooled_at_ms;
+} EnvelopeInput;
+
+/* Builds the envelope, signs it on the token and returns the exact request
+ * body (canonical JSON) and its hash (lowercase hex SHA-256 of the body). */
+int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *ret_len,
+                   char ret_hash[65]);
+
+/* Offline check of a body: canonical form, fields, identifiers, signature
+ * under the given raw public key. LV_ERR_CRYPTO on a bad signature,
+ * LV_ERR_INPUT with detail on a malformed envelope. */
+int envelope_verify(const char *body, size_t len, const uint8_t pk[32]);
+
+/* Result of the acknowledgement check: NULL reason means delivered. */
+typedef struct AckCheck {
+    const char *reason; /* "ack_not_json", "ack_envelope_hash_mismatch", ... (static string) */
+    char *receipt_json; /* canonical "receipt" member to store (malloc'd), or NULL */
+} AckCheck;
+
+/* DESIGN §5.4, fail-closed: status 2xx, a JSON object body, localVaultAck
+ * envelopeHash/streamId/eventId equal to ours and to the receipt's. */
+void envelope_check_ack(long http_status, const char *body, size_t len, const char *envelope_hash,
+                        const char *stream_id, const char *event_id, AckCheck *ret);
+void ack_check_done(AckCheck *a);

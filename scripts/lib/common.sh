@@ -1,0 +1,40 @@
+# SPDX-License-Identifier: Apache-2.0
+# Shared by scripts/test and scripts/demo: install missing Debian packages
+# (as root) or print the exact apt-get line, and build.
+
+LV_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+
+lv_packages() {
+  sed -e 's/#.*//' -e '/^[[:space:]]*$/d' "$LV_ROOT/scripts/lib/packages"
+}
+
+lv_missing_packages() {
+  local p missing=()
+  for p in $(lv_packages); do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  echo "${missing[@]}"
+}
+
+lv_ensure_packages() {
+  local missing
+  missing=$(lv_missing_packages)
+  [ -z "$missing" ] && return 0
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Missing Debian packages. Run as root, or install them with:" >&2
+    echo "  sudo apt-get install -y --no-install-recommends $missing" >&2
+    return 1
+  fi
+  echo "==> installing: $missing"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  # shellcheck disable=SC2086
+  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+}
+
+# lv_build DIR [cmake args...]: configure (once) and build in DIR.
+lv_build() {
+  local dir=$1; shift
+  cmake -S "$LV_ROOT" -B "$dir" -DCMAKE_BUILD_TYPE=RelWithDebInfo "$@" >/dev/null
+  cmake --build "$dir" -j "$(nproc)" -- --no-print-directory >/dev/null
+}

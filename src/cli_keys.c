@@ -1,0 +1,18 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Verbs keys and public-key (placeholder until implemented). */
+#include <stdio.h>
+#include "cli.h"
+#include "lv.h"
+
+int keys_main(const Config *cfg, int argc, char **argv)
+{
+    fprintf(stderr, "%s: not implemented yet\n", argv[0]);
+    return LV_EXIT_FAILURE;
+}
+
+int public_key_main(const Config *cfg, int argc, char **argv)
+{
+    fprintf(stderr, "%s: not implemented yet\n", argv[0]);
+    return LV_EXIT_FAILURE;
+}
+
