@@ -489,7 +489,7 @@ static int parse_number(Parser *ps, cJSON **ret)
     }
     /* The exponent saturates far beyond any meaningful value, so a 10000-digit
      * exponent neither overflows nor changes the decision. */
-    const int64_t exp_cap = INT64_C(1) << 60;
+    const int64_t exp_cap = INT64_C(1000000000000000);
     int64_t exp = 0;
     if (p < end && (*p == 'e' || *p == 'E')) {
         bool eneg = false;
