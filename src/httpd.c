@@ -678,11 +678,12 @@ static int start_daemons(Server *s)
     unsigned threads = s->cfg->threads ? s->cfg->threads : HTTPD_DEFAULT_THREADS;
     for (size_t i = 0; i < s->n_fds; i++) {
         struct MHD_OptionItem ops[] = {
+            /* The logger first, or libmicrohttpd reports through its own. */
+            {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, s},
             {MHD_OPTION_LISTEN_SOCKET, s->fds[i], NULL},
             {MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, NULL},
             {MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT, NULL},
             {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed, s},
-            {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, s},
             {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
             {MHD_OPTION_END, 0, NULL},
         };
