@@ -22,6 +22,9 @@
 #define DEFAULT_IDLE_WAKE_MS  30000
 #define STATUS_EVERY_MS       2000
 #define NO_INOTIFY_POLL_MS    1000
+/* A 401/403 usually needs a person to fix the registration: asking again
+ * faster than this is pointless, whatever the backoff base. */
+#define PAUSE_FLOOR_MS 1000
 
 typedef struct Slot {
     bool used;
@@ -188,10 +191,10 @@ static void pause_all(Drain *d, SpoolLease *l, const char *reason, int64_t retry
     if (d->paused_until_ms <= now) {
         d->pause_count++;
         int64_t delay = drain_backoff_ms(d->pause_count, d->opt.backoff_base_ms, retry_after_ms);
-        /* Full jitter may pick ~0; a pause shorter than one base step would
-         * hammer a receiver that just said no. */
-        if (delay < d->opt.backoff_base_ms)
-            delay = d->opt.backoff_base_ms;
+        /* Full jitter may pick ~0; that would hammer a receiver that just
+         * said no. */
+        if (delay < PAUSE_FLOOR_MS)
+            delay = PAUSE_FLOOR_MS;
         d->paused_until_ms = now + delay;
         snprintf(d->pause_reason, sizeof(d->pause_reason), "%s", reason);
         int r = spool_set_pause(d->spool, d->paused_until_ms, reason);
