@@ -48,7 +48,7 @@ static int usage_error(const char *verb, const char *fmt, ...)
 
 /* getopt_long over a verb's arguments; argv[0] is the verb. */
 #define VERB_GETOPT(argc, argv, shortopts, longopts)                                               \
-    (opterr = 0, getopt_long(argc, argv, "+" shortopts, longopts, NULL))
+    (opterr = 0, getopt_long(argc, argv, shortopts, longopts, NULL))
 
 static int bad_option(const char *verb, char **argv)
 {
