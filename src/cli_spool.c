@@ -621,6 +621,11 @@ int status_main(const Config *cfg, int argc, char **argv)
             cJSON_AddStringToObject(o, "last_error", st.last_error);
         else
             cJSON_AddNullToObject(o, "last_error");
+        print_time_member(o, "paused_until", st.paused_until_ms);
+        if (st.paused_until_ms > 0)
+            cJSON_AddStringToObject(o, "pause_reason", st.pause_reason);
+        else
+            cJSON_AddNullToObject(o, "pause_reason");
         cJSON *qa = cJSON_AddArrayToObject(o, "quarantined_items");
         for (size_t i = 0; i < nq; i++) {
             cJSON *e = cJSON_CreateObject();
@@ -649,6 +654,11 @@ int status_main(const Config *cfg, int argc, char **argv)
             printf("next attempt: %s\n", t);
         }
         printf("last error:   %s\n", st.last_error[0] ? st.last_error : "-");
+        if (st.paused_until_ms > 0) {
+            char t[32];
+            lv_format_time(st.paused_until_ms, t);
+            printf("drain paused: until %s (%s)\n", t, st.pause_reason);
+        }
         for (size_t i = 0; i < nq; i++)
             printf("quarantined:  %s: %s\n", q[i].event_id, q[i].last_error ? q[i].last_error : "");
     }

@@ -1597,7 +1597,9 @@ int spool_stats(Spool *s, SpoolStats *ret)
     r = prepare(s,
                 "SELECT (SELECT enqueued_at FROM items WHERE state = 'queued' ORDER BY id"
                 " LIMIT 1), (SELECT min(due_at) FROM streams WHERE due_at IS NOT NULL),"
-                " (SELECT value FROM meta WHERE key = 'last_error')",
+                " (SELECT value FROM meta WHERE key = 'last_error'),"
+                " (SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'pause_until'),"
+                " (SELECT value FROM meta WHERE key = 'pause_reason')",
                 &st);
     if (r < 0)
         return r;
@@ -1607,6 +1609,11 @@ int spool_stats(Spool *s, SpoolStats *ret)
     out.oldest_queued_ms = sqlite3_column_int64(st, 0);
     out.next_due_ms = sqlite3_column_int64(st, 1);
     copy_col(st, 2, out.last_error, sizeof(out.last_error));
+    int64_t pause = sqlite3_column_int64(st, 3);
+    if (pause > lv_now_ms()) {
+        out.paused_until_ms = pause;
+        copy_col(st, 4, out.pause_reason, sizeof(out.pause_reason));
+    }
     *ret = out;
     return 0;
 }
@@ -1935,4 +1942,22 @@ int spool_purge(Spool *s, int64_t before_ms, size_t *ret_n)
     if (ret_n)
         *ret_n = n;
     return 0;
+}
+
+int spool_set_pause(Spool *s, int64_t until_ms, const char *reason)
+{
+    char v[32];
+    int n = snprintf(v, sizeof(v), "%lld", (long long)(until_ms > 0 ? until_ms : 0));
+    const char *why = until_ms > 0 && reason ? reason : "";
+    int r = begin(s);
+    if (r < 0)
+        return r;
+    r = meta_set(s, "pause_until", v, (size_t)n, true);
+    if (r >= 0)
+        r = meta_set(s, "pause_reason", why, strlen(why), true);
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0)
+        rollback(s);
+    return r;
 }

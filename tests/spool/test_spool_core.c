@@ -667,6 +667,29 @@ static void purge_deletes_only_old_receipts(void **state)
     spool_close(s);
 }
 
+static void drain_pause_shows_in_stats_until_cleared(void **state)
+{
+    _cleanup_free_ char *path = new_path();
+    Spool *s = open_spool_at(path, 0, false);
+    SpoolStats st;
+    assert_int_equal(spool_stats(s, &st), 0);
+    assert_int_equal(st.paused_until_ms, 0);
+    int64_t until = lv_now_ms() + 60000;
+    assert_int_equal(spool_set_pause(s, until, "http_401"), 0);
+    assert_int_equal(spool_stats(s, &st), 0);
+    assert_int_equal(st.paused_until_ms, until);
+    assert_string_equal(st.pause_reason, "http_401");
+    assert_int_equal(spool_set_pause(s, 0, NULL), 0);
+    assert_int_equal(spool_stats(s, &st), 0);
+    assert_int_equal(st.paused_until_ms, 0);
+    assert_string_equal(st.pause_reason, "");
+    /* A pause in the past is over. */
+    assert_int_equal(spool_set_pause(s, lv_now_ms() - 1, "http_403"), 0);
+    assert_int_equal(spool_stats(s, &st), 0);
+    assert_int_equal(st.paused_until_ms, 0);
+    spool_close(s);
+}
+
 static void backoff_is_full_jitter_within_bounds(void **state)
 {
     for (int a = 1; a <= 30; a++) {
@@ -711,6 +734,7 @@ int main(void)
         cmocka_unit_test(other_installation_and_loose_mode_are_refused),
         cmocka_unit_test(opt_in_payload_seals_the_envelope),
         cmocka_unit_test(purge_deletes_only_old_receipts),
+        cmocka_unit_test(drain_pause_shows_in_stats_until_cleared),
         cmocka_unit_test(backoff_is_full_jitter_within_bounds),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
