@@ -173,3 +173,6 @@ int spool_purge(Spool *s, int64_t before_ms, size_t *ret_n);
  * `status` and the next drain process see it; until_ms 0 clears it. Shown by
  * spool_stats as paused_until_ms/pause_reason while until_ms is ahead. */
 int spool_set_pause(Spool *s, int64_t until_ms, const char *reason);
+
+/* The user_version this program writes (doctor compares a spool with it). */
+int spool_schema_version(void);

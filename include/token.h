@@ -10,11 +10,11 @@
 typedef struct Token Token;
 
 typedef struct TokenConfig {
-    const char *module_path;    /* NULL: the URI's module-path, else p11-kit's registered modules */
-    const char *signing_uri;    /* pkcs11: URI of the Ed25519 private key (may be NULL) */
-    const char *kek_uri;        /* pkcs11: URI of the AES-256 KEK (may be NULL) */
-    const char *pin_file;       /* NULL: $CREDENTIALS_DIRECTORY/pkcs11-pin, then pin-source= */
-    const char *key_id;         /* NULL: "lv-" + 16 hex of SHA-256(public key) */
+    const char *module_path; /* NULL: the URI's module-path, else p11-kit's registered modules */
+    const char *signing_uri; /* pkcs11: URI of the Ed25519 private key (may be NULL) */
+    const char *kek_uri;     /* pkcs11: URI of the AES-256 KEK (may be NULL) */
+    const char *pin_file;    /* NULL: $CREDENTIALS_DIRECTORY/pkcs11-pin, then pin-source= */
+    const char *key_id;      /* NULL: "lv-" + 16 hex of SHA-256(public key) */
 } TokenConfig;
 
 #define TOKEN_ED25519_PK_LEN  32
@@ -91,3 +91,8 @@ int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek);
 
 /* A readable name for a CK_RV value ("CKR_PIN_INCORRECT"). */
 const char *token_rv_name(unsigned long rv);
+
+/* For doctor: the label of the token in use, and where the PIN that logged
+ * in came from (a path, or "(no login required)"). */
+const char *token_label(Token *t);
+const char *token_pin_source(Token *t);

@@ -1961,3 +1961,8 @@ int spool_set_pause(Spool *s, int64_t until_ms, const char *reason)
         rollback(s);
     return r;
 }
+
+int spool_schema_version(void)
+{
+    return SCHEMA_VERSION;
+}

@@ -60,6 +60,7 @@ struct Token {
     bool sign_checked, kek_checked, dek_loaded;
     uint8_t pk[TOKEN_ED25519_PK_LEN];
     char kid[TOKEN_KID_MAX];
+    char pin_source[PATH_MAX]; /* where the PIN came from, for doctor; "" before login */
 };
 
 /* ---- CK_RV names and mapping -------------------------------------------- */
@@ -511,8 +512,10 @@ static int login(Token *t, const TokenConfig *cfg)
     CK_RV rv = t->module->C_GetTokenInfo(t->slot, &ti);
     if (rv != CKR_OK)
         return rv_error(rv, "C_GetTokenInfo");
-    if (!(ti.flags & CKF_LOGIN_REQUIRED))
+    if (!(ti.flags & CKF_LOGIN_REQUIRED)) {
+        snprintf(t->pin_source, sizeof(t->pin_source), "(no login required)");
         return 0;
+    }
     /* Checked before any attempt: a locked PIN cannot be fixed by trying,
      * and on the final try one more wrong PIN would lock the token. */
     if (ti.flags & CKF_USER_PIN_LOCKED)
@@ -543,8 +546,10 @@ static int login(Token *t, const TokenConfig *cfg)
     /* Exactly one attempt: a rejected PIN is reported, never retried. */
     rv = t->module->C_Login(t->pool[0].h, CKU_USER, (CK_UTF8CHAR *)pin, len);
     explicit_bzero(pin, sizeof(pin));
-    if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
+    if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) {
+        snprintf(t->pin_source, sizeof(t->pin_source), "%s", source);
         return 0;
+    }
     if (rv == CKR_PIN_INCORRECT)
         return lv_error_set(LV_ERR_PIN,
                             "token '%s' rejected the PIN from %s (CKR_PIN_INCORRECT); not "
@@ -1576,4 +1581,16 @@ done:
     if (ret_created_kek)
         *ret_created_kek = made_kek;
     return r;
+}
+
+/* ---- For doctor --------------------------------------------------------- */
+
+const char *token_label(Token *t)
+{
+    return t->label;
+}
+
+const char *token_pin_source(Token *t)
+{
+    return t->pin_source;
 }

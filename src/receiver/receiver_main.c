@@ -98,6 +98,18 @@ static enum MHD_Result queue_error(struct MHD_Connection *c, unsigned status, co
     return ret;
 }
 
+static enum MHD_Result queue_options(struct MHD_Connection *c)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "POST, OPTIONS");
+    MHD_add_response_header(r, "X-Attesto-Protocol", PROTOCOL_HEADER);
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, r);
+    MHD_destroy_response(r);
+    return ret;
+}
+
 /* A body whose Content-Length promises more than is sent: the callback
  * serves the first half, then makes MHD close the connection. */
 typedef struct Truncated {
@@ -419,9 +431,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                                NULL);
         memcpy(inst, url + pl, il);
         inst[il] = '\0';
+        /* OPTIONS is the round trip `doctor` makes: no body, nothing
+         * recorded, the protocol named in the answer. */
+        if (strcmp(method, "OPTIONS") == 0)
+            return queue_options(c);
         if (strcmp(method, "POST") != 0)
             return queue_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method", "POST only",
-                               MHD_HTTP_HEADER_ALLOW, "POST");
+                               MHD_HTTP_HEADER_ALLOW, "POST, OPTIONS");
         if (!lv_valid_id(inst))
             return queue_error(c, MHD_HTTP_NOT_FOUND, "not_found",
                                "installation id: not 1-128 bytes of [A-Za-z0-9._:@/-]", NULL, NULL);
