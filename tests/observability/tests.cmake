@@ -1,4 +1,4 @@
 # SPDX-License-Identifier: Apache-2.0
-lv_add_pytest(observability ${CMAKE_CURRENT_LIST_DIR} LABELS observability TIMEOUT 300)
+lv_add_pytest(observability ${CMAKE_CURRENT_LIST_DIR} LABELS observability TIMEOUT 900)
 set_property(TEST observability APPEND PROPERTY ENVIRONMENT
              "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
