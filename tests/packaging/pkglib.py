@@ -1,0 +1,60 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Shared by the packaging tests: where scripts/package put the packages
+(packaging_build) and how to read them."""
+import os
+import re
+import subprocess
+
+import lvtest
+
+NAME = "attesto-local-vault"
+WORK = os.path.join(lvtest.BUILD_DIR, "packaging-test")
+DIST = os.path.join(WORK, "dist")
+CLONE = os.path.join(WORK, "clone")  # the fresh clone the packages were built from
+DOCS = os.path.join(lvtest.SOURCE_DIR, "docs", "packaging.md")
+
+# Files that only one format carries, by that format's convention
+# (docs/packaging.md, "Same payload").
+DEB_ONLY = {f"/usr/share/doc/{NAME}/changelog.gz"}
+RPM_ONLY = {f"/usr/share/licenses/{NAME}/LICENSE"}
+
+
+def sh(args, **kw):
+    kw.setdefault("check", True)
+    return subprocess.run(args, capture_output=True, text=True, **kw).stdout
+
+
+def version():
+    text = open(os.path.join(CLONE, "CMakeLists.txt")).read()
+    return re.search(r"project\(attesto-local-vault VERSION ([0-9.]+)", text).group(1)
+
+
+def deb():
+    arch = sh(["dpkg", "--print-architecture"]).strip()
+    return os.path.join(DIST, f"{NAME}_{version()}_{arch}.deb")
+
+
+def rpm():
+    arch = sh(["rpm", "--eval", "%{_arch}"]).strip()
+    return os.path.join(DIST, f"{NAME}-{version()}-1.{arch}.rpm")
+
+
+def needed_sonames(binary):
+    out = sh(["objdump", "-p", binary])
+    return re.findall(r"^\s*NEEDED\s+(\S+)$", out, re.M)
+
+
+def documented_tags():
+    """The lintian/rpmlint tags that docs/packaging.md justifies (written `tag`)."""
+    return set(re.findall(r"`([a-z0-9][a-z0-9%.+-]*)`", open(DOCS).read()))
+
+
+def lint_findings(lines):
+    """[(severity letter, tag)] from lintian ("W: pkg: tag ...") or rpmlint
+    ("pkg.arch: W: tag ...") output."""
+    out = []
+    for line in lines.splitlines():
+        m = re.match(r"^([EWIXPO]): \S+: (\S+)", line) or re.match(r"^\S+: ([EW]): (\S+)", line)
+        if m:
+            out.append((m.group(1), m.group(2)))
+    return out

@@ -1,0 +1,84 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The .deb: lintian, payload, conffile, dependencies from dpkg-shlibdeps,
+maintainer scripts."""
+import os
+import re
+import subprocess
+
+import pytest
+
+import pkglib
+from pkglib import NAME, sh
+
+UNITS = ["attesto-local-vault.service", "attesto-local-vault-witness.service",
+         "attesto-local-vault-witness.socket"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    root = tmp_path_factory.mktemp("deb")
+    sh(["dpkg-deb", "-x", pkglib.deb(), str(root)])
+    sh(["dpkg-deb", "-e", pkglib.deb(), str(root / "DEBIAN")])
+    return root
+
+
+def test_lintian_reports_no_errors_and_every_warning_is_justified():
+    debs = [os.path.join(pkglib.DIST, f) for f in os.listdir(pkglib.DIST) if f.endswith(".deb")]
+    p = subprocess.run(["lintian", "--fail-on", "error", "--display-level", ">=warning"] + debs,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    findings = pkglib.lint_findings(p.stdout)
+    assert not [f for f in findings if f[0] == "E"], p.stdout
+    undocumented = {tag for sev, tag in findings if tag not in pkglib.documented_tags()}
+    assert not undocumented, f"lintian warnings not justified in docs/packaging.md: {undocumented}"
+
+
+def test_units_are_the_repository_files_in_lib_systemd_system(tree):
+    for u in UNITS:
+        packaged = tree / "lib/systemd/system" / u
+        assert packaged.read_bytes() == open(os.path.join(pkglib.CLONE, "systemd", u), "rb").read()
+
+
+def test_payload_has_binary_sysusers_tmpfiles_man_page_docs_and_copyright(tree):
+    for f in ["usr/bin/attesto-local-vault", f"usr/lib/sysusers.d/{NAME}.conf",
+              f"usr/lib/tmpfiles.d/{NAME}.conf", "usr/share/man/man1/attesto-local-vault.1.gz",
+              f"usr/share/doc/{NAME}/copyright", f"usr/share/doc/{NAME}/operations.md",
+              f"usr/share/doc/{NAME}/examples/softhsm.conf"]:
+        assert (tree / f).is_file(), f
+    assert os.access(tree / "usr/bin/attesto-local-vault", os.X_OK)
+
+
+def test_example_environment_file_is_a_conffile(tree):
+    assert (tree / "DEBIAN/conffiles").read_text().split() == ["/etc/attesto/local-vault.env"]
+    env = (tree / "etc/attesto/local-vault.env").read_text()
+    # Every setting commented out: an upgrade can never change a live value,
+    # and no secret is in it.
+    assert not [l for l in env.splitlines() if l.strip() and not l.startswith("#")]
+    assert "PIN=" not in env.replace("PIN_FILE=", "")
+
+
+def test_depends_come_from_shlibdeps_and_never_name_softhsm(tree):
+    control = (tree / "DEBIAN/control").read_text()
+    fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", control, re.M))
+    depends = {d.strip().split()[0] for alt in fields["Depends"].split(",") for d in alt.split("|")}
+    # Each shared library the binary needs maps to the package that provides
+    # it on this system, and that package is a dependency.
+    for soname in pkglib.needed_sonames(str(tree / "usr/bin/attesto-local-vault")):
+        owner = sh(["dpkg", "-S", f"*/{soname}"]).split(":")[0]
+        assert owner in depends, f"{soname} ({owner}) missing from Depends: {fields['Depends']}"
+    # systemd-sysusers runs in postinst (misc:Depends from dh_installsysusers).
+    assert "systemd" in depends
+    for f in ("Depends", "Pre-Depends", "Recommends", "Suggests", "Enhances"):
+        assert "softhsm" not in fields.get(f, ""), control
+
+
+def test_maintainer_scripts_create_the_user_and_reload_systemd(tree):
+    postinst = (tree / "DEBIAN/postinst").read_text()
+    postrm = (tree / "DEBIAN/postrm").read_text()
+    prerm = (tree / "DEBIAN/prerm").read_text()
+    assert f"systemd-sysusers" in postinst and f"{NAME}.conf" in postinst
+    assert "systemd-tmpfiles" in postinst
+    assert "daemon-reload" in postinst and "daemon-reload" in postrm
+    # Nothing is enabled or started at installation (the operator configures first).
+    assert "deb-systemd-invoke start" not in postinst
+    assert "stop" in prerm
