@@ -16,6 +16,7 @@ typedef struct Config {
     const char *pkcs11_module;
     const char *pin_file;
     const char *ca_file;
+    const char *pinned_public_key; /* CURLOPT_PINNEDPUBLICKEY: sha256//BASE64[;...] or a PEM/DER file */
     const char *log_level;
     bool json;    /* --json given globally */
 } Config;

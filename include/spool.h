@@ -89,6 +89,13 @@ typedef struct SpoolStats {
     int64_t oldest_queued_ms; /* enqueue time of the oldest queued item, 0 if none */
     int64_t next_due_ms;      /* earliest next attempt of a queued item, 0 if none */
     char last_error[256];
+    int64_t paused_until_ms; /* drain paused (401/403) until then; 0: not paused */
+    char pause_reason[64];   /* e.g. "http_401" while paused */
 } SpoolStats;
 int spool_stats(Spool *s, SpoolStats *ret);
 
+/* The drain's pause (DESIGN §5.5: a 401/403 means the installation is not
+ * authorised; every stream waits). Kept in the spool's metadata so that
+ * `status` and the next drain process see it; until_ms 0 clears it. Shown by
+ * spool_stats as paused_until_ms/pause_reason while until_ms is ahead. */
+int spool_set_pause(Spool *s, int64_t until_ms, const char *reason);

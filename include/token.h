@@ -47,7 +47,13 @@ int token_public_key(Token *t, uint8_t ret_pk[TOKEN_ED25519_PK_LEN]);
 /* The kid: the configured one, else "lv-" + first 16 hex of SHA-256(pk). */
 const char *token_key_id(Token *t);
 
-/* Pure Ed25519 (CKM_EDDSA, no parameters, single-part C_Sign). */
+/* Pure Ed25519 (CKM_EDDSA, no parameters, single-part C_Sign).
+ * Thread safety: token_sign, token_aead_* and token_public_key may be called
+ * from several threads on one Token. Each call borrows a whole PKCS#11
+ * session from a small pool (the owner session plus up to 3 more opened on
+ * demand), so no session is ever used by two threads at once. token_open,
+ * token_close, token_keys_init and token_dek_load/create are for one thread
+ * (call them before starting workers). A Token must not cross fork(). */
 int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_ED25519_SIG_LEN]);
 
 /* Spool data key. token_dek_create generates an AES-256 session key on the
@@ -57,6 +63,16 @@ int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_E
  * AEAD calls below. */
 int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN]);
 int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len);
+
+/* The two steps the DEK functions are made of, exported so that the key-wrap
+ * known-answer tests exercise exactly this code. token_kek_wrap wraps the
+ * object `key` (a handle on this token) under the KEK with
+ * CKM_AES_KEY_WRAP_PAD. token_unwrap_aes unwraps an AES-128/192/256 key
+ * (blob of 24, 32 or 40 bytes) into the DEK slot exactly as token_dek_load
+ * does, which is this function restricted to 40-byte blobs. A blob that does
+ * not unwrap is LV_ERR_CRYPTO. */
+int token_kek_wrap(Token *t, unsigned long key, uint8_t *out, size_t out_cap, size_t *ret_len);
+int token_unwrap_aes(Token *t, const uint8_t *wrapped, size_t wrapped_len);
 
 /* AES-256-GCM on the token with the loaded DEK: 12-byte IV, 16-byte tag,
  * non-empty AAD. out receives ciphertext||tag (pt_len + 16 bytes).

@@ -1,18 +1,250 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Relay verbs (placeholder until implemented). */
+/* drain-once and drain-loop: check the relay configuration, open the token
+ * and the spool, then run one pass or the service loop. */
+#include <getopt.h>
 #include <stdio.h>
+
 #include "cli.h"
+#include "drain.h"
+#include "log.h"
 #include "lv.h"
+#include "relay.h"
+#include "spool.h"
+
+typedef struct DrainArgs {
+    long max_in_flight, backoff_base_ms, timeout_ms, connect_timeout_ms, lease_ms, stop_grace_ms,
+        max_attempts;
+    bool json;
+} DrainArgs;
+
+static int parse_num(const char *verb, const char *opt, const char *v, long lo, long hi, long *ret)
+{
+    char *end;
+    errno = 0;
+    long n = strtol(v, &end, 10);
+    if (errno || end == v || *end || n < lo || n > hi) {
+        fprintf(stderr, "%s: --%s: %s: must be an integer from %ld to %ld\n", verb, opt, v, lo, hi);
+        return -1;
+    }
+    *ret = n;
+    return 0;
+}
+
+static void usage(FILE *f, const char *verb, bool loop)
+{
+    fprintf(
+        f,
+        "Usage: attesto-local-vault [GLOBAL OPTIONS] %s [--max-in-flight N] [--max-attempts N]\n"
+        "         [--timeout-ms MS] [--connect-timeout-ms MS] [--lease-ms MS]\n"
+        "         [--backoff-base-ms MS]%s [--json]\n",
+        verb, loop ? " [--stop-grace-ms MS]" : "");
+}
+
+/* Returns -1 after printing a usage error, 1 after --help, 0 otherwise. */
+static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainArgs *a)
+{
+    enum { O_MIF = 256, O_BASE, O_TIMEOUT, O_CTIMEOUT, O_LEASE, O_GRACE, O_MAXATT, O_JSON, O_HELP };
+    static const struct option opts[] = {
+        {"max-in-flight", required_argument, NULL, O_MIF},
+        {"backoff-base-ms", required_argument, NULL, O_BASE},
+        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
+        {"connect-timeout-ms", required_argument, NULL, O_CTIMEOUT},
+        {"lease-ms", required_argument, NULL, O_LEASE},
+        {"stop-grace-ms", required_argument, NULL, O_GRACE},
+        {"max-attempts", required_argument, NULL, O_MAXATT},
+        {"json", no_argument, NULL, O_JSON},
+        {"help", no_argument, NULL, O_HELP},
+        {0},
+    };
+    *a = (DrainArgs){.max_in_flight = 64,
+                     .backoff_base_ms = 1000,
+                     .timeout_ms = 30000,
+                     .connect_timeout_ms = 10000,
+                     .lease_ms = 0,
+                     .stop_grace_ms = 10000,
+                     .max_attempts = 25};
+    optind = 1;
+    opterr = 0;
+    int o, r = 0;
+    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1 && r == 0) {
+        switch (o) {
+        case O_MIF:
+            r = parse_num(verb, "max-in-flight", optarg, 1, 1024, &a->max_in_flight);
+            break;
+        case O_BASE:
+            r = parse_num(verb, "backoff-base-ms", optarg, 1, 60000, &a->backoff_base_ms);
+            break;
+        case O_TIMEOUT:
+            r = parse_num(verb, "timeout-ms", optarg, 100, 600000, &a->timeout_ms);
+            break;
+        case O_CTIMEOUT:
+            r = parse_num(verb, "connect-timeout-ms", optarg, 100, 600000, &a->connect_timeout_ms);
+            break;
+        case O_LEASE:
+            r = parse_num(verb, "lease-ms", optarg, 1000, 86400000, &a->lease_ms);
+            break;
+        case O_GRACE:
+            if (!loop)
+                goto unknown;
+            r = parse_num(verb, "stop-grace-ms", optarg, 0, 600000, &a->stop_grace_ms);
+            break;
+        case O_MAXATT:
+            r = parse_num(verb, "max-attempts", optarg, 1, 1000, &a->max_attempts);
+            break;
+        case O_JSON:
+            a->json = true;
+            break;
+        case O_HELP:
+            usage(stdout, verb, loop);
+            return 1;
+        default:
+        unknown:
+            fprintf(stderr, "%s: %s: unknown option or missing value (see --help)\n", verb,
+                    argv[optind - 1]);
+            return -1;
+        }
+    }
+    if (r < 0)
+        return -1;
+    if (optind < argc) {
+        fprintf(stderr, "%s: %s: unexpected argument\n", verb, argv[optind]);
+        return -1;
+    }
+    /* A lease must outlive the longest request it covers. */
+    if (!a->lease_ms)
+        a->lease_ms = a->timeout_ms * 2 > 120000 ? a->timeout_ms * 2 : 120000;
+    if (a->lease_ms <= a->timeout_ms) {
+        fprintf(stderr, "%s: --lease-ms: %ld: must be longer than --timeout-ms (%ld)\n", verb,
+                a->lease_ms, a->timeout_ms);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct Run {
+    Token *tok;
+    Spool *spool;
+    Relay *relay;
+    Drain *drain;
+} Run;
+
+static void run_done(Run *run)
+{
+    run->drain = drain_free(run->drain);
+    run->spool = spool_close(run->spool);
+    run->relay = relay_free(run->relay);
+    run->tok = token_close(run->tok);
+}
+
+/* Everything a drain needs, in the order that reports a usage error before
+ * the token is touched. Returns 0 or the exit code after reporting. */
+static int setup(const char *verb, const Config *cfg, const DrainArgs *a, bool loop, Run *run)
+{
+    lv_error_clear();
+    int r = config_require_installation_id(cfg);
+    if (r >= 0)
+        r = config_require_relay_url(cfg);
+    RelayOptions ro = {
+        .url = cfg->relay_url,
+        .ca_file = cfg->ca_file,
+        .pinned_public_key = cfg->pinned_public_key,
+        .connect_timeout_ms = a->connect_timeout_ms,
+        .timeout_ms = a->timeout_ms,
+        .max_connections = (unsigned)a->max_in_flight,
+    };
+    if (r >= 0)
+        r = relay_new(&ro, &run->relay);
+    if (r < 0)
+        return cli_fail(verb, r);
+    int code = cli_open_token(verb, cfg, true, &run->tok);
+    if (code != 0)
+        return code;
+    SpoolOptions so = {
+        .path = cfg->spool_db,
+        .installation_id = cfg->installation_id,
+        .max_attempts = (int)a->max_attempts,
+    };
+    lv_error_clear();
+    r = spool_open(&so, run->tok, &run->spool);
+    if (r < 0)
+        return cli_fail(verb, r);
+    DrainOptions dopt = {
+        .max_in_flight = (unsigned)a->max_in_flight,
+        .lease_ms = a->lease_ms,
+        .backoff_base_ms = a->backoff_base_ms,
+        .stop_grace_ms = a->stop_grace_ms,
+        .spool_path = loop ? cfg->spool_db : NULL,
+    };
+    r = drain_new(run->spool, run->relay, &dopt, &run->drain);
+    if (r < 0)
+        return cli_fail(verb, r);
+    return 0;
+}
 
 int drain_once_main(const Config *cfg, int argc, char **argv)
 {
-    fprintf(stderr, "%s: not implemented yet\n", argv[0]);
-    return LV_EXIT_FAILURE;
+    const char *verb = argv[0];
+    DrainArgs a;
+    int k = parse_args(verb, false, argc, argv, &a);
+    if (k != 0)
+        return k > 0 ? LV_EXIT_OK : LV_EXIT_USAGE;
+    Run run = {0};
+    int code = setup(verb, cfg, &a, false, &run);
+    if (code != 0) {
+        run_done(&run);
+        return code;
+    }
+    DrainSummary s;
+    lv_error_clear();
+    int r = drain_once(run.drain, &s);
+    if (r < 0) {
+        code = cli_fail(verb, r);
+        run_done(&run);
+        return code;
+    }
+    run_done(&run);
+    char until[32] = "";
+    if (s.paused)
+        lv_format_time(s.paused_until_ms, until);
+    if (cli_human(cfg) && !a.json) {
+        printf("delivered %lld, retry scheduled %lld, dead-lettered %lld, remaining %lld\n",
+               (long long)s.delivered, (long long)s.retry_scheduled, (long long)s.dead_lettered,
+               (long long)s.remaining);
+        if (s.paused)
+            printf("paused until %s: the receiver answered %s (is this installation "
+                   "registered and authorised?)\n",
+                   until, s.pause_reason);
+    } else {
+        printf("{\"delivered\":%lld,\"retry_scheduled\":%lld,\"dead_lettered\":%lld,"
+               "\"remaining\":%lld",
+               (long long)s.delivered, (long long)s.retry_scheduled, (long long)s.dead_lettered,
+               (long long)s.remaining);
+        if (s.paused)
+            printf(",\"paused\":{\"reason\":\"%s\",\"until\":\"%s\"}", s.pause_reason, until);
+        printf("}\n");
+    }
+    bool failed = s.retry_scheduled > 0 || s.dead_lettered > 0 || s.paused;
+    return failed ? LV_EXIT_DELIVERY : LV_EXIT_OK;
 }
 
 int drain_loop_main(const Config *cfg, int argc, char **argv)
 {
-    fprintf(stderr, "%s: not implemented yet\n", argv[0]);
-    return LV_EXIT_FAILURE;
+    const char *verb = argv[0];
+    DrainArgs a;
+    int k = parse_args(verb, true, argc, argv, &a);
+    if (k != 0)
+        return k > 0 ? LV_EXIT_OK : LV_EXIT_USAGE;
+    log_set_prog("attesto-local-vault");
+    Run run = {0};
+    int code = setup(verb, cfg, &a, true, &run);
+    if (code != 0) {
+        run_done(&run);
+        return code;
+    }
+    lv_error_clear();
+    int r = drain_loop(run.drain);
+    if (r < 0)
+        code = cli_fail(verb, r);
+    run_done(&run);
+    return code;
 }
-

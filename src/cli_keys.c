@@ -1,18 +1,146 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Verbs keys and public-key (placeholder until implemented). */
+/* Verbs `keys init` (provision the keys on the token) and `public-key`. */
+#include <cjson/cJSON.h>
 #include <stdio.h>
+#include <string.h>
+
 #include "cli.h"
 #include "lv.h"
+#include "pubkey.h"
+
+static int print_json(cJSON *j)
+{
+    char *s = cJSON_PrintUnformatted(j);
+    if (!s) {
+        fprintf(stderr, "out of memory\n");
+        return LV_EXIT_FAILURE;
+    }
+    printf("%s\n", s);
+    free(s);
+    return LV_EXIT_OK;
+}
+
+static int keys_init(const Config *cfg)
+{
+    TokenConfig tc;
+    cli_token_config(cfg, &tc);
+    Token *t = NULL;
+    lv_error_clear();
+    int r = token_open(&tc, &t);
+    if (r < 0)
+        return cli_fail("keys init", r);
+    bool made_sign = false, made_kek = false;
+    r = token_keys_init(t, &made_sign, &made_kek);
+    uint8_t pk[TOKEN_ED25519_PK_LEN];
+    if (r >= 0)
+        r = token_public_key(t, pk);
+    if (r < 0) {
+        int code = cli_fail("keys init", r);
+        token_close(t);
+        return code;
+    }
+    char hex[2 * TOKEN_ED25519_PK_LEN + 1];
+    hex_encode(pk, sizeof(pk), hex);
+    const char *kid = token_key_id(t);
+    int code = LV_EXIT_OK;
+    if (cli_human(cfg)) {
+        printf("signing key     %s\n  %s: Ed25519, sensitive, not extractable\n  kid %s\n"
+               "  public key %s\n",
+               tc.signing_uri, made_sign ? "created" : "already present", kid, hex);
+        printf("encryption key  %s\n  %s: AES-256 KEK, wrap/unwrap, sensitive, not extractable\n",
+               tc.kek_uri, made_kek ? "created" : "already present");
+    } else {
+        cJSON *j = cJSON_CreateObject(), *sk = cJSON_AddObjectToObject(j, "signing_key"),
+              *ek = cJSON_AddObjectToObject(j, "encryption_key");
+        cJSON_AddStringToObject(sk, "uri", tc.signing_uri);
+        cJSON_AddBoolToObject(sk, "created", made_sign);
+        cJSON_AddStringToObject(sk, "alg", "Ed25519");
+        cJSON_AddStringToObject(sk, "kid", kid);
+        cJSON_AddStringToObject(sk, "public_key_hex", hex);
+        cJSON_AddStringToObject(ek, "uri", tc.kek_uri);
+        cJSON_AddBoolToObject(ek, "created", made_kek);
+        cJSON_AddStringToObject(ek, "alg", "AES-256");
+        code = print_json(j);
+        cJSON_Delete(j);
+    }
+    token_close(t);
+    return code;
+}
 
 int keys_main(const Config *cfg, int argc, char **argv)
 {
-    fprintf(stderr, "%s: not implemented yet\n", argv[0]);
-    return LV_EXIT_FAILURE;
+    if (argc == 2 && strcmp(argv[1], "init") == 0)
+        return keys_init(cfg);
+    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
+        printf("Usage: attesto-local-vault keys init\n"
+               "Creates the Ed25519 signing key pair and the AES-256 spool KEK at the\n"
+               "configured pkcs11: URIs when they are absent (sensitive, never\n"
+               "extractable); checks them when present. Idempotent.\n");
+        return LV_EXIT_OK;
+    }
+    if (argc < 2)
+        fprintf(stderr, "keys: missing subcommand (keys init)\n");
+    else if (strcmp(argv[1], "init") == 0)
+        fprintf(stderr, "keys init: %s: unexpected argument\n", argv[2]);
+    else
+        fprintf(stderr, "keys: %s: unknown subcommand (keys init)\n", argv[1]);
+    return LV_EXIT_USAGE;
 }
 
 int public_key_main(const Config *cfg, int argc, char **argv)
 {
-    fprintf(stderr, "%s: not implemented yet\n", argv[0]);
-    return LV_EXIT_FAILURE;
+    const char *format = "json";
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--format") == 0 && i + 1 < argc)
+            format = argv[++i];
+        else if (strncmp(argv[i], "--format=", 9) == 0)
+            format = argv[i] + 9;
+        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            printf("Usage: attesto-local-vault public-key [--format json|pem|hex]\n");
+            return LV_EXIT_OK;
+        } else {
+            fprintf(stderr, "public-key: %s: %s\n", argv[i],
+                    strcmp(argv[i], "--format") == 0 ? "needs a value (json|pem|hex)"
+                                                     : "unexpected argument");
+            return LV_EXIT_USAGE;
+        }
+    }
+    if (strcmp(format, "json") != 0 && strcmp(format, "pem") != 0 && strcmp(format, "hex") != 0) {
+        fprintf(stderr, "public-key: --format %s: must be json, pem or hex\n", format);
+        return LV_EXIT_USAGE;
+    }
+    Token *t = NULL;
+    int code = cli_open_token("public-key", cfg, false, &t);
+    if (code != 0)
+        return code;
+    uint8_t pk[TOKEN_ED25519_PK_LEN];
+    int r = token_public_key(t, pk);
+    if (r < 0) {
+        code = cli_fail("public-key", r);
+        token_close(t);
+        return code;
+    }
+    if (strcmp(format, "hex") == 0) {
+        char hex[2 * TOKEN_ED25519_PK_LEN + 1];
+        hex_encode(pk, sizeof(pk), hex);
+        printf("%s\n", hex);
+    } else if (strcmp(format, "pem") == 0) {
+        char *pem = NULL;
+        r = pubkey_to_pem(pk, &pem);
+        if (r < 0)
+            code = cli_fail("public-key", r);
+        else
+            fputs(pem, stdout);
+        free(pem);
+    } else {
+        cJSON *j = NULL;
+        r = pubkey_json(pk, token_key_id(t), &j);
+        if (r < 0)
+            code = cli_fail("public-key", r);
+        else
+            code = print_json(j);
+        cJSON_Delete(j);
+    }
+    token_close(t);
+    return code;
 }
-

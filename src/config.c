@@ -26,6 +26,8 @@ static const Option options[] = {
     OPT("pkcs11-module", "PKCS11_MODULE", pkcs11_module, "PKCS#11 module path"),
     OPT("pin-file", "PIN_FILE", pin_file, "file holding the token user PIN"),
     OPT("ca-file", "CA_FILE", ca_file, "CA bundle for the relay's TLS"),
+    OPT("pinned-public-key", "PINNED_PUBLIC_KEY", pinned_public_key,
+        "pin the relay's TLS key: sha256//BASE64 or a key file"),
     OPT("log-level", "LOG_LEVEL", log_level, "error|warning|notice|info|debug"),
 };
 

@@ -61,3 +61,8 @@ int spool_stats(Spool *s, SpoolStats *ret)
 {
     return lv_error_set(-ENOSYS, "not implemented yet");
 }
+
+int spool_set_pause(Spool *s, int64_t until_ms, const char *reason)
+{
+    return lv_error_set(-ENOSYS, "not implemented yet");
+}

@@ -1,69 +1,1579 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The PKCS#11 token (placeholder until implemented). */
+/* The PKCS#11 token through p11-kit: module loading, RFC 7512 lookup, PIN
+ * login, key checks, Ed25519 signing, the wrapped spool DEK and AES-GCM. */
+#include <fcntl.h>
+#include <limits.h>
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/pkcs11.h>
+#include <p11-kit/uri.h>
+#include <pthread.h>
+#include <sys/stat.h>
+
 #include "lv.h"
+#include "pubkey.h"
 #include "token.h"
+
+/* PKCS#11 3.0 return values p11-kit 0.24's header does not define. */
+#ifndef CKK_EC_MONTGOMERY
+#define CKK_EC_MONTGOMERY 0x41UL
+#endif
+#ifndef CKR_AEAD_DECRYPT_FAILED
+#define CKR_AEAD_DECRYPT_FAILED 0x35UL
+#endif
+#ifndef CKR_TOKEN_RESOURCE_EXCEEDED
+#define CKR_TOKEN_RESOURCE_EXCEEDED 0x201UL
+#endif
+#ifndef CKR_OPERATION_CANCEL_FAILED
+#define CKR_OPERATION_CANCEL_FAILED 0x202UL
+#endif
+
+/* Sessions a Token may hold at once: the owner session plus extra ones
+ * opened on demand so that concurrent signers (the witness endpoint) do not
+ * queue behind each other. A PKCS#11 session must not be used by two threads
+ * at once, so each call borrows a whole session from this pool. */
+#define TOKEN_SESSIONS_MAX 4
+#define TOKEN_PIN_MAX      256
+#define TOKEN_FIND_MAX     8
+
+typedef struct Session {
+    CK_SESSION_HANDLE h;
+    bool busy;
+} Session;
+
+struct Token {
+    CK_FUNCTION_LIST **modules; /* registered modules (owned) or NULL */
+    CK_FUNCTION_LIST *module;   /* the module holding our token */
+    bool module_owned;          /* loaded by path: finalize and release on close */
+    CK_SLOT_ID slot;
+    char label[33];
+    P11KitUri *sign_uri, *kek_uri;
+    char *sign_uri_text, *kek_uri_text;
+    char *key_id_cfg;
+
+    pthread_mutex_t lock; /* guards the pool and the DEK handle */
+    pthread_cond_t free_cond;
+    Session pool[TOKEN_SESSIONS_MAX];
+    size_t npool; /* pool[0] is the owner session, open for the Token's life */
+
+    pthread_mutex_t setup_lock; /* serializes the lazy key checks */
+    CK_OBJECT_HANDLE sign_key, pub_key, kek, dek;
+    bool sign_checked, kek_checked, dek_loaded;
+    uint8_t pk[TOKEN_ED25519_PK_LEN];
+    char kid[TOKEN_KID_MAX];
+};
+
+/* ---- CK_RV names and mapping -------------------------------------------- */
+
+typedef struct RvName {
+    CK_RV rv;
+    const char *name;
+} RvName;
+
+#define RV(x)                                                                                      \
+    {                                                                                              \
+        x, #x                                                                                      \
+    }
+static const RvName rv_names[] = {
+    RV(CKR_OK),
+    RV(CKR_CANCEL),
+    RV(CKR_HOST_MEMORY),
+    RV(CKR_SLOT_ID_INVALID),
+    RV(CKR_GENERAL_ERROR),
+    RV(CKR_FUNCTION_FAILED),
+    RV(CKR_ARGUMENTS_BAD),
+    RV(CKR_NO_EVENT),
+    RV(CKR_NEED_TO_CREATE_THREADS),
+    RV(CKR_CANT_LOCK),
+    RV(CKR_ATTRIBUTE_READ_ONLY),
+    RV(CKR_ATTRIBUTE_SENSITIVE),
+    RV(CKR_ATTRIBUTE_TYPE_INVALID),
+    RV(CKR_ATTRIBUTE_VALUE_INVALID),
+    RV(CKR_ACTION_PROHIBITED),
+    RV(CKR_DATA_INVALID),
+    RV(CKR_DATA_LEN_RANGE),
+    RV(CKR_DEVICE_ERROR),
+    RV(CKR_DEVICE_MEMORY),
+    RV(CKR_DEVICE_REMOVED),
+    RV(CKR_ENCRYPTED_DATA_INVALID),
+    RV(CKR_ENCRYPTED_DATA_LEN_RANGE),
+    RV(CKR_AEAD_DECRYPT_FAILED),
+    RV(CKR_FUNCTION_CANCELED),
+    RV(CKR_FUNCTION_NOT_PARALLEL),
+    RV(CKR_FUNCTION_NOT_SUPPORTED),
+    RV(CKR_KEY_HANDLE_INVALID),
+    RV(CKR_KEY_SIZE_RANGE),
+    RV(CKR_KEY_TYPE_INCONSISTENT),
+    RV(CKR_KEY_NOT_NEEDED),
+    RV(CKR_KEY_CHANGED),
+    RV(CKR_KEY_NEEDED),
+    RV(CKR_KEY_INDIGESTIBLE),
+    RV(CKR_KEY_FUNCTION_NOT_PERMITTED),
+    RV(CKR_KEY_NOT_WRAPPABLE),
+    RV(CKR_KEY_UNEXTRACTABLE),
+    RV(CKR_MECHANISM_INVALID),
+    RV(CKR_MECHANISM_PARAM_INVALID),
+    RV(CKR_OBJECT_HANDLE_INVALID),
+    RV(CKR_OPERATION_ACTIVE),
+    RV(CKR_OPERATION_NOT_INITIALIZED),
+    RV(CKR_PIN_INCORRECT),
+    RV(CKR_PIN_INVALID),
+    RV(CKR_PIN_LEN_RANGE),
+    RV(CKR_PIN_EXPIRED),
+    RV(CKR_PIN_LOCKED),
+    RV(CKR_SESSION_CLOSED),
+    RV(CKR_SESSION_COUNT),
+    RV(CKR_SESSION_HANDLE_INVALID),
+    RV(CKR_SESSION_PARALLEL_NOT_SUPPORTED),
+    RV(CKR_SESSION_READ_ONLY),
+    RV(CKR_SESSION_EXISTS),
+    RV(CKR_SESSION_READ_ONLY_EXISTS),
+    RV(CKR_SESSION_READ_WRITE_SO_EXISTS),
+    RV(CKR_SIGNATURE_INVALID),
+    RV(CKR_SIGNATURE_LEN_RANGE),
+    RV(CKR_TEMPLATE_INCOMPLETE),
+    RV(CKR_TEMPLATE_INCONSISTENT),
+    RV(CKR_TOKEN_NOT_PRESENT),
+    RV(CKR_TOKEN_NOT_RECOGNIZED),
+    RV(CKR_TOKEN_WRITE_PROTECTED),
+    RV(CKR_UNWRAPPING_KEY_HANDLE_INVALID),
+    RV(CKR_UNWRAPPING_KEY_SIZE_RANGE),
+    RV(CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT),
+    RV(CKR_USER_ALREADY_LOGGED_IN),
+    RV(CKR_USER_NOT_LOGGED_IN),
+    RV(CKR_USER_PIN_NOT_INITIALIZED),
+    RV(CKR_USER_TYPE_INVALID),
+    RV(CKR_USER_ANOTHER_ALREADY_LOGGED_IN),
+    RV(CKR_USER_TOO_MANY_TYPES),
+    RV(CKR_WRAPPED_KEY_INVALID),
+    RV(CKR_WRAPPED_KEY_LEN_RANGE),
+    RV(CKR_WRAPPING_KEY_HANDLE_INVALID),
+    RV(CKR_WRAPPING_KEY_SIZE_RANGE),
+    RV(CKR_WRAPPING_KEY_TYPE_INCONSISTENT),
+    RV(CKR_RANDOM_SEED_NOT_SUPPORTED),
+    RV(CKR_RANDOM_NO_RNG),
+    RV(CKR_DOMAIN_PARAMS_INVALID),
+    RV(CKR_CURVE_NOT_SUPPORTED),
+    RV(CKR_BUFFER_TOO_SMALL),
+    RV(CKR_SAVED_STATE_INVALID),
+    RV(CKR_INFORMATION_SENSITIVE),
+    RV(CKR_STATE_UNSAVEABLE),
+    RV(CKR_CRYPTOKI_NOT_INITIALIZED),
+    RV(CKR_CRYPTOKI_ALREADY_INITIALIZED),
+    RV(CKR_MUTEX_BAD),
+    RV(CKR_MUTEX_NOT_LOCKED),
+    RV(CKR_NEW_PIN_MODE),
+    RV(CKR_NEXT_OTP),
+    RV(CKR_EXCEEDED_MAX_ITERATIONS),
+    RV(CKR_FIPS_SELF_TEST_FAILED),
+    RV(CKR_LIBRARY_LOAD_FAILED),
+    RV(CKR_PIN_TOO_WEAK),
+    RV(CKR_PUBLIC_KEY_INVALID),
+    RV(CKR_FUNCTION_REJECTED),
+    RV(CKR_TOKEN_RESOURCE_EXCEEDED),
+    RV(CKR_OPERATION_CANCEL_FAILED),
+};
+#undef RV
+
+const char *token_rv_name(unsigned long rv)
+{
+    for (size_t i = 0; i < ELEMENTSOF(rv_names); i++)
+        if (rv_names[i].rv == rv)
+            return rv_names[i].name;
+    if (rv & CKR_VENDOR_DEFINED)
+        return "CKR_VENDOR_DEFINED";
+    return "CKR_(unknown)";
+}
+
+/* The error class of a CK_RV. Decrypt and unwrap failures are classified
+ * by their callers (a bad row is not a broken token). */
+static int rv_class(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_PIN_INCORRECT:
+    case CKR_PIN_INVALID:
+    case CKR_PIN_LEN_RANGE:
+    case CKR_PIN_EXPIRED:
+    case CKR_PIN_LOCKED:
+    case CKR_USER_PIN_NOT_INITIALIZED:
+    case CKR_USER_NOT_LOGGED_IN:
+        return LV_ERR_PIN;
+    case CKR_SLOT_ID_INVALID:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_TOKEN_NOT_RECOGNIZED:
+    case CKR_DEVICE_REMOVED:
+        return LV_ERR_NOTOKEN;
+    case CKR_KEY_SIZE_RANGE:
+    case CKR_KEY_TYPE_INCONSISTENT:
+    case CKR_KEY_FUNCTION_NOT_PERMITTED:
+    case CKR_KEY_NOT_WRAPPABLE:
+    case CKR_KEY_UNEXTRACTABLE:
+    case CKR_WRAPPING_KEY_SIZE_RANGE:
+    case CKR_WRAPPING_KEY_TYPE_INCONSISTENT:
+    case CKR_UNWRAPPING_KEY_SIZE_RANGE:
+    case CKR_UNWRAPPING_KEY_TYPE_INCONSISTENT:
+    case CKR_CURVE_NOT_SUPPORTED:
+    case CKR_DOMAIN_PARAMS_INVALID:
+        return LV_ERR_KEYBAD;
+    case CKR_KEY_HANDLE_INVALID:
+    case CKR_OBJECT_HANDLE_INVALID:
+    case CKR_WRAPPING_KEY_HANDLE_INVALID:
+    case CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+        return LV_ERR_NOKEY;
+    case CKR_ENCRYPTED_DATA_INVALID:
+    case CKR_ENCRYPTED_DATA_LEN_RANGE:
+    case CKR_AEAD_DECRYPT_FAILED:
+    case CKR_WRAPPED_KEY_INVALID:
+    case CKR_WRAPPED_KEY_LEN_RANGE:
+    case CKR_SIGNATURE_INVALID:
+    case CKR_SIGNATURE_LEN_RANGE:
+        return LV_ERR_CRYPTO;
+    case CKR_DATA_LEN_RANGE:
+    case CKR_DATA_INVALID:
+        return LV_ERR_INPUT;
+    default:
+        return LV_ERR_TOKEN;
+    }
+}
+
+static int rv_error(CK_RV rv, const char *what)
+{
+    return lv_error_set(rv_class(rv), "%s: %s (0x%lx)", what, token_rv_name(rv), (unsigned long)rv);
+}
+
+/* Prefixes the recorded detail with what failed (copied first: the detail
+ * buffer is also the destination). */
+static int err_prefix(int r, const char *what)
+{
+    char tmp[512];
+    snprintf(tmp, sizeof(tmp), "%s", lv_error());
+    return lv_error_set(r, "%s: %s", what, tmp);
+}
+
+/* Failures that say the token or the session is gone, as opposed to "this
+ * ciphertext or blob is bad". */
+static bool rv_is_outage(CK_RV rv)
+{
+    switch (rv) {
+    case CKR_HOST_MEMORY:
+    case CKR_DEVICE_ERROR:
+    case CKR_DEVICE_MEMORY:
+    case CKR_DEVICE_REMOVED:
+    case CKR_TOKEN_NOT_PRESENT:
+    case CKR_SESSION_CLOSED:
+    case CKR_SESSION_HANDLE_INVALID:
+    case CKR_CRYPTOKI_NOT_INITIALIZED:
+    case CKR_KEY_HANDLE_INVALID:
+    case CKR_OBJECT_HANDLE_INVALID:
+    case CKR_UNWRAPPING_KEY_HANDLE_INVALID:
+    case CKR_USER_NOT_LOGGED_IN:
+    case CKR_OPERATION_ACTIVE:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static const char *key_type_name(CK_KEY_TYPE kt)
+{
+    switch (kt) {
+    case CKK_RSA:
+        return "CKK_RSA";
+    case CKK_DSA:
+        return "CKK_DSA";
+    case CKK_DH:
+        return "CKK_DH";
+    case CKK_EC:
+        return "CKK_EC";
+    case CKK_EC_EDWARDS:
+        return "CKK_EC_EDWARDS";
+    case CKK_EC_MONTGOMERY:
+        return "CKK_EC_MONTGOMERY";
+    case CKK_GENERIC_SECRET:
+        return "CKK_GENERIC_SECRET";
+    case CKK_AES:
+        return "CKK_AES";
+    case CKK_DES3:
+        return "CKK_DES3";
+    default:
+        return "another key type";
+    }
+}
+
+/* ---- Sessions ----------------------------------------------------------- */
+
+static int session_get(Token *t, CK_SESSION_HANDLE *ret)
+{
+    int r = 0;
+    pthread_mutex_lock(&t->lock);
+    for (;;) {
+        for (size_t i = 0; i < t->npool; i++)
+            if (!t->pool[i].busy) {
+                t->pool[i].busy = true;
+                *ret = t->pool[i].h;
+                goto done;
+            }
+        if (t->npool < TOKEN_SESSIONS_MAX) {
+            /* A new session of a logged-in application is logged in too. */
+            CK_SESSION_HANDLE h;
+            CK_RV rv = t->module->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL, &h);
+            if (rv == CKR_OK) {
+                t->pool[t->npool++] = (Session){.h = h, .busy = true};
+                *ret = h;
+                goto done;
+            }
+            /* Too many sessions for the token: wait for one of ours. */
+            if (rv != CKR_SESSION_COUNT || t->npool == 0) {
+                r = rv_error(rv, "C_OpenSession");
+                goto done;
+            }
+        }
+        pthread_cond_wait(&t->free_cond, &t->lock);
+    }
+done:
+    pthread_mutex_unlock(&t->lock);
+    return r;
+}
+
+static void session_put(Token *t, CK_SESSION_HANDLE h)
+{
+    pthread_mutex_lock(&t->lock);
+    for (size_t i = 0; i < t->npool; i++)
+        if (t->pool[i].h == h)
+            t->pool[i].busy = false;
+    pthread_cond_signal(&t->free_cond);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* ---- Attributes and object search --------------------------------------- */
+
+static CK_RV get_attr(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
+                      void *buf, CK_ULONG *len)
+{
+    CK_ATTRIBUTE a = {type, buf, *len};
+    CK_RV rv = t->module->C_GetAttributeValue(s, o, &a, 1);
+    *len = a.ulValueLen;
+    return rv;
+}
+
+static int get_ulong(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
+                     const char *name, CK_ULONG *ret)
+{
+    CK_ULONG v = 0, len = sizeof(v);
+    CK_RV rv = get_attr(t, s, o, type, &v, &len);
+    if (rv != CKR_OK || len != sizeof(v))
+        return lv_error_set(rv == CKR_OK ? LV_ERR_KEYBAD : rv_class(rv), "cannot read %s: %s", name,
+                            token_rv_name(rv));
+    *ret = v;
+    return 0;
+}
+
+static int get_bool(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
+                    const char *name, bool *ret)
+{
+    CK_BBOOL v = CK_FALSE;
+    CK_ULONG len = sizeof(v);
+    CK_RV rv = get_attr(t, s, o, type, &v, &len);
+    if (rv != CKR_OK || len != sizeof(v))
+        return lv_error_set(rv == CKR_OK ? LV_ERR_KEYBAD : rv_class(rv), "cannot read %s: %s", name,
+                            token_rv_name(rv));
+    *ret = v == CK_TRUE;
+    return 0;
+}
+
+/* Reads a variable-length attribute of at most cap bytes. */
+static int get_bytes(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, CK_ATTRIBUTE_TYPE type,
+                     const char *name, uint8_t *buf, size_t cap, size_t *ret_len)
+{
+    CK_ULONG len = 0;
+    CK_RV rv = get_attr(t, s, o, type, NULL, &len);
+    if (rv == CKR_OK && len != CK_UNAVAILABLE_INFORMATION && len <= cap) {
+        rv = get_attr(t, s, o, type, buf, &len);
+        if (rv == CKR_OK) {
+            *ret_len = len;
+            return 0;
+        }
+    }
+    if (rv == CKR_OK)
+        return lv_error_set(LV_ERR_KEYBAD, "%s: unexpected length %lu", name, (unsigned long)len);
+    return lv_error_set(rv_class(rv), "cannot read %s: %s", name, token_rv_name(rv));
+}
+
+/* Finds objects matching tmpl; *ret_n is the true count up to TOKEN_FIND_MAX. */
+static int find_objects(Token *t, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG n,
+                        CK_OBJECT_HANDLE ret[TOKEN_FIND_MAX], size_t *ret_n)
+{
+    CK_RV rv = t->module->C_FindObjectsInit(s, tmpl, n);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_FindObjectsInit");
+    CK_ULONG got = 0;
+    rv = t->module->C_FindObjects(s, ret, TOKEN_FIND_MAX, &got);
+    CK_RV rv2 = t->module->C_FindObjectsFinal(s);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_FindObjects");
+    if (rv2 != CKR_OK)
+        return rv_error(rv2, "C_FindObjectsFinal");
+    *ret_n = got;
+    return 0;
+}
+
+/* ---- PIN ---------------------------------------------------------------- */
+
+/* Reads a PIN file into buf (NUL-terminated, trailing newline stripped).
+ * ENOENT is returned silently so that optional sources can be skipped. */
+static int read_pin(const char *path, char buf[TOKEN_PIN_MAX], size_t *ret_len)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return -ENOENT;
+        return lv_error_set(LV_ERR_PIN, "PIN file %s: %s", path, strerror(errno));
+    }
+    size_t len = 0;
+    for (;;) {
+        ssize_t k = read(fd, buf + len, TOKEN_PIN_MAX - len);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            explicit_bzero(buf, TOKEN_PIN_MAX);
+            return lv_error_set(LV_ERR_PIN, "PIN file %s: %s", path, strerror(errno));
+        }
+        if (k == 0)
+            break;
+        len += (size_t)k;
+        if (len == TOKEN_PIN_MAX) {
+            explicit_bzero(buf, TOKEN_PIN_MAX);
+            return lv_error_set(LV_ERR_PIN, "PIN file %s: longer than %d bytes", path,
+                                TOKEN_PIN_MAX - 1);
+        }
+    }
+    if (len && buf[len - 1] == '\n')
+        len--;
+    if (len && buf[len - 1] == '\r')
+        len--;
+    buf[len] = '\0';
+    if (len == 0 || memchr(buf, '\n', len) || memchr(buf, '\0', len)) {
+        explicit_bzero(buf, TOKEN_PIN_MAX);
+        return lv_error_set(LV_ERR_PIN, "PIN file %s: %s", path,
+                            len == 0 ? "empty" : "must hold one line (the PIN)");
+    }
+    *ret_len = len;
+    return 0;
+}
+
+/* The PIN from the first source present, in the documented order:
+ * $CREDENTIALS_DIRECTORY/pkcs11-pin, the PIN file, pin-source=file: in the URI. */
+static int load_pin(Token *t, const TokenConfig *cfg, char pin[TOKEN_PIN_MAX], size_t *ret_len,
+                    char *source, size_t source_cap)
+{
+    const char *creds = getenv("CREDENTIALS_DIRECTORY");
+    if (creds && *creds) {
+        snprintf(source, source_cap, "%s/pkcs11-pin", creds);
+        int r = read_pin(source, pin, ret_len);
+        if (r != -ENOENT)
+            return r;
+    }
+    if (cfg->pin_file) {
+        snprintf(source, source_cap, "%s", cfg->pin_file);
+        int r = read_pin(source, pin, ret_len);
+        if (r == -ENOENT)
+            return lv_error_set(LV_ERR_PIN, "PIN file %s: does not exist", cfg->pin_file);
+        return r;
+    }
+    P11KitUri *uris[] = {t->sign_uri, t->kek_uri};
+    for (size_t i = 0; i < ELEMENTSOF(uris); i++) {
+        const char *ps = uris[i] ? p11_kit_uri_get_pin_source(uris[i]) : NULL;
+        if (!ps)
+            continue;
+        const char *path = NULL;
+        if (strncmp(ps, "file://", 7) == 0 && ps[7] == '/')
+            path = ps + 7;
+        else if (strncmp(ps, "file:", 5) == 0 && ps[5] == '/')
+            path = ps + 5;
+        if (!path)
+            return lv_error_set(LV_ERR_INPUT,
+                                "pin-source=%s: only file: URIs with an absolute path are "
+                                "supported (pin-source=file:/path)",
+                                ps);
+        snprintf(source, source_cap, "%s", path);
+        int r = read_pin(source, pin, ret_len);
+        if (r == -ENOENT)
+            return lv_error_set(LV_ERR_PIN, "pin-source %s: does not exist", path);
+        return r;
+    }
+    return lv_error_set(LV_ERR_PIN,
+                        "no PIN source: set --pin-file / ATTESTO_LOCAL_VAULT_PIN_FILE, the "
+                        "systemd credential pkcs11-pin, or pin-source=file: in the key URI");
+}
+
+static int login(Token *t, const TokenConfig *cfg)
+{
+    CK_TOKEN_INFO ti;
+    CK_RV rv = t->module->C_GetTokenInfo(t->slot, &ti);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_GetTokenInfo");
+    if (!(ti.flags & CKF_LOGIN_REQUIRED))
+        return 0;
+    /* Checked before any attempt: a locked PIN cannot be fixed by trying,
+     * and on the final try one more wrong PIN would lock the token. */
+    if (ti.flags & CKF_USER_PIN_LOCKED)
+        return lv_error_set(LV_ERR_PIN,
+                            "token '%s': the user PIN is locked (CKF_USER_PIN_LOCKED); the "
+                            "security officer must reset it",
+                            t->label);
+    if (ti.flags & CKF_USER_PIN_FINAL_TRY)
+        return lv_error_set(LV_ERR_PIN,
+                            "token '%s': one PIN attempt left (CKF_USER_PIN_FINAL_TRY); refusing "
+                            "to log in automatically and risk locking the token; check the PIN "
+                            "and log in once by hand",
+                            t->label);
+    if (!(ti.flags & CKF_USER_PIN_INITIALIZED))
+        return lv_error_set(LV_ERR_PIN,
+                            "token '%s': the user PIN is not initialized "
+                            "(CKF_USER_PIN_INITIALIZED is clear)",
+                            t->label);
+
+    char pin[TOKEN_PIN_MAX];
+    char source[PATH_MAX];
+    size_t len = 0;
+    int r = load_pin(t, cfg, pin, &len, source, sizeof(source));
+    if (r < 0) {
+        explicit_bzero(pin, sizeof(pin));
+        return r;
+    }
+    /* Exactly one attempt: a rejected PIN is reported, never retried. */
+    rv = t->module->C_Login(t->pool[0].h, CKU_USER, (CK_UTF8CHAR *)pin, len);
+    explicit_bzero(pin, sizeof(pin));
+    if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
+        return 0;
+    if (rv == CKR_PIN_INCORRECT)
+        return lv_error_set(LV_ERR_PIN,
+                            "token '%s' rejected the PIN from %s (CKR_PIN_INCORRECT); not "
+                            "retried, to avoid locking the token",
+                            t->label, source);
+    if (rv == CKR_PIN_LOCKED)
+        return lv_error_set(LV_ERR_PIN, "token '%s': the user PIN is locked (CKR_PIN_LOCKED)",
+                            t->label);
+    return lv_error_set(rv_class(rv) == LV_ERR_TOKEN ? LV_ERR_PIN : rv_class(rv),
+                        "token '%s': C_Login with the PIN from %s: %s (0x%lx)", t->label, source,
+                        token_rv_name(rv), (unsigned long)rv);
+}
+
+/* ---- Module and token selection ----------------------------------------- */
+
+static int parse_uri(const char *what, const char *text, P11KitUri **ret)
+{
+    if (strncmp(text, "pkcs11:", 7) != 0)
+        /* Never echoed: the value may be raw key material. */
+        return lv_error_set(LV_ERR_INPUT,
+                            "%s: not a PKCS#11 URI; keys are named on the token, e.g. "
+                            "'pkcs11:token=attesto;object=lv-signing;type=private' (RFC 7512)",
+                            what);
+    P11KitUri *u = p11_kit_uri_new();
+    if (!u)
+        return lv_error_set(-ENOMEM, "out of memory");
+    int pr = p11_kit_uri_parse(text, P11_KIT_URI_FOR_ANY, u);
+    if (pr != P11_KIT_URI_OK) {
+        p11_kit_uri_free(u);
+        return lv_error_set(LV_ERR_INPUT, "%s: malformed PKCS#11 URI (RFC 7512): %s", what,
+                            p11_kit_uri_message(pr));
+    }
+    /* A misspelt attribute would silently widen the match. */
+    if (p11_kit_uri_any_unrecognized(u)) {
+        p11_kit_uri_free(u);
+        return lv_error_set(LV_ERR_INPUT, "%s: %s: unrecognized PKCS#11 URI attribute", what, text);
+    }
+    if (p11_kit_uri_get_pin_value(u)) {
+        p11_kit_uri_free(u);
+        return lv_error_set(LV_ERR_INPUT,
+                            "%s: pin-value= is refused (a PIN never goes into configuration or "
+                            "argv); use pin-source=file:, --pin-file or the pkcs11-pin credential",
+                            what);
+    }
+    *ret = u;
+    return 0;
+}
+
+static bool token_matches(Token *t, CK_FUNCTION_LIST *m, CK_SLOT_ID slot, CK_TOKEN_INFO *ti)
+{
+    CK_INFO mi;
+    CK_SLOT_INFO si;
+    if (m->C_GetInfo(&mi) != CKR_OK || m->C_GetSlotInfo(slot, &si) != CKR_OK)
+        return false;
+    P11KitUri *uris[] = {t->sign_uri, t->kek_uri};
+    for (size_t i = 0; i < ELEMENTSOF(uris); i++) {
+        if (!uris[i])
+            continue;
+        if (!p11_kit_uri_match_module_info(uris[i], &mi) ||
+            !p11_kit_uri_match_slot_info(uris[i], &si) ||
+            !p11_kit_uri_match_token_info(uris[i], ti))
+            return false;
+        CK_SLOT_ID want = p11_kit_uri_get_slot_id(uris[i]);
+        if (want != (CK_SLOT_ID)-1 && want != slot)
+            return false;
+    }
+    return true;
+}
+
+/* Walks the slots of the candidate modules and keeps the one token that
+ * both URIs match. Uninitialized tokens (SoftHSM's free slot) never match. */
+static int select_token(Token *t, CK_FUNCTION_LIST **mods, const char *uri_text)
+{
+    size_t found = 0;
+    char seen[256] = "";
+    for (size_t k = 0; mods[k]; k++) {
+        CK_FUNCTION_LIST *m = mods[k];
+        CK_SLOT_ID slots[64];
+        CK_ULONG n = ELEMENTSOF(slots);
+        CK_RV rv = m->C_GetSlotList(CK_TRUE, slots, &n);
+        if (rv == CKR_BUFFER_TOO_SMALL)
+            n = ELEMENTSOF(slots); /* more than 64 tokens: look at the first 64 */
+        else if (rv != CKR_OK)
+            continue;
+        for (CK_ULONG i = 0; i < n && i < ELEMENTSOF(slots); i++) {
+            CK_TOKEN_INFO ti;
+            if (m->C_GetTokenInfo(slots[i], &ti) != CKR_OK || !(ti.flags & CKF_TOKEN_INITIALIZED))
+                continue;
+            char label[33];
+            size_t ll = p11_kit_space_strlen(ti.label, sizeof(ti.label));
+            memcpy(label, ti.label, ll);
+            label[ll] = '\0';
+            if (strlen(seen) + ll + 4 < sizeof(seen))
+                snprintf(seen + strlen(seen), sizeof(seen) - strlen(seen), "%s'%s'",
+                         *seen ? ", " : "", label);
+            if (!token_matches(t, m, slots[i], &ti))
+                continue;
+            if (found++ == 0) {
+                t->module = m;
+                t->slot = slots[i];
+                memcpy(t->label, label, ll + 1);
+            }
+        }
+    }
+    if (found == 0)
+        return lv_error_set(LV_ERR_NOTOKEN, "no token matches %s (tokens present: %s)", uri_text,
+                            *seen ? seen : "none");
+    if (found > 1)
+        return lv_error_set(LV_ERR_AMBIG,
+                            "%zu tokens match %s (%s); add serial= or model= to the URI to pick "
+                            "one",
+                            found, uri_text, seen);
+    return 0;
+}
+
+static int load_modules(Token *t, const TokenConfig *cfg, CK_FUNCTION_LIST ***ret_list,
+                        CK_FUNCTION_LIST *single[2])
+{
+    const char *path = cfg->module_path;
+    const char *mp_sign = t->sign_uri ? p11_kit_uri_get_module_path(t->sign_uri) : NULL;
+    const char *mp_kek = t->kek_uri ? p11_kit_uri_get_module_path(t->kek_uri) : NULL;
+    if (!path) {
+        if (mp_sign && mp_kek && strcmp(mp_sign, mp_kek) != 0)
+            return lv_error_set(LV_ERR_INPUT,
+                                "the signing key and KEK URIs name different module-path values "
+                                "(%s, %s); both keys must be on one token",
+                                mp_sign, mp_kek);
+        path = mp_sign ? mp_sign : mp_kek;
+    }
+    if (path) {
+        struct stat st;
+        if (stat(path, &st) < 0)
+            return lv_error_set(LV_ERR_NOMOD, "PKCS#11 module %s: %s", path, strerror(errno));
+        /* Managed loading: p11-kit initializes the module with
+         * CKF_OS_LOCKING_OK and lets several users share it in one process. */
+        CK_FUNCTION_LIST *m = p11_kit_module_load(path, 0);
+        if (!m) {
+            const char *msg = p11_kit_message();
+            return lv_error_set(LV_ERR_NOMOD, "PKCS#11 module %s cannot be loaded: %s", path,
+                                msg ? msg : "unknown error");
+        }
+        CK_RV rv = p11_kit_module_initialize(m);
+        if (rv != CKR_OK) {
+            p11_kit_module_release(m);
+            return lv_error_set(LV_ERR_NOMOD, "PKCS#11 module %s: C_Initialize: %s (0x%lx)", path,
+                                token_rv_name(rv), (unsigned long)rv);
+        }
+        single[0] = m;
+        single[1] = NULL;
+        t->module_owned = true;
+        *ret_list = single;
+        return 0;
+    }
+    CK_FUNCTION_LIST **mods = p11_kit_modules_load_and_initialize(0);
+    if (!mods || !mods[0]) {
+        if (mods)
+            p11_kit_modules_finalize_and_release(mods);
+        return lv_error_set(LV_ERR_NOMOD,
+                            "no PKCS#11 module: none given (--pkcs11-module, "
+                            "ATTESTO_LOCAL_VAULT_PKCS11_MODULE, module-path= in the URI) and none "
+                            "registered with p11-kit");
+    }
+    t->modules = mods;
+    *ret_list = mods;
+    return 0;
+}
 
 int token_open(const TokenConfig *cfg, Token **ret)
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    int r = 0;
+    Token *t = calloc(1, sizeof(*t));
+    if (!t)
+        return lv_error_set(-ENOMEM, "out of memory");
+    pthread_mutex_init(&t->lock, NULL);
+    pthread_mutex_init(&t->setup_lock, NULL);
+    pthread_cond_init(&t->free_cond, NULL);
+
+    if (!cfg->signing_uri && !cfg->kek_uri) {
+        r = lv_error_set(LV_ERR_INPUT, "no key URI configured (--signing-key, --encryption-key)");
+        goto fail;
+    }
+    if (cfg->signing_uri) {
+        r = parse_uri("signing key", cfg->signing_uri, &t->sign_uri);
+        if (r < 0)
+            goto fail;
+        t->sign_uri_text = strdup(cfg->signing_uri);
+    }
+    if (cfg->kek_uri) {
+        r = parse_uri("encryption key", cfg->kek_uri, &t->kek_uri);
+        if (r < 0)
+            goto fail;
+        t->kek_uri_text = strdup(cfg->kek_uri);
+    }
+    if (cfg->key_id)
+        t->key_id_cfg = strdup(cfg->key_id);
+    if ((cfg->signing_uri && !t->sign_uri_text) || (cfg->kek_uri && !t->kek_uri_text) ||
+        (cfg->key_id && !t->key_id_cfg)) {
+        r = lv_error_set(-ENOMEM, "out of memory");
+        goto fail;
+    }
+
+    /* Modules print diagnostics through p11-kit otherwise; we report once. */
+    p11_kit_be_quiet();
+    CK_FUNCTION_LIST *single[2];
+    CK_FUNCTION_LIST **mods = NULL;
+    r = load_modules(t, cfg, &mods, single);
+    if (r < 0)
+        goto fail;
+    r = select_token(t, mods, t->sign_uri_text ? t->sign_uri_text : t->kek_uri_text);
+    if (r < 0) {
+        if (t->module_owned) {
+            p11_kit_module_finalize(single[0]);
+            p11_kit_module_release(single[0]);
+            t->module_owned = false;
+        }
+        t->module = NULL;
+        goto fail;
+    }
+    if (t->module_owned)
+        t->module = single[0];
+
+    /* The owner session lives as long as the Token: SoftHSM logs the
+     * application out and destroys its session objects (the DEK) when the
+     * last session closes. Read-only: keys init opens its own R/W session. */
+    CK_SESSION_HANDLE h;
+    CK_RV rv = t->module->C_OpenSession(t->slot, CKF_SERIAL_SESSION, NULL, NULL, &h);
+    if (rv != CKR_OK) {
+        r = rv_error(rv, "C_OpenSession");
+        goto fail;
+    }
+    t->pool[0] = (Session){.h = h};
+    t->npool = 1;
+
+    r = login(t, cfg);
+    if (r < 0)
+        goto fail;
+    *ret = t;
+    return 0;
+fail:
+    token_close(t);
+    return r;
 }
 
 Token *token_close(Token *t)
 {
+    if (!t)
+        return NULL;
+    if (t->module) {
+        /* Closing the sessions destroys the DEK (a session object). */
+        for (size_t i = 0; i < t->npool; i++)
+            t->module->C_CloseSession(t->pool[i].h);
+        if (t->module_owned) {
+            p11_kit_module_finalize(t->module);
+            p11_kit_module_release(t->module);
+        }
+    }
+    if (t->modules)
+        p11_kit_modules_finalize_and_release(t->modules);
+    if (t->sign_uri)
+        p11_kit_uri_free(t->sign_uri);
+    if (t->kek_uri)
+        p11_kit_uri_free(t->kek_uri);
+    free(t->sign_uri_text);
+    free(t->kek_uri_text);
+    free(t->key_id_cfg);
+    pthread_mutex_destroy(&t->lock);
+    pthread_mutex_destroy(&t->setup_lock);
+    pthread_cond_destroy(&t->free_cond);
+    explicit_bzero(t, sizeof(*t));
+    free(t);
     return NULL;
+}
+
+/* ---- Key lookup and checks ---------------------------------------------- */
+
+/* The DER of CKA_EC_PARAMS naming Ed25519: the OID 1.3.101.112 (RFC 8410)
+ * or the PrintableString "edwards25519" (PKCS#11 3.0); SoftHSM stores
+ * either, depending on how the key was made. */
+static const uint8_t ed25519_oid[] = {0x06, 0x03, 0x2b, 0x65, 0x70};
+static const uint8_t ed25519_name[] = {0x13, 0x0c, 'e', 'd', 'w', 'a', 'r',
+                                       'd',  's',  '2', '5', '5', '1', '9'};
+
+static bool is_ed25519_params(const uint8_t *p, size_t n)
+{
+    return (n == sizeof(ed25519_oid) && memcmp(p, ed25519_oid, n) == 0) ||
+           (n == sizeof(ed25519_name) && memcmp(p, ed25519_name, n) == 0);
+}
+
+/* Builds the search template from the URI's object attributes (label, id,
+ * class) plus class when the URI has no type=. Never from CKA_EC_PARAMS. */
+static int uri_template(P11KitUri *u, const char *what, CK_OBJECT_CLASS cls, CK_ATTRIBUTE *tmpl,
+                        CK_ULONG *n, CK_OBJECT_CLASS *cls_store)
+{
+    CK_ULONG na = 0;
+    CK_ATTRIBUTE *a = p11_kit_uri_get_attributes(u, &na);
+    *n = 0;
+    bool have_class = false;
+    for (CK_ULONG i = 0; i < na; i++) {
+        if (a[i].type == CKA_CLASS) {
+            CK_OBJECT_CLASS c = 0;
+            if (a[i].ulValueLen == sizeof(c))
+                memcpy(&c, a[i].pValue, sizeof(c));
+            if (c != cls)
+                return lv_error_set(LV_ERR_INPUT, "%s URI: type= must be %s", what,
+                                    cls == CKO_PRIVATE_KEY ? "private" : "secret-key");
+            have_class = true;
+        }
+        if (a[i].type != CKA_CLASS && a[i].type != CKA_LABEL && a[i].type != CKA_ID)
+            return lv_error_set(LV_ERR_INPUT, "%s URI: unsupported object attribute", what);
+        tmpl[(*n)++] = a[i];
+    }
+    if (!have_class) {
+        *cls_store = cls;
+        tmpl[(*n)++] = (CK_ATTRIBUTE){CKA_CLASS, cls_store, sizeof(*cls_store)};
+    }
+    return 0;
+}
+
+static bool uri_has(P11KitUri *u, CK_ATTRIBUTE_TYPE type)
+{
+    return p11_kit_uri_get_attribute(u, type) != NULL;
+}
+
+/* Finds the one object the URI names. Zero matches: LV_ERR_NOKEY; two or
+ * more: LV_ERR_AMBIG, even when only one has the expected key type. */
+static int find_key(Token *t, CK_SESSION_HANDLE s, P11KitUri *u, const char *uri_text,
+                    const char *what, CK_OBJECT_CLASS cls, CK_OBJECT_HANDLE *ret)
+{
+    CK_ATTRIBUTE tmpl[8];
+    CK_ULONG n = 0;
+    CK_OBJECT_CLASS cls_store;
+    int r = uri_template(u, what, cls, tmpl, &n, &cls_store);
+    if (r < 0)
+        return r;
+    if (!uri_has(u, CKA_LABEL) && !uri_has(u, CKA_ID))
+        return lv_error_set(LV_ERR_INPUT, "%s URI %s: names no object (add object= or id=)", what,
+                            uri_text);
+    CK_OBJECT_HANDLE h[TOKEN_FIND_MAX];
+    size_t found = 0;
+    r = find_objects(t, s, tmpl, n, h, &found);
+    if (r < 0)
+        return r;
+    if (found == 0)
+        return lv_error_set(LV_ERR_NOKEY, "%s: no object on token '%s' matches %s", what, t->label,
+                            uri_text);
+    if (found > 1)
+        return lv_error_set(LV_ERR_AMBIG,
+                            "%s: %s%zu objects on token '%s' match %s; refusing to guess (give "
+                            "each key a unique object= or id=)",
+                            what, found == TOKEN_FIND_MAX ? "at least " : "", found, t->label,
+                            uri_text);
+    *ret = h[0];
+    return 0;
+}
+
+static int check_key_policy(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *what)
+{
+    bool sensitive, extractable;
+    int r = get_bool(t, s, o, CKA_SENSITIVE, "CKA_SENSITIVE", &sensitive);
+    if (r >= 0)
+        r = get_bool(t, s, o, CKA_EXTRACTABLE, "CKA_EXTRACTABLE", &extractable);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (!sensitive)
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s: CKA_SENSITIVE is FALSE; the key must be sensitive (its value "
+                            "readable from the token otherwise)",
+                            what);
+    if (extractable)
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s: CKA_EXTRACTABLE is TRUE; the key must not be extractable (it "
+                            "could be wrapped off the token)",
+                            what);
+    return 0;
+}
+
+static int sign_locked(Token *t, CK_SESSION_HANDLE s, const uint8_t *msg, size_t len,
+                       uint8_t sig[TOKEN_ED25519_SIG_LEN]);
+
+static int read_public_key(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv, const char *what)
+{
+    /* The matching public object: same CKA_ID when the private key has one,
+     * else the same label, and Ed25519 by key type. */
+    uint8_t id[256], label[256];
+    size_t id_len = 0, label_len = 0;
+    int r = get_bytes(t, s, priv, CKA_ID, "CKA_ID", id, sizeof(id), &id_len);
+    if (r < 0)
+        id_len = 0;
+    if (id_len == 0) {
+        r = get_bytes(t, s, priv, CKA_LABEL, "CKA_LABEL", label, sizeof(label), &label_len);
+        if (r < 0)
+            return err_prefix(r, what);
+    }
+    lv_error_clear();
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_KEY_TYPE kt = CKK_EC_EDWARDS;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        id_len ? (CK_ATTRIBUTE){CKA_ID, id, id_len} : (CK_ATTRIBUTE){CKA_LABEL, label, label_len},
+    };
+    CK_OBJECT_HANDLE h[TOKEN_FIND_MAX];
+    size_t found = 0;
+    r = find_objects(t, s, tmpl, ELEMENTSOF(tmpl), h, &found);
+    if (r < 0)
+        return r;
+    if (found == 0)
+        return lv_error_set(LV_ERR_NOKEY,
+                            "%s: no Ed25519 public key object with the private key's %s on token "
+                            "'%s'",
+                            what, id_len ? "CKA_ID" : "CKA_LABEL", t->label);
+    if (found > 1)
+        return lv_error_set(LV_ERR_AMBIG,
+                            "%s: %zu Ed25519 public key objects share the private key's %s", what,
+                            found, id_len ? "CKA_ID" : "CKA_LABEL");
+
+    uint8_t buf[128];
+    size_t n = 0;
+    r = get_bytes(t, s, h[0], CKA_EC_PARAMS, "CKA_EC_PARAMS", buf, sizeof(buf), &n);
+    if (r < 0)
+        return err_prefix(r, "signing key (public key)");
+    if (!is_ed25519_params(buf, n))
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s (public key): CKA_EC_PARAMS does not name Ed25519 (neither OID "
+                            "1.3.101.112 nor \"edwards25519\")",
+                            what);
+    r = get_bytes(t, s, h[0], CKA_EC_POINT, "CKA_EC_POINT", buf, sizeof(buf), &n);
+    if (r < 0)
+        return err_prefix(r, "signing key (public key)");
+    /* DER OCTET STRING (04 20 || key), as PKCS#11 3.0 says, or the raw
+     * 32 bytes some tokens return. */
+    if (n == 34 && buf[0] == 0x04 && buf[1] == 0x20)
+        memcpy(t->pk, buf + 2, 32);
+    else if (n == 32)
+        memcpy(t->pk, buf, 32);
+    else
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s (public key): CKA_EC_POINT is %zu bytes (expected 04 20 + 32 "
+                            "bytes, or 32 bytes)",
+                            what, n);
+    t->pub_key = h[0];
+
+    /* Pairwise check: a public object that belongs to another key would make
+     * every signature unverifiable, so prove the pair before first use. */
+    static const char probe[] = "attesto-local-vault key pair check";
+    uint8_t sig[TOKEN_ED25519_SIG_LEN];
+    r = sign_locked(t, s, (const uint8_t *)probe, sizeof(probe) - 1, sig);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (pubkey_verify(t->pk, (const uint8_t *)probe, sizeof(probe) - 1, sig) < 0)
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s: the public key object does not belong to the private key (a "
+                            "test signature did not verify)",
+                            what);
+    return 0;
+}
+
+static int check_signing_key(Token *t, CK_SESSION_HANDLE s)
+{
+    const char *what = "signing key";
+    if (!t->sign_uri)
+        return lv_error_set(LV_ERR_INPUT, "no signing key URI configured (--signing-key)");
+    CK_OBJECT_HANDLE o;
+    int r = find_key(t, s, t->sign_uri, t->sign_uri_text, what, CKO_PRIVATE_KEY, &o);
+    if (r < 0)
+        return r;
+    CK_ULONG kt;
+    r = get_ulong(t, s, o, CKA_KEY_TYPE, "CKA_KEY_TYPE", &kt);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (kt != CKK_EC_EDWARDS)
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s %s: CKA_KEY_TYPE is %s (0x%lx); expected CKK_EC_EDWARDS with "
+                            "Ed25519",
+                            what, t->sign_uri_text, key_type_name(kt), (unsigned long)kt);
+    uint8_t params[128];
+    size_t n = 0;
+    r = get_bytes(t, s, o, CKA_EC_PARAMS, "CKA_EC_PARAMS", params, sizeof(params), &n);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (!is_ed25519_params(params, n))
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s %s: CKA_EC_PARAMS names another Edwards curve (expected Ed25519: "
+                            "OID 1.3.101.112 or \"edwards25519\")",
+                            what, t->sign_uri_text);
+    r = check_key_policy(t, s, o, what);
+    if (r < 0)
+        return r;
+    bool can_sign;
+    r = get_bool(t, s, o, CKA_SIGN, "CKA_SIGN", &can_sign);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (!can_sign)
+        return lv_error_set(LV_ERR_KEYBAD, "%s: CKA_SIGN is FALSE; the key may not sign", what);
+    t->sign_key = o;
+    r = read_public_key(t, s, o, what);
+    if (r < 0)
+        return r;
+    if (t->key_id_cfg)
+        snprintf(t->kid, sizeof(t->kid), "%s", t->key_id_cfg);
+    else {
+        char kid[20];
+        pubkey_default_kid(t->pk, kid);
+        snprintf(t->kid, sizeof(t->kid), "%s", kid);
+    }
+    return 0;
+}
+
+static int check_kek(Token *t, CK_SESSION_HANDLE s)
+{
+    const char *what = "encryption key (KEK)";
+    if (!t->kek_uri)
+        return lv_error_set(LV_ERR_INPUT, "no KEK URI configured (--encryption-key)");
+    CK_OBJECT_HANDLE o;
+    int r = find_key(t, s, t->kek_uri, t->kek_uri_text, what, CKO_SECRET_KEY, &o);
+    if (r < 0)
+        return r;
+    CK_ULONG kt, len;
+    r = get_ulong(t, s, o, CKA_KEY_TYPE, "CKA_KEY_TYPE", &kt);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (kt != CKK_AES)
+        return lv_error_set(LV_ERR_KEYBAD, "%s %s: CKA_KEY_TYPE is %s (0x%lx); expected CKK_AES",
+                            what, t->kek_uri_text, key_type_name(kt), (unsigned long)kt);
+    r = get_ulong(t, s, o, CKA_VALUE_LEN, "CKA_VALUE_LEN", &len);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (len != 32)
+        return lv_error_set(LV_ERR_KEYBAD, "%s %s: CKA_VALUE_LEN is %lu; expected 32 (AES-256)",
+                            what, t->kek_uri_text, (unsigned long)len);
+    r = check_key_policy(t, s, o, what);
+    if (r < 0)
+        return r;
+    bool wrap, unwrap;
+    r = get_bool(t, s, o, CKA_WRAP, "CKA_WRAP", &wrap);
+    if (r >= 0)
+        r = get_bool(t, s, o, CKA_UNWRAP, "CKA_UNWRAP", &unwrap);
+    if (r < 0)
+        return err_prefix(r, what);
+    if (!wrap || !unwrap)
+        return lv_error_set(LV_ERR_KEYBAD, "%s: %s is FALSE; the KEK must wrap and unwrap", what,
+                            !wrap ? "CKA_WRAP" : "CKA_UNWRAP");
+    t->kek = o;
+    return 0;
 }
 
 int token_check_signing_key(Token *t)
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    pthread_mutex_lock(&t->setup_lock);
+    int r = 0;
+    if (!t->sign_checked) {
+        CK_SESSION_HANDLE s;
+        r = session_get(t, &s);
+        if (r >= 0) {
+            r = check_signing_key(t, s);
+            session_put(t, s);
+        }
+        t->sign_checked = r >= 0;
+    }
+    pthread_mutex_unlock(&t->setup_lock);
+    return r;
 }
 
 int token_check_kek(Token *t)
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    pthread_mutex_lock(&t->setup_lock);
+    int r = 0;
+    if (!t->kek_checked) {
+        CK_SESSION_HANDLE s;
+        r = session_get(t, &s);
+        if (r >= 0) {
+            r = check_kek(t, s);
+            session_put(t, s);
+        }
+        t->kek_checked = r >= 0;
+    }
+    pthread_mutex_unlock(&t->setup_lock);
+    return r;
 }
 
 int token_public_key(Token *t, uint8_t ret_pk[TOKEN_ED25519_PK_LEN])
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    int r = token_check_signing_key(t);
+    if (r < 0)
+        return r;
+    memcpy(ret_pk, t->pk, TOKEN_ED25519_PK_LEN);
+    return 0;
 }
 
 const char *token_key_id(Token *t)
 {
-    return "";
+    if (token_check_signing_key(t) < 0)
+        return "";
+    return t->kid;
+}
+
+/* ---- Signing ------------------------------------------------------------ */
+
+static int sign_locked(Token *t, CK_SESSION_HANDLE s, const uint8_t *msg, size_t len,
+                       uint8_t sig[TOKEN_ED25519_SIG_LEN])
+{
+    /* Pure Ed25519: CKM_EDDSA without parameters, one C_Sign. */
+    CK_MECHANISM mech = {CKM_EDDSA, NULL, 0};
+    CK_RV rv = t->module->C_SignInit(s, &mech, t->sign_key);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_SignInit(CKM_EDDSA)");
+    CK_ULONG sl = TOKEN_ED25519_SIG_LEN;
+    rv = t->module->C_Sign(s, (CK_BYTE *)msg, len, sig, &sl);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_Sign(CKM_EDDSA)");
+    if (sl != TOKEN_ED25519_SIG_LEN)
+        return lv_error_set(LV_ERR_TOKEN, "C_Sign(CKM_EDDSA): %lu-byte signature (expected 64)",
+                            (unsigned long)sl);
+    return 0;
 }
 
 int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_ED25519_SIG_LEN])
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    if (len > (CK_ULONG)-1)
+        return lv_error_set(LV_ERR_TOOBIG, "message too large to sign");
+    int r = token_check_signing_key(t);
+    if (r < 0)
+        return r;
+    CK_SESSION_HANDLE s;
+    r = session_get(t, &s);
+    if (r < 0)
+        return r;
+    r = sign_locked(t, s, msg, len, ret_sig);
+    session_put(t, s);
+    return r;
+}
+
+/* ---- Spool DEK ---------------------------------------------------------- */
+
+int token_kek_wrap(Token *t, unsigned long key, uint8_t *out, size_t out_cap, size_t *ret_len)
+{
+    int r = token_check_kek(t);
+    if (r < 0)
+        return r;
+    CK_SESSION_HANDLE s;
+    r = session_get(t, &s);
+    if (r < 0)
+        return r;
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_ULONG n = out_cap;
+    CK_RV rv = t->module->C_WrapKey(s, &mech, t->kek, key, out, &n);
+    session_put(t, s);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)");
+    *ret_len = n;
+    return 0;
 }
 
 int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    int r = token_check_kek(t);
+    if (r < 0)
+        return r;
+    CK_SESSION_HANDLE s;
+    r = session_get(t, &s);
+    if (r < 0)
+        return r;
+    /* A session key that may leave the token only wrapped: sensitive, and
+     * extractable because C_WrapKey requires it; destroyed right after. */
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ULONG len = 32;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},       {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},   {CKA_TOKEN, &no, sizeof(no)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},     {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)}, {CKA_ENCRYPT, &no, sizeof(no)},
+        {CKA_DECRYPT, &no, sizeof(no)},       {CKA_SIGN, &no, sizeof(no)},
+        {CKA_VERIFY, &no, sizeof(no)},
+    };
+    CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE dek = CK_INVALID_HANDLE;
+    CK_RV rv = t->module->C_GenerateKey(s, &gen, tmpl, ELEMENTSOF(tmpl), &dek);
+    session_put(t, s);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_GenerateKey(CKM_AES_KEY_GEN, DEK)");
+    uint8_t blob[64];
+    size_t n = 0;
+    r = token_kek_wrap(t, dek, blob, sizeof(blob), &n);
+    if (session_get(t, &s) >= 0) {
+        t->module->C_DestroyObject(s, dek);
+        session_put(t, s);
+    }
+    if (r < 0)
+        return r;
+    if (n != TOKEN_WRAPPED_DEK_LEN)
+        return lv_error_set(LV_ERR_TOKEN,
+                            "C_WrapKey(CKM_AES_KEY_WRAP_PAD) gave %zu bytes (expected %d)", n,
+                            TOKEN_WRAPPED_DEK_LEN);
+    memcpy(ret_wrapped, blob, TOKEN_WRAPPED_DEK_LEN);
+    return 0;
+}
+
+int token_unwrap_aes(Token *t, const uint8_t *wrapped, size_t wrapped_len)
+{
+    /* KWP of a 16, 24 or 32-byte key is 24, 32 or 40 bytes. SoftHSM 2.6.1
+     * refuses CKA_VALUE_LEN in the unwrap template, so the blob length is
+     * what pins the key size. */
+    if (wrapped_len != 24 && wrapped_len != 32 && wrapped_len != 40)
+        return lv_error_set(LV_ERR_CRYPTO,
+                            "wrapped key: %zu bytes is not an AES key under CKM_AES_KEY_WRAP_PAD "
+                            "(24, 32 or 40 bytes)",
+                            wrapped_len);
+    int r = token_check_kek(t);
+    if (r < 0)
+        return r;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_ENCRYPT, &yes, sizeof(yes)},   {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_WRAP, &no, sizeof(no)},        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_SIGN, &no, sizeof(no)},        {CKA_VERIFY, &no, sizeof(no)},
+    };
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_SESSION_HANDLE s;
+    r = session_get(t, &s);
+    if (r < 0)
+        return r;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
+    CK_RV rv = t->module->C_UnwrapKey(s, &mech, t->kek, (CK_BYTE *)wrapped, wrapped_len, tmpl,
+                                      ELEMENTSOF(tmpl), &h);
+    session_put(t, s);
+    if (rv != CKR_OK) {
+        if (rv_is_outage(rv))
+            return rv_error(rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)");
+        /* A corrupt blob or another KEK: the wrapped key is rejected. */
+        return lv_error_set(LV_ERR_CRYPTO,
+                            "wrapped key does not unwrap under the KEK (corrupt, or wrapped "
+                            "under another KEK): C_UnwrapKey: %s (0x%lx)",
+                            token_rv_name(rv), (unsigned long)rv);
+    }
+    pthread_mutex_lock(&t->lock);
+    CK_OBJECT_HANDLE old = t->dek_loaded ? t->dek : CK_INVALID_HANDLE;
+    t->dek = h;
+    t->dek_loaded = true;
+    pthread_mutex_unlock(&t->lock);
+    if (old != CK_INVALID_HANDLE && session_get(t, &s) >= 0) {
+        t->module->C_DestroyObject(s, old);
+        session_put(t, s);
+    }
+    return 0;
 }
 
 int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    if (wrapped_len != TOKEN_WRAPPED_DEK_LEN)
+        return lv_error_set(LV_ERR_CRYPTO,
+                            "wrapped DEK: %zu bytes (an AES-256 key under CKM_AES_KEY_WRAP_PAD "
+                            "is %d)",
+                            wrapped_len, TOKEN_WRAPPED_DEK_LEN);
+    return token_unwrap_aes(t, wrapped, wrapped_len);
 }
 
-int token_aead_encrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
+/* ---- AES-GCM ------------------------------------------------------------ */
+
+static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+               size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    CK_SESSION_HANDLE s;
+    int r = session_get(t, &s);
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&t->lock);
+    CK_OBJECT_HANDLE key = t->dek;
+    bool loaded = t->dek_loaded;
+    pthread_mutex_unlock(&t->lock);
+    if (!loaded) {
+        session_put(t, s);
+        return lv_error_set(LV_ERR_TOKEN, "no spool DEK loaded (token_dek_load)");
+    }
+    /* Zeroed, with ulIvBits set: SoftHSM returns CKR_ARGUMENTS_BAD otherwise. */
+    CK_GCM_PARAMS p;
+    memset(&p, 0, sizeof(p));
+    p.pIv = (CK_BYTE *)iv;
+    p.ulIvLen = TOKEN_GCM_IV_LEN;
+    p.ulIvBits = TOKEN_GCM_IV_LEN * 8;
+    p.pAAD = (CK_BYTE *)aad;
+    p.ulAADLen = aad_len;
+    p.ulTagBits = TOKEN_GCM_TAG_LEN * 8;
+    CK_MECHANISM mech = {CKM_AES_GCM, &p, sizeof(p)};
+    CK_ULONG n = out_len;
+    CK_RV rv;
+    if (encrypt) {
+        rv = t->module->C_EncryptInit(s, &mech, key);
+        if (rv == CKR_OK)
+            rv = t->module->C_Encrypt(s, (CK_BYTE *)in, in_len, out, &n);
+        if (rv != CKR_OK)
+            r = rv_error(rv, "C_Encrypt(CKM_AES_GCM)");
+        else if (n != out_len)
+            r = lv_error_set(LV_ERR_TOKEN, "C_Encrypt(CKM_AES_GCM): %lu bytes (expected %zu)",
+                             (unsigned long)n, out_len);
+    } else {
+        rv = t->module->C_DecryptInit(s, &mech, key);
+        if (rv != CKR_OK)
+            r = rv_error(rv, "C_DecryptInit(CKM_AES_GCM)");
+        else {
+            /* SoftHSM sizes GCM output by the whole input (ciphertext and
+             * tag) and answers CKR_BUFFER_TOO_SMALL otherwise, which would
+             * leave the operation active on the session. Decrypt into a
+             * buffer of the input's size, then copy the plaintext out. */
+            uint8_t *tmp = malloc(in_len ? in_len : 1);
+            n = in_len;
+            if (!tmp)
+                rv = CKR_HOST_MEMORY;
+            else
+                rv = t->module->C_Decrypt(s, (CK_BYTE *)in, in_len, tmp, &n);
+            if (rv != CKR_OK && rv_is_outage(rv))
+                r = rv_error(rv, "C_Decrypt(CKM_AES_GCM)");
+            else if (rv != CKR_OK)
+                /* SoftHSM reports a tag or AAD mismatch as CKR_GENERAL_ERROR:
+                 * this ciphertext is rejected; the token is fine. */
+                r = lv_error_set(LV_ERR_CRYPTO,
+                                 "AES-GCM authentication failed (tag, AAD, IV or key mismatch): "
+                                 "C_Decrypt: %s (0x%lx)",
+                                 token_rv_name(rv), (unsigned long)rv);
+            else if (n != out_len)
+                r = lv_error_set(LV_ERR_TOKEN, "C_Decrypt(CKM_AES_GCM): %lu bytes (expected %zu)",
+                                 (unsigned long)n, out_len);
+            else if (out_len)
+                memcpy(out, tmp, out_len);
+            erase_and_free(tmp, in_len);
+        }
+    }
+    session_put(t, s);
+    if (r < 0 && out_len)
+        explicit_bzero(out, out_len);
+    return r;
 }
 
-int token_aead_decrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad, size_t aad_len, const uint8_t *ct_tag, size_t ct_tag_len, uint8_t *out)
+int token_aead_encrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+                       size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
+    /* The AAD binds a row to its place; a row without it could be moved. */
+    if (!aad || aad_len == 0)
+        return lv_error_set(LV_ERR_INPUT, "AES-GCM: empty AAD refused");
+    if (pt_len > (CK_ULONG)-1 - TOKEN_GCM_TAG_LEN || aad_len > (CK_ULONG)-1)
+        return lv_error_set(LV_ERR_TOOBIG, "AES-GCM: input too large");
+    return gcm(t, true, iv, aad, aad_len, pt, pt_len, out, pt_len + TOKEN_GCM_TAG_LEN);
+}
+
+int token_aead_decrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+                       size_t aad_len, const uint8_t *ct_tag, size_t ct_tag_len, uint8_t *out)
+{
+    if (!aad || aad_len == 0)
+        return lv_error_set(LV_ERR_INPUT, "AES-GCM: empty AAD refused");
+    if (ct_tag_len < TOKEN_GCM_TAG_LEN)
+        return lv_error_set(LV_ERR_CRYPTO, "AES-GCM: %zu bytes is shorter than the 16-byte tag",
+                            ct_tag_len);
+    if (ct_tag_len > (CK_ULONG)-1 || aad_len > (CK_ULONG)-1)
+        return lv_error_set(LV_ERR_TOOBIG, "AES-GCM: input too large");
+    return gcm(t, false, iv, aad, aad_len, ct_tag, ct_tag_len, out, ct_tag_len - TOKEN_GCM_TAG_LEN);
+}
+
+/* ---- keys init ---------------------------------------------------------- */
+
+/* Label and id for a new object, from the URI's object= and id=; without
+ * id= the label doubles as CKA_ID so the key pair is linked by id. */
+static int new_object_names(P11KitUri *u, const char *what, CK_ATTRIBUTE *label, CK_ATTRIBUTE *id)
+{
+    CK_ATTRIBUTE *l = p11_kit_uri_get_attribute(u, CKA_LABEL);
+    CK_ATTRIBUTE *i = p11_kit_uri_get_attribute(u, CKA_ID);
+    if (!l || l->ulValueLen == 0)
+        return lv_error_set(LV_ERR_INPUT,
+                            "%s URI: needs object=<label> to create the key (keys init)", what);
+    *label = *l;
+    *id = (i && i->ulValueLen) ? *i : (CK_ATTRIBUTE){CKA_ID, l->pValue, l->ulValueLen};
+    return 0;
+}
+
+/* Counts objects of the URI without judging them (keys init decides). */
+static int count_objects(Token *t, CK_SESSION_HANDLE s, P11KitUri *u, const char *what,
+                         CK_OBJECT_CLASS cls, size_t *ret)
+{
+    CK_ATTRIBUTE tmpl[8];
+    CK_ULONG n = 0;
+    CK_OBJECT_CLASS cls_store;
+    int r = uri_template(u, what, cls, tmpl, &n, &cls_store);
+    if (r < 0)
+        return r;
+    CK_OBJECT_HANDLE h[TOKEN_FIND_MAX];
+    return find_objects(t, s, tmpl, n, h, ret);
+}
+
+static int create_signing_pair(Token *t, CK_SESSION_HANDLE s)
+{
+    CK_ATTRIBUTE label, id;
+    int r = new_object_names(t->sign_uri, "signing key", &label, &id);
+    if (r < 0)
+        return r;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_KEY_TYPE kt = CKK_EC_EDWARDS;
+    CK_MECHANISM mech = {CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0};
+    /* SoftHSM and the PKCS#11 3.0 profile take the curve as either
+     * encoding; try the OID (RFC 8410) first, then the curve name. */
+    const uint8_t *params[] = {ed25519_oid, ed25519_name};
+    const size_t params_len[] = {sizeof(ed25519_oid), sizeof(ed25519_name)};
+    CK_RV rv = CKR_OK;
+    for (size_t k = 0; k < 2; k++) {
+        CK_ATTRIBUTE pub[] = {
+            {CKA_TOKEN, &yes, sizeof(yes)},
+            {CKA_PRIVATE, &no, sizeof(no)},
+            {CKA_VERIFY, &yes, sizeof(yes)},
+            {CKA_ENCRYPT, &no, sizeof(no)},
+            {CKA_WRAP, &no, sizeof(no)},
+            {CKA_DERIVE, &no, sizeof(no)},
+            {CKA_KEY_TYPE, &kt, sizeof(kt)},
+            {CKA_EC_PARAMS, (void *)params[k], params_len[k]},
+            {CKA_LABEL, label.pValue, label.ulValueLen},
+            {CKA_ID, id.pValue, id.ulValueLen},
+        };
+        CK_ATTRIBUTE priv[] = {
+            {CKA_TOKEN, &yes, sizeof(yes)},     {CKA_PRIVATE, &yes, sizeof(yes)},
+            {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &no, sizeof(no)},
+            {CKA_SIGN, &yes, sizeof(yes)},      {CKA_DECRYPT, &no, sizeof(no)},
+            {CKA_UNWRAP, &no, sizeof(no)},      {CKA_DERIVE, &no, sizeof(no)},
+            {CKA_KEY_TYPE, &kt, sizeof(kt)},    {CKA_LABEL, label.pValue, label.ulValueLen},
+            {CKA_ID, id.pValue, id.ulValueLen},
+        };
+        CK_OBJECT_HANDLE hpub, hpriv;
+        rv = t->module->C_GenerateKeyPair(s, &mech, pub, ELEMENTSOF(pub), priv, ELEMENTSOF(priv),
+                                          &hpub, &hpriv);
+        if (rv == CKR_OK)
+            return 0;
+        if (rv != CKR_CURVE_NOT_SUPPORTED && rv != CKR_ATTRIBUTE_VALUE_INVALID &&
+            rv != CKR_DOMAIN_PARAMS_INVALID)
+            break;
+    }
+    return rv_error(rv, "signing key: C_GenerateKeyPair(CKM_EC_EDWARDS_KEY_PAIR_GEN, Ed25519)");
+}
+
+static int create_kek(Token *t, CK_SESSION_HANDLE s)
+{
+    CK_ATTRIBUTE label, id;
+    int r = new_object_names(t->kek_uri, "encryption key", &label, &id);
+    if (r < 0)
+        return r;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_ULONG len = 32;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_VALUE_LEN, &len, sizeof(len)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)},
+        {CKA_WRAP, &yes, sizeof(yes)},
+        {CKA_UNWRAP, &yes, sizeof(yes)},
+        {CKA_ENCRYPT, &yes, sizeof(yes)},
+        {CKA_DECRYPT, &yes, sizeof(yes)},
+        {CKA_SIGN, &no, sizeof(no)},
+        {CKA_VERIFY, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
+        {CKA_LABEL, label.pValue, label.ulValueLen},
+        {CKA_ID, id.pValue, id.ulValueLen},
+    };
+    CK_MECHANISM mech = {CKM_AES_KEY_GEN, NULL, 0};
+    CK_OBJECT_HANDLE h;
+    CK_RV rv = t->module->C_GenerateKey(s, &mech, tmpl, ELEMENTSOF(tmpl), &h);
+    if (rv != CKR_OK)
+        return rv_error(rv, "encryption key: C_GenerateKey(CKM_AES_KEY_GEN, AES-256)");
+    return 0;
 }
 
 int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek)
 {
-    return lv_error_set(LV_ERR_TOKEN, "token layer not implemented yet");
-}
-
-const char *token_rv_name(unsigned long rv)
-{
-    return "";
+    bool made_sign = false, made_kek = false;
+    /* Token objects need a read/write session; opened for this call only,
+     * while the owner session keeps the login. */
+    CK_SESSION_HANDLE s;
+    CK_RV rv =
+        t->module->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_OpenSession(read/write)");
+    int r = 0;
+    pthread_mutex_lock(&t->setup_lock);
+    if (t->sign_uri) {
+        size_t n = 0;
+        r = count_objects(t, s, t->sign_uri, "signing key", CKO_PRIVATE_KEY, &n);
+        if (r < 0)
+            goto done;
+        if (n == 0) {
+            r = create_signing_pair(t, s);
+            if (r < 0)
+                goto done;
+            made_sign = true;
+        }
+        /* Whether found or just made, the key must pass the same checks. */
+        t->sign_checked = false;
+        r = check_signing_key(t, s);
+        if (r < 0)
+            goto done;
+        t->sign_checked = true;
+    }
+    if (t->kek_uri) {
+        size_t n = 0;
+        r = count_objects(t, s, t->kek_uri, "encryption key", CKO_SECRET_KEY, &n);
+        if (r < 0)
+            goto done;
+        if (n == 0) {
+            r = create_kek(t, s);
+            if (r < 0)
+                goto done;
+            made_kek = true;
+        }
+        t->kek_checked = false;
+        r = check_kek(t, s);
+        if (r < 0)
+            goto done;
+        t->kek_checked = true;
+    }
+done:
+    pthread_mutex_unlock(&t->setup_lock);
+    t->module->C_CloseSession(s);
+    if (ret_created_signing)
+        *ret_created_signing = made_sign;
+    if (ret_created_kek)
+        *ret_created_kek = made_kek;
+    return r;
 }

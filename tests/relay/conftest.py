@@ -1,0 +1,40 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Fixtures for the relay tests: one throwaway PKI per session, a fresh token
+and spool per test, and receivers started on demand."""
+import pytest
+
+import lvtest
+from relaylib import PKI, Receiver, public_key_hex, relay_env
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory):
+    return PKI(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture
+def vault(tmp_path):
+    v = lvtest.Vault(tmp_path / "vault")
+    v.pk = public_key_hex(v)
+    return v
+
+
+@pytest.fixture
+def start_receiver(tmp_path, pki):
+    """start_receiver(vault=None, **kw) starts a receiver that knows the
+    vault's key, and points the vault at it over HTTPS with the test CA."""
+    started = []
+
+    def start(vault=None, inst="inst-test", **kw):
+        reg = kw.pop("register", None)
+        if reg is None:
+            reg = [(inst, vault.pk)] if vault is not None else []
+        r = Receiver(tmp_path / f"receiver{len(started)}", pki, register=reg, **kw)
+        started.append(r)
+        if vault is not None:
+            relay_env(vault, r, pki, inst)
+        return r
+
+    yield start
+    for r in started:
+        r.stop()
