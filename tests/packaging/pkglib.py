@@ -8,15 +8,23 @@ import subprocess
 import lvtest
 
 NAME = "attesto-local-vault"
+TOOLS = NAME + "-tools"
+PACKAGES = [NAME, TOOLS]
 WORK = os.path.join(lvtest.BUILD_DIR, "packaging-test")
 DIST = os.path.join(WORK, "dist")
 CLONE = os.path.join(WORK, "clone")  # the fresh clone the packages were built from
 DOCS = os.path.join(lvtest.SOURCE_DIR, "docs", "packaging.md")
 
-# Files that only one format carries, by that format's convention
-# (docs/packaging.md, "Same payload").
-DEB_ONLY = {f"/usr/share/doc/{NAME}/changelog.gz"}
-RPM_ONLY = {f"/usr/share/licenses/{NAME}/LICENSE"}
+
+
+def deb_only(pkg):
+    """Files only the .deb carries, by Debian's convention (docs/packaging.md, "Same payload")."""
+    return {f"/usr/share/doc/{pkg}/changelog.gz"}
+
+
+def rpm_only(pkg):
+    """Files only the .rpm carries, by RPM's convention."""
+    return {f"/usr/share/licenses/{pkg}/LICENSE"}
 
 
 def sh(args, **kw):
@@ -29,14 +37,14 @@ def version():
     return re.search(r"project\(attesto-local-vault VERSION ([0-9.]+)", text).group(1)
 
 
-def deb():
+def deb(pkg=NAME):
     arch = sh(["dpkg", "--print-architecture"]).strip()
-    return os.path.join(DIST, f"{NAME}_{version()}_{arch}.deb")
+    return os.path.join(DIST, f"{pkg}_{version()}_{arch}.deb")
 
 
-def rpm():
+def rpm(pkg=NAME):
     arch = sh(["rpm", "--eval", "%{_arch}"]).strip()
-    return os.path.join(DIST, f"{NAME}-{version()}-1.{arch}.rpm")
+    return os.path.join(DIST, f"{pkg}-{version()}-1.{arch}.rpm")
 
 
 def needed_sonames(binary):

@@ -19,8 +19,9 @@ def test_scripts_package_builds_both_packages_from_a_fresh_clone():
                        capture_output=True, text=True, timeout=850)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "uncommitted" not in p.stderr, p.stderr
-    assert os.path.isfile(pkglib.deb()), os.listdir(pkglib.DIST)
-    assert os.path.isfile(pkglib.rpm()), os.listdir(pkglib.DIST)
+    for pkg in pkglib.PACKAGES:
+        assert os.path.isfile(pkglib.deb(pkg)), os.listdir(pkglib.DIST)
+        assert os.path.isfile(pkglib.rpm(pkg)), os.listdir(pkglib.DIST)
     # Both say which commit they were built from and carry the CMake version.
     info = pkglib.sh(["dpkg-deb", "-f", pkglib.deb(), "Version"]).strip()
     assert info == pkglib.version()

@@ -14,12 +14,21 @@ UNITS = ["attesto-local-vault.service", "attesto-local-vault-witness.service",
          "attesto-local-vault-witness.socket"]
 
 
+def unpack(tmp_path_factory, pkg):
+    root = tmp_path_factory.mktemp(pkg)
+    sh(["dpkg-deb", "-x", pkglib.deb(pkg), str(root)])
+    sh(["dpkg-deb", "-e", pkglib.deb(pkg), str(root / "DEBIAN")])
+    return root
+
+
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deb")
-    sh(["dpkg-deb", "-x", pkglib.deb(), str(root)])
-    sh(["dpkg-deb", "-e", pkglib.deb(), str(root / "DEBIAN")])
-    return root
+    return unpack(tmp_path_factory, NAME)
+
+
+@pytest.fixture(scope="module")
+def tools(tmp_path_factory):
+    return unpack(tmp_path_factory, pkglib.TOOLS)
 
 
 def test_lintian_reports_no_errors_and_every_warning_is_justified():
@@ -57,19 +66,41 @@ def test_example_environment_file_is_a_conffile(tree):
     assert "PIN=" not in env.replace("PIN_FILE=", "")
 
 
-def test_depends_come_from_shlibdeps_and_never_name_softhsm(tree):
-    control = (tree / "DEBIAN/control").read_text()
-    fields = dict(re.findall(r"^([A-Za-z-]+): (.*)$", control, re.M))
+def control_fields(root):
+    control = (root / "DEBIAN/control").read_text()
+    return dict(re.findall(r"^([A-Za-z-]+): (.*)$", control, re.M))
+
+
+def check_shlibdeps(root, binary):
+    fields = control_fields(root)
     depends = {d.strip().split()[0] for alt in fields["Depends"].split(",") for d in alt.split("|")}
     # Each shared library the binary needs maps to the package that provides
     # it on this system, and that package is a dependency.
-    for soname in pkglib.needed_sonames(str(tree / "usr/bin/attesto-local-vault")):
+    sonames = pkglib.needed_sonames(str(root / "usr/bin" / binary))
+    assert "libc.so.6" in sonames
+    for soname in sonames:
         owner = sh(["dpkg", "-S", f"*/{soname}"]).split(":")[0]
         assert owner in depends, f"{soname} ({owner}) missing from Depends: {fields['Depends']}"
+    for f in ("Depends", "Pre-Depends", "Recommends", "Suggests", "Enhances"):
+        assert "softhsm" not in fields.get(f, ""), fields
+    return depends
+
+
+def test_depends_come_from_shlibdeps_and_never_name_softhsm(tree):
+    depends = check_shlibdeps(tree, "attesto-local-vault")
     # systemd-sysusers runs in postinst (misc:Depends from dh_installsysusers).
     assert "systemd" in depends
-    for f in ("Depends", "Pre-Depends", "Recommends", "Suggests", "Enhances"):
-        assert "softhsm" not in fields.get(f, ""), control
+
+
+def test_tools_package_holds_the_receiver_and_nothing_of_the_service(tree, tools):
+    assert (tools / "usr/bin/attesto-local-vault-receiver").is_file()
+    assert (tools / "usr/share/man/man1/attesto-local-vault-receiver.1.gz").is_file()
+    assert (tools / f"usr/share/doc/{pkglib.TOOLS}/copyright").is_file()
+    assert not (tools / "etc").exists() and not (tools / "lib").exists()
+    assert not (tree / "usr/bin/attesto-local-vault-receiver").exists()
+    # It stands alone: no dependency on the product package.
+    depends = check_shlibdeps(tools, "attesto-local-vault-receiver")
+    assert NAME not in depends
 
 
 def test_maintainer_scripts_create_the_user_and_reload_systemd(tree):
