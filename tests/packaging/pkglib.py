@@ -52,6 +52,22 @@ def needed_sonames(binary):
     return re.findall(r"^\s*NEEDED\s+(\S+)$", out, re.M)
 
 
+def resolved_libraries(binary):
+    """{soname: path} as the dynamic loader resolves them on this system."""
+    out = sh(["ldd", binary])
+    return dict(re.findall(r"^\s*(\S+) => (/\S+)", out, re.M))
+
+
+def owning_package(path):
+    """The Debian package that ships path (tried as given and with symlinks
+    resolved, as /lib and /usr/lib may be either on Debian 12)."""
+    for p in (path, os.path.realpath(path)):
+        r = subprocess.run(["dpkg", "-S", p], capture_output=True, text=True)
+        if r.returncode == 0:
+            return r.stdout.split(":")[0]
+    raise AssertionError(f"no package ships {path}")
+
+
 def documented_tags():
     """The lintian/rpmlint tags that docs/packaging.md justifies (written `tag`)."""
     return set(re.findall(r"`([a-z0-9][a-z0-9%.+-]*)`", open(DOCS).read()))

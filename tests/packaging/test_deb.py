@@ -78,8 +78,9 @@ def check_shlibdeps(root, binary):
     # it on this system, and that package is a dependency.
     sonames = pkglib.needed_sonames(str(root / "usr/bin" / binary))
     assert "libc.so.6" in sonames
+    resolved = pkglib.resolved_libraries(str(root / "usr/bin" / binary))
     for soname in sonames:
-        owner = sh(["dpkg", "-S", f"*/{soname}"]).split(":")[0]
+        owner = pkglib.owning_package(resolved[soname])
         assert owner in depends, f"{soname} ({owner}) missing from Depends: {fields['Depends']}"
     for f in ("Depends", "Pre-Depends", "Recommends", "Suggests", "Enhances"):
         assert "softhsm" not in fields.get(f, ""), fields

@@ -40,8 +40,23 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.path = path
 
     def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(self.path)
+        self.sock = connect_unix(self.path)
+
+
+def connect_unix(path, timeout=20):
+    """Connects, retrying while the path exists but is not yet listening
+    (systemd-socket-activate binds, then listens)."""
+    deadline = time.time() + timeout
+    while True:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.connect(path)
+            return s
+        except (ConnectionRefusedError, FileNotFoundError):
+            s.close()
+            if time.time() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 def request(path, method, url, body=None):
@@ -165,8 +180,7 @@ def test_wrong_pin_credential_fails_with_exit_5_and_is_not_retried(tmp_path):
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.02)
         # The service starts on the first connection, as under systemd.
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.connect(path)
+        s = connect_unix(path)
         try:
             assert proc.wait(timeout=60) == 5, open(log.name).read()
         finally:
