@@ -84,6 +84,10 @@ def unit_environment(vault_env, creds):
             if (k.startswith("ATTESTO_LOCAL_VAULT_") and k != "ATTESTO_LOCAL_VAULT_PIN_FILE")
             or k == "SOFTHSM2_CONF"}
     keep["CREDENTIALS_DIRECTORY"] = str(creds)
+    # Not the unit's, the test harness's: the sanitizer build's settings and
+    # leak suppressions must reach the process too.
+    keep.update({k: v for k, v in os.environ.items()
+                 if k in ("ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS")})
     return [f"--setenv={k}={v}" for k, v in sorted(keep.items())]
 
 
