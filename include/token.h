@@ -86,3 +86,26 @@ const char *token_rv_name(unsigned long rv);
  * in came from (a path, or "(no login required)"). */
 const char *token_label(Token *t);
 const char *token_pin_source(Token *t);
+
+/* Key rotation (docs/operations.md, "Key rotation").
+ *
+ * A spool whose DEK was rotated holds rows under several DEKs at once: each
+ * is unwrapped into one of TOKEN_DEK_SLOTS slots (sensitive, never
+ * extractable session keys, like the DEK of token_dek_load, which is
+ * separate from these slots) and used by the _slot AEAD calls. */
+#define TOKEN_DEK_SLOTS 8
+int token_dek_load_slot(Token *t, unsigned slot, const uint8_t *wrapped, size_t wrapped_len);
+void token_dek_unload_slot(Token *t, unsigned slot);
+int token_aead_encrypt_slot(Token *t, unsigned slot, const uint8_t iv[TOKEN_GCM_IV_LEN],
+                            const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                            uint8_t *out);
+int token_aead_decrypt_slot(Token *t, unsigned slot, const uint8_t iv[TOKEN_GCM_IV_LEN],
+                            const uint8_t *aad, size_t aad_len, const uint8_t *ct_tag,
+                            size_t ct_tag_len, uint8_t *out);
+
+/* KEK rotation: unwraps a wrapped DEK under the configured KEK and wraps it
+ * under the KEK named by new_kek_uri (same token, same checks as the
+ * configured KEK, not the same object), then proves the new blob unwraps.
+ * The DEK exists outside the token only wrapped. For one thread. */
+int token_dek_rewrap(Token *t, const char *new_kek_uri, const uint8_t *wrapped, size_t wrapped_len,
+                     uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN]);

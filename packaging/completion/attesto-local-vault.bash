@@ -11,7 +11,7 @@ _attesto_local_vault_globals="--spool-db --witness-db --installation-id --witnes
 _attesto_local_vault_global_flags=" --json --help --version "
 
 _attesto_local_vault_verbs="keys public-key enqueue status list show dead-letter purge verify
-  drain-once drain-loop witness-checkpoint witness-serve witness-forks doctor"
+  drain-once drain-loop witness-checkpoint witness-serve witness-forks doctor spool"
 
 # The options of a verb (or of "verb sub").
 _attesto_local_vault_verb_options() {
@@ -37,6 +37,9 @@ _attesto_local_vault_verb_options() {
         --help" ;;
     witness-forks) echo "--tenant-id --stream-id --json --help" ;;
     doctor) echo "--json --connect-timeout-ms --timeout-ms --help" ;;
+    "spool deks" | "spool rotate-dek") echo "--json --help" ;;
+    "spool rekey") echo "--batch --json --help" ;;
+    "spool rewrap-kek") echo "--new-encryption-key --json --help" ;;
     esac
 }
 
@@ -45,6 +48,7 @@ _attesto_local_vault_subcommands() {
     case $1 in
     keys) echo "init" ;;
     dead-letter) echo "list requeue" ;;
+    spool) echo "deks rotate-dek rekey rewrap-kek" ;;
     esac
 }
 
@@ -69,7 +73,7 @@ _attesto_local_vault_values() {
     --format) compgen -W "json pem hex" -- "$cur" ;;
     --state) compgen -W "queued relaying receipted dead_letter quarantined" -- "$cur" ;;
     --signing-key) compgen -W "pkcs11:token=attesto;object=lv-signing;type=private" -- "$cur" ;;
-    --encryption-key) compgen -W "pkcs11:token=attesto;object=lv-spool-kek;type=secret-key" -- "$cur" ;;
+    --encryption-key | --new-encryption-key) compgen -W "pkcs11:token=attesto;object=lv-spool-kek;type=secret-key" -- "$cur" ;;
     --relay-url) compgen -W "https://" -- "$cur" ;;
     --listen) compgen -W "unix: 127.0.0.1:" -- "$cur" ;;
     esac

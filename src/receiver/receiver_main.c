@@ -42,7 +42,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: attesto-local-vault-receiver --listen ADDR:PORT --tls-cert PEM --tls-key PEM\n"
-            "         [--register INSTALLATION_ID=PUBKEY_HEX|@PEMFILE]... [--events-log FILE]\n"
+            "         [--register INSTALLATION_ID=PUBKEY_HEX|@PEMFILE|@JSONFILE]... [--events-log "
+            "FILE]\n"
             "         [--fault SPEC]... [--fault-file FILE] [--seed N] [--receipt-key PEM]\n"
             "\n"
             "A reference Attesto Local Vault receiver: verifies relay envelopes like Attesto\n"
@@ -478,6 +479,35 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, bool *ret_v6
     return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
 }
 
+/* The JSON of `attesto-local-vault public-key`: the current key and, after
+ * rotations, "previous" ones, each registered under its kid. */
+static int register_one(Ledger *l, const char *inst, const char *path, const cJSON *o)
+{
+    const cJSON *hex = cJSON_GetObjectItemCaseSensitive(o, "public_key_hex");
+    const cJSON *kid = cJSON_GetObjectItemCaseSensitive(o, "kid");
+    uint8_t pk[32];
+    if (!cJSON_IsString(hex) || hex_decode(hex->valuestring, pk, 32) < 0 || !cJSON_IsString(kid))
+        return lv_error_set(LV_ERR_INPUT, "--register: %s: each key needs public_key_hex and kid",
+                            path);
+    return ledger_register_key(l, inst, kid->valuestring, pk);
+}
+
+static int register_json(Ledger *l, const char *inst, const char *path, const char *text,
+                         size_t len)
+{
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    if (!cJSON_IsObject(doc)) {
+        cJSON_Delete(doc);
+        return lv_error_set(LV_ERR_INPUT, "--register: %s: not a JSON object", path);
+    }
+    int r = register_one(l, inst, path, doc);
+    const cJSON *prev = cJSON_GetObjectItemCaseSensitive(doc, "previous");
+    for (const cJSON *k = cJSON_IsArray(prev) ? prev->child : NULL; r >= 0 && k; k = k->next)
+        r = register_one(l, inst, path, k);
+    cJSON_Delete(doc);
+    return r;
+}
+
 static int add_registration(Ledger *l, const char *arg)
 {
     const char *eq = strchr(arg, '=');
@@ -494,7 +524,9 @@ static int add_registration(Ledger *l, const char *arg)
     if (eq[1] == '@') {
         _cleanup_free_ char *pem = NULL;
         size_t n;
-        r = lv_read_file(eq + 2, 64 * 1024, &pem, &n);
+        r = lv_read_file(eq + 2, 256 * 1024, &pem, &n);
+        if (r >= 0 && pem[strspn(pem, " \t\r\n")] == '{')
+            return register_json(l, inst, eq + 2, pem, n);
         if (r >= 0)
             r = pubkey_parse(pem, pk);
     } else

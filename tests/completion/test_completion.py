@@ -86,7 +86,8 @@ def test_every_option_a_verb_parses_is_offered_for_some_verb():
     offered = set(complete("--"))
     for verb in source_verbs():
         offered |= set(verb_options(verb))
-    for sub in ("keys init", "dead-letter list", "dead-letter requeue"):
+    for sub in ("keys init", "dead-letter list", "dead-letter requeue", "spool deks",
+                "spool rotate-dek", "spool rekey", "spool rewrap-kek"):
         offered |= set(verb_options(sub))
     missing = source_verb_options() - offered
     assert not missing, f"options parsed in src/cli_*.c but not completed: {sorted(missing)}"
@@ -113,6 +114,8 @@ def test_subcommands_and_values():
     assert complete("keys", "") == ["init"]
     assert complete("dead-letter", "") == ["list", "requeue"]
     assert complete("dead-letter", "requeue", "--") == ["--all"]
+    assert complete("spool", "") == ["deks", "rekey", "rewrap-kek", "rotate-dek"]
+    assert complete("spool", "rekey", "--") == ["--batch", "--help", "--json"]
     assert complete("list", "--state", "d") == ["dead_letter"]
     assert complete("public-key", "--format", "") == ["hex", "json", "pem"]
     assert complete("--log-level", "") == ["debug", "error", "info", "notice", "warning"]
