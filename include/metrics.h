@@ -43,7 +43,3 @@ int metrics_format(Metrics *m, const SpoolStats *st, int64_t now_ms, char **ret,
  * (a name node exporter ignores), mode 0644, then rename(2). Errors with
  * detail naming the path. */
 int metrics_write_file(const char *path, const char *text, size_t len);
-
-/* Escapes a label value for the text format (backslash, quote, newline)
- * into out (cap bytes, truncated); exposed for the tests. */
-void metrics_escape_label(const char *in, char *out, size_t cap);

@@ -137,22 +137,6 @@ void metrics_set_paused(Metrics *m, bool paused)
     pthread_mutex_unlock(&m->lock);
 }
 
-void metrics_escape_label(const char *in, char *out, size_t cap)
-{
-    size_t n = 0;
-    for (const char *p = in; *p && n + 3 < cap; p++) {
-        if (*p == '\\' || *p == '"') {
-            out[n++] = '\\';
-            out[n++] = *p;
-        } else if (*p == '\n') {
-            out[n++] = '\\';
-            out[n++] = 'n';
-        } else
-            out[n++] = *p;
-    }
-    out[n] = '\0';
-}
-
 static void header(FILE *f, const char *name, const char *type, const char *help)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);

@@ -31,3 +31,22 @@ def receiver(tmp_path, pki, vault):
     relay_env(vault, r, pki)
     yield r
     r.stop()
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, pki):
+    """One populated vault and its receiver for the tests that only change
+    the configuration (each test works on a copy of shared.env)."""
+    from relaylib import enqueue
+    d = tmp_path_factory.mktemp("shared")
+    v = lvtest.Vault(d / "vault")
+    v.pk = public_key_hex(v)
+    r = Receiver(d / "receiver", pki, register=[("inst-test", v.pk)])
+    relay_env(v, r, pki)
+    enqueue(v, "str_1", "a")
+    v.run(["witness-checkpoint", "--tenant-id", "ten_1", "--stream-id", "str_1",
+           "--checkpoint-id", "chk_1", "--checkpoint-seq-no", "1",
+           "--checkpoint-hash", "ab" * 32], check=0)
+    v.receiver = r
+    yield v
+    r.stop()

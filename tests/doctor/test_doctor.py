@@ -31,6 +31,19 @@ def doctor(vault, *args, check=None, env=None):
     return {c["name"]: c for c in rep["checks"]}, p
 
 
+def cfg(shared, **changes):
+    """A copy of the shared vault's environment with some variables changed
+    (None removes one)."""
+    env = dict(shared.env)
+    for k, v in changes.items():
+        name = "ATTESTO_LOCAL_VAULT_" + k
+        if v is None:
+            env.pop(name, None)
+        else:
+            env[name] = v
+    return env
+
+
 def failed(checks):
     return sorted(n for n, c in checks.items() if c["status"] == "fail")
 
@@ -62,8 +75,8 @@ def closed_port():
 
 # ---- all pass ----
 
-def test_all_checks_pass_against_the_reference_receiver(vault, receiver):
-    populate(vault)
+def test_all_checks_pass_against_the_reference_receiver(shared):
+    vault, receiver = shared, shared.receiver
     checks, p = doctor(vault, check=0)
     assert failed(checks) == []
     assert all(c["status"] == "pass" for c in checks.values()), checks
@@ -76,8 +89,8 @@ def test_all_checks_pass_against_the_reference_receiver(vault, receiver):
     assert receiver.events() == []
 
 
-def test_terminal_gets_a_table(vault, receiver):
-    populate(vault)
+def test_terminal_gets_a_table(shared):
+    vault = shared
     master, slave = pty.openpty()
     p = subprocess.Popen([lvtest.LV_BIN, "doctor"], env=vault.env, stdout=slave,
                          stderr=subprocess.PIPE)
@@ -117,10 +130,8 @@ def test_database_in_a_missing_directory_fails(vault, receiver):
 
 # ---- relay failures: each named by where it stopped ----
 
-def test_wrong_ca_is_a_tls_verification_failure(vault, receiver, pki):
-    populate(vault)
-    vault.env["ATTESTO_LOCAL_VAULT_CA_FILE"] = pki.wrong_ca
-    checks, _ = doctor(vault, check=1)
+def test_wrong_ca_is_a_tls_verification_failure(shared, pki):
+    checks, _ = doctor(shared, check=1, env=cfg(shared, CA_FILE=pki.wrong_ca))
     assert failed(checks) == ["relay"]
     assert checks["relay"]["reason"] == "tls_verify"
     assert checks["relay"]["detail"].startswith("TLS verification failed")
@@ -138,39 +149,36 @@ def test_certificate_for_another_host_is_a_tls_verification_failure(tmp_path, va
     assert checks["relay"]["reason"] == "tls_verify"
 
 
-def test_http_url_is_refused_without_a_connection(vault):
-    vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = \
-        "http://127.0.0.1:9/v2/local-vault/installations/inst-test/events"
-    checks, _ = doctor(vault, check=1)
+def test_http_url_is_refused_without_a_connection(shared):
+    env = cfg(shared, RELAY_URL="http://127.0.0.1:9/v2/local-vault/installations/inst-test/events")
+    checks, _ = doctor(shared, check=1, env=env)
     assert failed(checks) == ["relay_url"]
     assert checks["relay_url"]["reason"] == "not_https"
     assert "must be an https:// URL" in checks["relay_url"]["detail"]
     assert checks["relay"]["status"] == "skip"
 
 
-def test_missing_relay_url_fails(vault):
-    vault.env.pop("ATTESTO_LOCAL_VAULT_RELAY_URL", None)
-    checks, _ = doctor(vault, check=1)
+def test_missing_relay_url_fails(shared):
+    checks, _ = doctor(shared, check=1, env=cfg(shared, RELAY_URL=None))
     assert checks["relay_url"]["reason"] == "not_configured"
 
 
-def test_unreachable_relay_is_a_tcp_failure(vault, pki):
-    vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = \
-        f"https://127.0.0.1:{closed_port()}/v2/local-vault/installations/inst-test/events"
-    vault.env["ATTESTO_LOCAL_VAULT_CA_FILE"] = pki.ca
-    checks, _ = doctor(vault, check=1)
+def test_unreachable_relay_is_a_tcp_failure(shared):
+    env = cfg(shared, RELAY_URL=f"https://127.0.0.1:{closed_port()}/v2/local-vault/"
+                                "installations/inst-test/events")
+    checks, _ = doctor(shared, check=1, env=env)
     assert failed(checks) == ["relay"]
     assert checks["relay"]["reason"] == "tcp"
     assert checks["relay"]["detail"].startswith("TCP: cannot connect")
 
 
-def test_unresolvable_host_is_a_dns_failure(vault, pki, tmp_path):
+def test_unresolvable_host_is_a_dns_failure(shared, pki, tmp_path):
     # The lookup must stay on loopback: a private mount namespace gives the
     # process a resolv.conf whose only server is 127.0.0.1, where nothing
     # answers DNS.
     conf = tmp_path / "resolv.conf"
     conf.write_text("nameserver 127.0.0.1\noptions attempts:1 timeout:1\n")
-    env = dict(vault.env, ATTESTO_LOCAL_VAULT_CA_FILE=pki.ca,
+    env = dict(shared.env, ATTESTO_LOCAL_VAULT_CA_FILE=pki.ca,
                ATTESTO_LOCAL_VAULT_RELAY_URL="https://doctor-test.invalid/v2/local-vault/"
                                              "installations/inst-test/events")
     cmd = (f"mount --bind {conf} /etc/resolv.conf && exec {lvtest.LV_BIN} doctor --json "
@@ -184,9 +192,9 @@ def test_unresolvable_host_is_a_dns_failure(vault, pki, tmp_path):
     assert checks["relay"]["detail"].startswith("DNS:")
 
 
-def test_wrong_path_is_an_http_status_failure(vault, receiver):
-    vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = receiver.base + "/v2/elsewhere"
-    checks, _ = doctor(vault, check=1)
+def test_wrong_path_is_an_http_status_failure(shared):
+    env = cfg(shared, RELAY_URL=shared.receiver.base + "/v2/elsewhere")
+    checks, _ = doctor(shared, check=1, env=env)
     assert failed(checks) == ["relay"]
     assert checks["relay"]["reason"] == "http_status"
     assert checks["relay"]["detail"].startswith("HTTP status 404")
@@ -194,10 +202,9 @@ def test_wrong_path_is_an_http_status_failure(vault, receiver):
 
 # ---- keys ----
 
-def test_missing_key_is_named(vault, receiver):
-    vault.env["ATTESTO_LOCAL_VAULT_SIGNING_KEY"] = \
-        "pkcs11:token=attesto;object=lv-signing-absent;type=private"
-    checks, _ = doctor(vault, check=1)
+def test_missing_key_is_named(shared):
+    env = cfg(shared, SIGNING_KEY="pkcs11:token=attesto;object=lv-signing-absent;type=private")
+    checks, _ = doctor(shared, check=1, env=env)
     assert failed(checks) == ["signing_key"]
     assert checks["signing_key"]["reason"] == "missing"
     assert "lv-signing-absent" in checks["signing_key"]["detail"]
@@ -241,38 +248,34 @@ def test_dek_wrapped_under_another_kek_is_named(vault, receiver):
     assert checks["dek"]["reason"] == "unwrap_failed"
 
 
-def test_wrong_pin_fails_the_pin_check_only(vault, receiver, tmp_path):
+def test_wrong_pin_fails_the_pin_check_only(shared, tmp_path):
     bad = tmp_path / "bad-pin"
     bad.write_text("000000\n")
-    vault.env["ATTESTO_LOCAL_VAULT_PIN_FILE"] = str(bad)
-    checks, _ = doctor(vault, check=1)
+    checks, _ = doctor(shared, check=1, env=cfg(shared, PIN_FILE=str(bad)))
     assert checks["module"]["status"] == "pass" and checks["token"]["status"] == "pass"
     assert checks["pin"]["status"] == "fail" and "CKR_PIN_INCORRECT" in checks["pin"]["detail"]
     assert "not retried" in checks["pin"]["detail"]
     assert checks["signing_key"]["status"] == "skip"
     # The right PIN still works: one wrong attempt was made, not a loop.
-    vault.env["ATTESTO_LOCAL_VAULT_PIN_FILE"] = os.path.join(vault.env["LV_TOKEN_DIR"], "pin")
-    checks, _ = doctor(vault, check=0)
+    checks, _ = doctor(shared, check=0)
 
 
-def test_unreadable_pin_file_fails_the_pin_check(vault, receiver, tmp_path):
-    vault.env["ATTESTO_LOCAL_VAULT_PIN_FILE"] = str(tmp_path / "absent-pin")
-    checks, _ = doctor(vault, check=1)
+def test_unreadable_pin_file_fails_the_pin_check(shared, tmp_path):
+    checks, _ = doctor(shared, check=1, env=cfg(shared, PIN_FILE=str(tmp_path / "absent-pin")))
     assert failed(checks) == ["pin"]
     assert "does not exist" in checks["pin"]["detail"]
 
 
-def test_absent_token_and_module(vault, receiver):
-    vault.env["ATTESTO_LOCAL_VAULT_SIGNING_KEY"] = "pkcs11:token=nosuch;object=lv-signing;type=private"
-    vault.env["ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"] = \
-        "pkcs11:token=nosuch;object=lv-spool-kek;type=secret-key"
-    checks, _ = doctor(vault, check=1)
+def test_absent_token_and_module(shared):
+    env = cfg(shared, SIGNING_KEY="pkcs11:token=nosuch;object=lv-signing;type=private",
+              ENCRYPTION_KEY="pkcs11:token=nosuch;object=lv-spool-kek;type=secret-key")
+    checks, _ = doctor(shared, check=1, env=env)
     assert checks["module"]["status"] == "pass"
     assert checks["token"]["status"] == "fail" and checks["token"]["reason"] == "not_found"
     assert [checks[n]["status"] for n in ("pin", "signing_key", "encryption_key", "dek")] == \
         ["skip"] * 4
-    vault.env["ATTESTO_LOCAL_VAULT_PKCS11_MODULE"] = os.path.join(vault.dir, "no-module.so")
-    checks, _ = doctor(vault, check=1)
+    env["ATTESTO_LOCAL_VAULT_PKCS11_MODULE"] = os.path.join(shared.dir, "no-module.so")
+    checks, _ = doctor(shared, check=1, env=env)
     assert checks["module"]["status"] == "fail"
     assert checks["module"]["reason"] == "module_load_failed"
     assert checks["token"]["status"] == "skip"
@@ -317,11 +320,10 @@ def test_damaged_index_fails_integrity_check(vault, receiver):
     assert open(path, "rb").read() == before
 
 
-def test_witness_database_of_the_wrong_kind(vault, receiver):
-    populate(vault)
+def test_witness_database_of_the_wrong_kind(shared):
     # The spool where the witness database should be.
-    vault.env["ATTESTO_LOCAL_VAULT_WITNESS_DB"] = vault.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"]
-    checks, _ = doctor(vault, check=1)
+    env = cfg(shared, WITNESS_DB=shared.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"])
+    checks, _ = doctor(shared, check=1, env=env)
     assert failed(checks) == ["witness_db"]
     assert checks["witness_db"]["reason"] == "wrong_schema"
 
@@ -334,10 +336,8 @@ def test_world_readable_database_fails(vault, receiver):
     assert checks["witness_db"]["reason"] == "permissions"
 
 
-def test_spool_of_another_installation(vault, receiver):
-    populate(vault)
-    vault.env["ATTESTO_LOCAL_VAULT_INSTALLATION_ID"] = "inst-other"
-    checks, _ = doctor(vault, check=1)
+def test_spool_of_another_installation(shared):
+    checks, _ = doctor(shared, check=1, env=cfg(shared, INSTALLATION_ID="inst-other"))
     assert "spool_db" in failed(checks)
     assert checks["spool_db"]["reason"] == "installation_mismatch"
 
@@ -349,6 +349,6 @@ def test_spool_of_another_installation(vault, receiver):
     (["--timeout-ms", "5"], "--timeout-ms: 5: must be an integer from 100"),
     (["extra"], "extra: unexpected argument"),
 ])
-def test_usage_errors_exit_2(vault, args, needle):
-    p = vault.run(["doctor", *args], check=2)
+def test_usage_errors_exit_2(shared, args, needle):
+    p = shared.run(["doctor", *args], check=2)
     assert needle in p.stderr and p.stdout == ""
