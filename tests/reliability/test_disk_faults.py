@@ -91,11 +91,13 @@ def test_full_disk_before_the_spool_exists(vault):
 
 
 def test_full_disk_in_the_middle_of_a_batch_keeps_whole_groups(vault):
-    # 700 items of ~4 KiB need ~3 MiB: the disk fills after a group or two.
+    # 300 items of ~3.6 KiB on 1280 KiB: the first group of 256 items commits
+    # and the second does not fit (measured: payloads of 1300-1650 random bytes
+    # do this; 1500 sits in the middle). Sizes are deterministic.
     items = [{"stream_id": f"s{i % 7}", "source_ref": f"b{i}",
-              "payload": {"i": i, "blob": os.urandom(2000).hex()}} for i in range(700)]
+              "payload": {"i": i, "blob": os.urandom(1500).hex()}} for i in range(300)]
     batch = "".join(json.dumps(it) + "\n" for it in items)
-    with tmpfs(vault.mnt, "1536k"):
+    with tmpfs(vault.mnt, "1280k"):
         assert enqueue(vault, "r0", {"earlier": True}).returncode == 0
         before = spool_rows(vault.db)
         p = vault.run(["enqueue", "--jsonl", "-"], input=batch)
@@ -114,6 +116,7 @@ def test_full_disk_in_the_middle_of_a_batch_keeps_whole_groups(vault):
         assert [r[0] for r in stored] == [f"local-vault:inst-test:b{i}"
                                           for i in range(len(stored))]
         assert 0 < len(stored) < len(items), "the disk should fill part-way"
+        assert len(stored) % 256 == 0, "groups of SPOOL_BATCH_GROUP items commit whole"
         assert all(r[1] == "queued" and r[4] > 0 and r[5] > 0 for r in stored)
         for x, r in zip(printed, stored):
             assert x["envelope_hash"] == r[2]
