@@ -11,7 +11,10 @@ lv_packages() {
 lv_missing_packages() {
   local p missing=()
   for p in $(lv_packages); do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    # triggers-pending/-awaited: installed and configured, with a trigger
+    # still to run (for instance man-db's while a test installs a .deb).
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+      grep -Eq 'install ok (installed|triggers-pending|triggers-awaited)' || missing+=("$p")
   done
   echo "${missing[@]}"
 }
