@@ -247,11 +247,11 @@ static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req 
     }
     unsigned retry = 0;
     if (!rate_take(s, req.tenant_id, &retry)) {
-        cJSON_Delete(tree);
         char secs[16], msg[200];
         snprintf(secs, sizeof(secs), "%u", retry ? retry : 1);
         snprintf(msg, sizeof(msg), "tenant_id %s: over %.0f checkpoints per second; retry later",
                  req.tenant_id, s->cfg->rate_per_s);
+        cJSON_Delete(tree);
         const char *h[] = {MHD_HTTP_HEADER_RETRY_AFTER, secs, NULL};
         return send_error(s, c, 429, "rate_limited", msg, NULL, h);
     }

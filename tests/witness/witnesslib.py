@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -128,7 +129,8 @@ class Server:
         raise AssertionError("witness-serve did not start listening")
 
     def read_log(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log.name, "rb") as f:
             return f.read().decode(errors="replace")
 
@@ -185,6 +187,24 @@ class HttpSubmitter:
 
 def make_submitter(kind, vault):
     return CliSubmitter(vault) if kind == "cli" else HttpSubmitter(vault)
+
+
+def token_copy(vault, name):
+    """An environment using a copy of the vault's token (same keys, same
+    PIN). SoftHSM rewrites its token file at every C_Login, so processes
+    that log in concurrently, or that are killed at random moments, each get
+    their own copy: a hardware token has no such file to tear."""
+    src = vault.env["LV_TOKEN_DIR"]
+    dst = os.path.join(vault.dir, f"token-{name}")
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    conf = os.path.join(dst, "softhsm2.conf")
+    with open(conf) as f:
+        text = f.read().replace(src, dst)
+    with open(conf, "w") as f:
+        f.write(text)
+    return dict(vault.env, SOFTHSM2_CONF=conf)
 
 
 # ---- the independent verifier ---------------------------------------------------------------
@@ -268,4 +288,4 @@ def stored_receipts(vault):
 
 __all__ = ["Vault", "h", "jcs", "Server", "CliSubmitter", "HttpSubmitter", "make_submitter",
            "verify_document", "snapshot", "head", "stored_receipts", "request_body", "cli_args",
-           "public_key_hex", "EXIT", "STATUS", "MAX_SEQ", "RECEIPT_DOMAIN", "FORK_DOMAIN"]
+           "public_key_hex", "token_copy", "free_port", "EXIT", "STATUS", "MAX_SEQ", "RECEIPT_DOMAIN", "FORK_DOMAIN"]
