@@ -8,7 +8,6 @@ lost, in which case submitting that same checkpoint again returns the stored
 receipt (a replay), after which the head equals the last output again."""
 import http.client
 import json
-import os
 import random
 import subprocess
 import threading
@@ -16,12 +15,11 @@ import time
 
 from lvtest import LV_BIN
 from witnesslib import (Server, Vault, cli_args, h, head, public_key_hex, request_body,
-                        stored_receipts, token_copy, verify_document)
+                        stored_receipts, token_copy, verify_document, volume_env, ASAN)
 
 T = "ten_crash"
-ASAN = "asan" in os.environ.get("LV_BUILD_DIR", "")
-SERVER_KILLS = 8 if ASAN else 15
-CLI_KILLS = 40 if ASAN else 80
+SERVER_KILLS = 6 if ASAN else 15
+CLI_KILLS = 25 if ASAN else 80
 
 
 class Chain:
@@ -71,7 +69,7 @@ def test_kill_9_of_the_server_during_submissions(tmp_path):
     rng = random.Random(1)
 
     for _ in range(SERVER_KILLS):
-        srv = Server(vault, ["--rate-limit", "0"])
+        srv = Server(vault, ["--rate-limit", "0"], env=volume_env(vault.env))
 
         def resubmit(seq):
             st, hd, body = srv.post(request_body(*chain.req(seq)))
@@ -96,7 +94,12 @@ def test_kill_9_of_the_server_during_submissions(tmp_path):
 
         t = threading.Thread(target=drive)
         t.start()
-        time.sleep(rng.uniform(0.05, 0.4))
+        # Let the stream get going, then kill at a random moment of it.
+        n0 = len(chain.outputs)
+        deadline = time.time() + 30
+        while len(chain.outputs) == n0 and t.is_alive() and time.time() < deadline:
+            time.sleep(0.005)
+        time.sleep(rng.uniform(0, 0.3))
         srv.proc.kill()                       # kill -9, in the middle of the stream
         srv.proc.wait()
         stop.set()
@@ -121,10 +124,7 @@ def test_kill_9_of_the_cli_during_submissions(tmp_path):
     vault = Vault(tmp_path)
     chain = Chain(vault, "str_cli")
     rng = random.Random(2)
-    env = dict(vault.env)
-    if ASAN:
-        env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
-        env["LSAN_OPTIONS"] = ""
+    env = volume_env(vault.env)
 
     def run_cli(seq, cli_env):
         p = subprocess.run([LV_BIN] + cli_args(*chain.req(seq)), env=cli_env, capture_output=True,

@@ -13,7 +13,7 @@ import pytest
 
 from lvtest import run
 from witnesslib import (Server, Vault, cli_args, h, public_key_hex, request_body, snapshot,
-                        verify_document)
+                        verify_document, volume_env)
 
 T, S = "ten_1", "str_1"
 
@@ -141,7 +141,7 @@ def test_rejected_pin_stops_the_start_with_exit_5(tmp_path):
 
 def test_concurrent_clients_on_keep_alive_connections(tmp_path):
     vault = Vault(tmp_path)
-    srv = Server(vault, ["--threads", "4", "--rate-limit", "0"])
+    srv = Server(vault, ["--threads", "4", "--rate-limit", "0"], env=volume_env(vault.env))
     errors = []
 
     def client(n):
@@ -183,7 +183,7 @@ def test_sigterm_stops_gracefully(tmp_path):
 
 
 def test_serve_needs_a_socket_and_a_witness_id(tmp_path):
-    vault = Vault(tmp_path)
+    vault = Vault(tmp_path, keys=False)
     p = vault.run(["witness-serve"], check=2)
     assert "no sockets" in p.stderr
     env = dict(vault.env)

@@ -10,7 +10,6 @@ key): SoftHSM rewrites its token file at every login and two processes
 logging in at once can see it torn (a SoftHSM limitation, not the witness's).
 The endpoint and the CLI still share the same key and the same database."""
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -19,25 +18,18 @@ import time
 
 from lvtest import LV_BIN
 from witnesslib import (Server, Vault, cli_args, cli_outcome, h, http_outcome, public_key_hex,
-                        request_body, snapshot, stored_receipts, token_copy, verify_document)
+                        request_body, snapshot, stored_receipts, token_copy, verify_document,
+                        volume_env, ASAN)
 
 T = "ten_race"
 # 2 streams x SEQS seqs x 2 competitors. The ASan build runs the same race
 # with fewer rounds: each process there costs ~5x more.
-ASAN = "asan" in os.environ.get("LV_BUILD_DIR", "")
-SEQS = 150 if ASAN else 500
+SEQS = 60 if ASAN else 500
 STREAMS = ["str_a", "str_b"]
 
 
 def cli_env(vault, name):
-    env = token_copy(vault, name)
-    # The many short CLI processes of this volume test skip LeakSanitizer
-    # (its exit scan and the slow unwinding at every malloc it needs; the
-    # table tests run every path with it); ASan's memory error checks stay on.
-    if ASAN:
-        env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
-        env["LSAN_OPTIONS"] = ""
-    return env
+    return volume_env(token_copy(vault, name))
 
 
 def cli_seconds(vault, env):
@@ -57,7 +49,7 @@ def test_cli_and_endpoint_compete_for_every_seq(tmp_path):
     vault = Vault(tmp_path)
     pk = public_key_hex(vault)
     envs = {s: cli_env(vault, s) for s in STREAMS}
-    srv = Server(vault, ["--rate-limit", "0"])
+    srv = Server(vault, ["--rate-limit", "0"], env=volume_env(vault.env))
     span = cli_seconds(vault, envs[STREAMS[0]])
     rng = random.Random(20261128)
     delays = {(s, q): rng.uniform(0, 1.5 * span) for s in STREAMS for q in range(SEQS)}
