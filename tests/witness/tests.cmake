@@ -9,3 +9,4 @@ lv_add_pytest(witness_race ${CMAKE_CURRENT_LIST_DIR}/test_witness_race.py LABELS
 lv_add_pytest(witness_crash ${CMAKE_CURRENT_LIST_DIR}/test_witness_crash.py LABELS witness)
 lv_add_pytest(witness_socket ${CMAKE_CURRENT_LIST_DIR}/test_witness_socket.py LABELS witness)
 lv_add_cmocka(witness_store ${CMAKE_CURRENT_LIST_DIR}/test_witness_store.c LABELS witness)
+lv_add_pytest(witness_docs ${CMAKE_CURRENT_LIST_DIR}/test_witness_docs.py LABELS witness)
