@@ -12,14 +12,26 @@ import time
 import pytest
 
 from lvtest import run
-from witnesslib import (Server, Vault, cli_args, h, public_key_hex, request_body, snapshot,
-                        verify_document, volume_env)
+from witnesslib import (DbView, Server, Vault, cli_args, h, public_key_hex, request_body,
+                        snapshot, verify_document, volume_env)
 
 T, S = "ten_1", "str_1"
 
 
-def test_identity_health_and_metrics(tmp_path):
-    vault = Vault(tmp_path)
+@pytest.fixture(scope="module")
+def token(tmp_path_factory):
+    """One provisioned token for the module; each test has its own database."""
+    v = Vault(tmp_path_factory.mktemp("endpoint"))
+    v.pk = public_key_hex(v)
+    return v
+
+
+@pytest.fixture
+def vault(token, request):
+    return DbView(token, request.node.name)
+
+
+def test_identity_health_and_metrics(vault, token):
     srv = Server(vault)
     try:
         status, _, body = srv.request("GET", "/v1/witness/identity")
@@ -27,7 +39,7 @@ def test_identity_health_and_metrics(tmp_path):
         ident = json.loads(body)
         pk = json.loads(vault.run(["public-key", "--format", "json"], check=0).stdout)
         assert ident["witness_id"] == "inst-test"
-        assert ident["public_key"]["public_key_hex"] == public_key_hex(vault)
+        assert ident["public_key"]["public_key_hex"] == token.pk
         assert ident["public_key"]["kid"] == pk["kid"]
         assert ident["receipt_domain"] == "attesto.local-vault.witness-receipt.v1"
         assert ident["fork_evidence_domain"] == "attesto.local-vault.fork-evidence.v1"
@@ -61,8 +73,7 @@ def test_identity_health_and_metrics(tmp_path):
         assert srv.stop() == 0
 
 
-def test_rate_limit_is_per_tenant_and_stores_nothing(tmp_path):
-    vault = Vault(tmp_path)
+def test_rate_limit_is_per_tenant_and_stores_nothing(vault, token):
     srv = Server(vault, ["--rate-limit", "1", "--rate-burst", "2"])
     try:
         assert srv.post(request_body(T, S, "c0", 0, h(0)))[0] == 200
@@ -83,8 +94,7 @@ def test_rate_limit_is_per_tenant_and_stores_nothing(tmp_path):
         assert srv.stop() == 0
 
 
-def test_token_unavailable_gives_503_but_stored_receipts_still_replay(tmp_path):
-    vault = Vault(tmp_path)
+def test_token_unavailable_gives_503_but_stored_receipts_still_replay(vault, token):
     first = vault.run(cli_args(T, S, "c0", 0, h(0)), check=0)
     env = dict(vault.env,
                ATTESTO_LOCAL_VAULT_SIGNING_KEY="pkcs11:token=attesto;object=missing;type=private")
@@ -128,7 +138,7 @@ def test_endpoint_recovers_when_the_key_appears_without_restart(tmp_path):
 
 
 def test_rejected_pin_stops_the_start_with_exit_5(tmp_path):
-    vault = Vault(tmp_path)
+    vault = Vault(tmp_path, keys=False)
     bad = os.path.join(vault.dir, "wrong-pin")
     with open(bad, "w") as f:
         f.write("00000000\n")
@@ -139,8 +149,7 @@ def test_rejected_pin_stops_the_start_with_exit_5(tmp_path):
     assert "PIN" in srv.read_log()
 
 
-def test_concurrent_clients_on_keep_alive_connections(tmp_path):
-    vault = Vault(tmp_path)
+def test_concurrent_clients_on_keep_alive_connections(vault, token):
     srv = Server(vault, ["--threads", "4", "--rate-limit", "0"], env=volume_env(vault.env))
     errors = []
 
@@ -172,8 +181,7 @@ def test_concurrent_clients_on_keep_alive_connections(tmp_path):
         assert srv.stop() == 0
 
 
-def test_sigterm_stops_gracefully(tmp_path):
-    vault = Vault(tmp_path)
+def test_sigterm_stops_gracefully(vault, token):
     srv = Server(vault)
     assert srv.post(request_body(T, S, "c0", 0, h(0)))[0] == 200
     t0 = time.time()

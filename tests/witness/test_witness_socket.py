@@ -8,12 +8,30 @@ import subprocess
 import time
 
 from lvtest import LV_BIN
-from witnesslib import Vault, free_port, h, public_key_hex, request_body, verify_document
+import pytest
+
+from witnesslib import (DbView, Vault, free_port, h, public_key_hex, request_body,
+                        verify_document)
 
 ENV_VARS = ["SOFTHSM2_CONF", "ATTESTO_LOCAL_VAULT_PKCS11_MODULE", "ATTESTO_LOCAL_VAULT_PIN_FILE",
             "ATTESTO_LOCAL_VAULT_SIGNING_KEY", "ATTESTO_LOCAL_VAULT_WITNESS_DB",
             "ATTESTO_LOCAL_VAULT_INSTALLATION_ID", "ASAN_OPTIONS", "LSAN_OPTIONS",
             "UBSAN_OPTIONS"]
+
+
+@pytest.fixture(scope="module")
+def token(tmp_path_factory):
+    """One provisioned token for the module; each test has its own database."""
+    v = Vault(tmp_path_factory.mktemp("socket"))
+    v.pk = public_key_hex(v)
+    return v
+
+
+@pytest.fixture
+def vault(token, request):
+    view = DbView(token, request.node.name)
+    view.pk = token.pk
+    return view
 
 
 def activate(vault, listens, names, extra=()):
@@ -26,7 +44,7 @@ def activate(vault, listens, names, extra=()):
         if v in vault.env:
             args += ["-E", f"{v}={vault.env[v]}"]
     args += [LV_BIN, "witness-serve"] + list(extra)
-    log = open(os.path.join(vault.dir, "activate.log"), "wb")
+    log = open(os.path.join(vault.dir, f"activate-{time.monotonic_ns()}.log"), "wb")
     return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT), log
 
 
@@ -51,7 +69,7 @@ def wait_for(check, timeout=20):
 
 
 def exercise(vault, base, via):
-    pk = public_key_hex(vault)
+    pk = vault.pk
     code, body = wait_for(lambda: curl(*via, base + "/healthz"))
     assert code == 200, body
     code, body = curl(*via, base + "/v1/witness/identity")
@@ -75,9 +93,8 @@ def stop(proc, log):
     log.close()
 
 
-def test_unix_socket_activation(tmp_path):
-    vault = Vault(tmp_path)
-    sock = os.path.join(vault.dir, "witness.sock")
+def test_unix_socket_activation(vault):
+    sock = os.path.join(vault.dir, f"w{free_port()}.sock")
     proc, log = activate(vault, [sock], ["witness"])
     try:
         exercise(vault, "http://localhost", ["--unix-socket", sock])
@@ -87,8 +104,7 @@ def test_unix_socket_activation(tmp_path):
     assert "systemd socket witness" in text
 
 
-def test_tcp_socket_activation_on_loopback(tmp_path):
-    vault = Vault(tmp_path)
+def test_tcp_socket_activation_on_loopback(vault):
     port = free_port()
     proc, log = activate(vault, [f"127.0.0.1:{port}"], ["witness-tcp"])
     try:
@@ -97,20 +113,19 @@ def test_tcp_socket_activation_on_loopback(tmp_path):
         stop(proc, log)
 
 
-def test_unix_and_tcp_together_then_idle_exit(tmp_path):
-    vault = Vault(tmp_path)
-    sock = os.path.join(vault.dir, "witness.sock")
+def test_unix_and_tcp_together_then_idle_exit(vault):
+    sock = os.path.join(vault.dir, f"w{free_port()}.sock")
     port = free_port()
     proc, log = activate(vault, [sock, f"127.0.0.1:{port}"], ["witness", "witness-tcp"],
-                         ["--idle-exit", "2"])
+                         ["--idle-exit", "5"])
     try:
         exercise(vault, "http://localhost", ["--unix-socket", sock])
         exercise(vault, f"http://127.0.0.1:{port}", [])
         t0 = time.time()
         assert proc.wait(timeout=30) == 0
-        assert time.time() - t0 >= 1.0    # idle for the full interval first
+        assert time.time() - t0 >= 4.0    # idle for the full interval first
     finally:
         if proc.poll() is None:
             proc.kill()
         log.close()
-    assert "idle for 2s: exiting" in open(log.name).read()
+    assert "idle for 5s: exiting" in open(log.name).read()

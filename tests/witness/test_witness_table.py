@@ -42,7 +42,8 @@ def chain(door, n, tag="a", stream=None, start=0):
     hashes = {}
     for seq in range(start, start + n):
         prev = hashes.get(seq - 1)
-        o = door.submit(door.T, stream, f"chk_{tag}{seq}", seq, h(tag, stream, seq), prev)
+        o = door.submit(door.T, stream, f"chk_{tag}{seq}", seq, h(tag, stream, seq), prev,
+                        setup=True)
         assert o.result == "accepted", o
         hashes[seq] = h(tag, stream, seq)
     return hashes
