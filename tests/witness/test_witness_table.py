@@ -8,7 +8,7 @@ import json
 import pytest
 
 from lvtest import run
-from witnesslib import (EXIT, STATUS, CliSubmitter, HttpSubmitter, Server, Vault, h, head,
+from witnesslib import (DbView, EXIT, STATUS, CliSubmitter, HttpSubmitter, Server, Vault, h, head,
                         make_submitter, public_key_hex, snapshot, stored_receipts,
                         verify_document)
 
@@ -256,8 +256,8 @@ def test_a_tampered_document_fails_the_independent_verifier(door):
         verify_document((json.dumps(doc, separators=(",", ":")) + "\n").encode(), door.pk)
 
 
-def test_forks_verb_lists_stored_evidence(tmp_path):
-    vault = Vault(tmp_path)
+def test_forks_verb_lists_stored_evidence(shared):
+    vault = DbView(shared[0], "forks")
     cli = CliSubmitter(vault)
     cli.T, cli.S = T, S
     hashes = chain(cli, 3)
@@ -272,8 +272,8 @@ def test_forks_verb_lists_stored_evidence(tmp_path):
     assert "--tenant-id" in p.stderr
 
 
-def test_witness_id_defaults_to_the_installation_id_and_is_required(tmp_path):
-    vault = Vault(tmp_path)
+def test_witness_id_defaults_to_the_installation_id_and_is_required(shared):
+    vault = DbView(shared[0], "witness-id")
     env = dict(vault.env, ATTESTO_LOCAL_VAULT_WITNESS_ID="wit_9")
     p = run(["witness-checkpoint", "--tenant-id", T, "--stream-id", S, "--checkpoint-id", "c",
              "--checkpoint-seq-no", "0", "--checkpoint-hash", h(0)], env=env, check=0)
