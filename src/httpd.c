@@ -687,9 +687,13 @@ static int start_daemons(Server *s)
             {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
             {MHD_OPTION_END, 0, NULL},
         };
-        s->daemons[i] = MHD_start_daemon(
-            MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
-            NULL, NULL, handle, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
+        /* poll(), not epoll: with a thread pool, libmicrohttpd 0.9.75's
+         * MHD_quiesce_daemon() on epoll races its workers over the listen
+         * socket's epoll registration and aborts the process ("Failed to
+         * remove listen FD from epoll set") in about one stop in six. */
+        s->daemons[i] =
+            MHD_start_daemon(MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
+                             NULL, NULL, handle, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
         if (!s->daemons[i])
             return lv_error_set(-EIO, "libmicrohttpd: cannot serve socket fd %d", s->fds[i]);
     }
