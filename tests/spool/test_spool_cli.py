@@ -275,7 +275,7 @@ def test_tampered_rows_are_quarantined_and_never_relayed(v):
 # ---------- crash safety ----------
 
 def test_kill_9_during_batch_leaves_whole_items_and_rerun_completes(v):
-    n = 6000
+    n = 2000
     lines = [{"stream_id": f"s{i % 32}", "source_ref": f"k{i}", "payload": {"i": i, "m": "x"}}
              for i in range(n)]
     path = os.path.join(v.dir, "big.jsonl")
@@ -287,7 +287,7 @@ def test_kill_9_during_batch_leaves_whole_items_and_rerun_completes(v):
     seen = 0
     for _ in proc.stdout:
         seen += 1
-        if seen >= 3 * 256:
+        if seen >= 2 * 256:
             break
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -324,15 +324,17 @@ def test_expired_lease_returns_to_queued_with_attempts_kept(v):
     enqueue(v, "ref-l", {"n": 1})
     (x,) = tool(v, "lease", "drain-a", "60000", "10")
     assert x["attempts"] == 0
-    tool(v, "retry", str(x["id"]), "drain-a", "http_503", "0")
-    (x,) = tool(v, "lease", "drain-a", "3000", "10")
-    assert x["attempts"] == 1
-    t0 = time.monotonic()
-    # While the lease holds, nobody else gets the item.
+    # While a lease holds, nobody else gets the item.
     assert tool(v, "lease", "drain-b", "60000", "10") == []
-    assert show(v, "local-vault:inst-test:ref-l")["state"] == "relaying"
-    assert time.monotonic() - t0 < 3, "the machine is too slow for this lease length"
-    time.sleep(3.2 - (time.monotonic() - t0))
+    item = show(v, "local-vault:inst-test:ref-l")
+    assert item["state"] == "relaying" and item["lease"]["owner"] == "drain-a"
+    tool(v, "retry", str(x["id"]), "drain-a", "http_503", "0")
+    # A lease of 1 ms stands for a drain that crashed mid-request.
+    (x,) = tool(v, "lease", "drain-a", "1", "10")
+    assert x["attempts"] == 1
+    time.sleep(0.05)
+    assert rows(v, "SELECT state, lease_owner, attempts FROM items") == [
+        ("relaying", "drain-a", 1)]
     # The next start of any verb returns the expired lease.
     st = status(v)
     assert st["counts"]["queued"] == 1 and st["counts"]["relaying"] == 0
