@@ -7,16 +7,22 @@ import copy
 import hashlib
 import json
 import os
+import pty
 import signal
 import sqlite3
 import stat
 import subprocess
+import sys
 import time
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+import lvtest
 from lvtest import LV_BIN, Vault
+
+sys.path.insert(0, os.path.join(lvtest.SOURCE_DIR, "tests", "relay"))
+import relaylib  # noqa: E402  (the relay's PKI and reference receiver)
 
 SPOOL_TOOL = os.environ.get("LV_SPOOL_TOOL",
                             os.path.join(os.environ.get("LV_BUILD_DIR", ""), "tests", "spool-tool"))
@@ -272,6 +278,47 @@ def test_tampered_rows_are_quarantined_and_never_relayed(v):
     assert "quarantined" in human
 
 
+def flip_payload_byte(v, source_ref):
+    with db(v) as c:
+        (blob,), = c.execute("SELECT payload FROM items WHERE source_ref = ?",
+                             (source_ref,)).fetchall()
+        b = bytearray(blob)
+        b[len(b) // 2] ^= 0x40
+        c.execute("UPDATE items SET payload = ? WHERE source_ref = ?", (bytes(b), source_ref))
+
+
+def test_tampered_rows_never_reach_the_receiver(v, tmp_path):
+    """The real drain over real TLS to the reference receiver: the tampered
+    rows are quarantined, the others delivered, the stream goes on."""
+    pki_dir = tmp_path / "pki"
+    pki_dir.mkdir()
+    pki = relaylib.PKI(pki_dir)
+    receiver = relaylib.Receiver(tmp_path / "receiver", pki,
+                                 register=[("inst-test", relaylib.public_key_hex(v))])
+    try:
+        relaylib.relay_env(v, receiver, pki)
+        for ref, stream in (("altered", "s1"), ("after-altered", "s1"), ("donor", "s2"),
+                            ("copied", "s3"), ("good", "s4")):
+            enqueue(v, ref, {"ref": ref}, stream=stream)
+        flip_payload_byte(v, "altered")
+        with db(v) as c:
+            c.execute("UPDATE items SET payload = (SELECT payload FROM items WHERE source_ref ="
+                      " 'donor') WHERE source_ref = 'copied'")
+        p, summary = relaylib.drain_once(v)
+        assert p.returncode == 0, p.stderr
+        delivered = sorted(e["event_id"] for e in receiver.events())
+        assert delivered == ["local-vault:inst-test:after-altered", "local-vault:inst-test:donor",
+                             "local-vault:inst-test:good"]
+        st = status(v)
+        assert st["counts"]["quarantined"] == 2 and st["counts"]["receipted"] == 3
+        # A second pass finds nothing to send.
+        relaylib.drain_once(v)
+        assert len(receiver.events()) == 3
+        assert show(v, "local-vault:inst-test:altered")["state"] == "quarantined"
+    finally:
+        receiver.stop()
+
+
 # ---------- crash safety ----------
 
 def test_kill_9_during_batch_leaves_whole_items_and_rerun_completes(v):
@@ -289,8 +336,9 @@ def test_kill_9_during_batch_leaves_whole_items_and_rerun_completes(v):
     if "LSAN_OPTIONS" in env:
         env["LSAN_OPTIONS"] = env["LSAN_OPTIONS"].replace("fast_unwind_on_malloc=0",
                                                           "fast_unwind_on_malloc=1")
+    killed_err = open(os.path.join(v.dir, "killed.stderr"), "w+")
     proc = subprocess.Popen([LV_BIN, "enqueue", "--jsonl", path], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                            stdout=subprocess.PIPE, stderr=killed_err, text=True)
     seen = 0
     for _ in proc.stdout:
         seen += 1
@@ -299,6 +347,9 @@ def test_kill_9_during_batch_leaves_whole_items_and_rerun_completes(v):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
+    # stderr was not a terminal: no progress bar there.
+    killed_err.seek(0)
+    assert killed_err.read() == ""
     stored = rows(v, "SELECT source_ref, envelope, envelope_hash, payload_hash, payload "
                      "FROM items ORDER BY id")
     # Only whole groups were committed: everything printed, nothing torn.
@@ -312,10 +363,26 @@ def test_kill_9_during_batch_leaves_whole_items_and_rerun_completes(v):
         assert len(blob) == 1 + 12 + len(jcs({"i": i, "m": "x"})) + 16
     assert [r[0] for r in stored] == [f"k{i}" for i in range(len(stored))]
     before = {r[0]: r[2] for r in stored}
-    p = subprocess.run([LV_BIN, "enqueue", "--jsonl", path], env=v.env, capture_output=True,
-                       text=True, timeout=600)
-    assert p.returncode == 0, p.stderr
-    res = [json.loads(line) for line in p.stdout.splitlines()]
+    # The completing run has a terminal on stderr: it shows its progress.
+    master, slave = pty.openpty()
+    p = subprocess.Popen([LV_BIN, "enqueue", "--jsonl", path], env=v.env,
+                         stdout=subprocess.PIPE, stderr=slave, text=True)
+    os.close(slave)
+    out, _ = p.communicate(timeout=600)
+    tty = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        tty += chunk
+    os.close(master)
+    assert p.returncode == 0, tty
+    assert f"\renqueue: {n}/{n} items (100%)".encode() in tty, tty
+    assert b"\renqueue: 256/" in tty
+    res = [json.loads(line) for line in out.splitlines()]
     assert len(res) == n
     k = len(stored)
     assert all(r["status"] == "duplicate" for r in res[:k])
