@@ -1,0 +1,6 @@
+# SPDX-License-Identifier: Apache-2.0
+# Performance area: behaviour the benchmarks rely on (no timing assertions;
+# figures come from bench/run).
+lv_add_pytest(perf_drain_stop ${CMAKE_CURRENT_LIST_DIR}/test_drain_stop.py LABELS perf TIMEOUT 600)
+set_property(TEST perf_drain_stop APPEND PROPERTY ENVIRONMENT
+             "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
