@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -842,7 +843,40 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
 typedef struct Prepared {
     char *canon;
     size_t canon_len;
+    /* Built ahead by the signer thread (spool_enqueue) when signed: */
+    bool presign;
+    char *body;
+    size_t body_len;
+    char envelope_hash[65];
 } Prepared;
+
+static EnvelopeInput envelope_input(const Spool *s, const SpoolItemIn *it, const Prepared *p,
+                                    int64_t now)
+{
+    return (EnvelopeInput){
+        .installation_id = s->installation_id,
+        .stream_id = it->stream_id,
+        .source_ref = it->source_ref,
+        .event_type = it->event_type ? it->event_type : ENVELOPE_DEFAULT_EVENT_TYPE,
+        .payload_canon = p->canon,
+        .payload_len = p->canon_len,
+        .include_payload = s->include_payload,
+        .spooled_at_ms = now,
+    };
+}
+
+/* 1: an item with this event id is stored; 0: not; <0: error. */
+static int item_stored(Spool *s, const char *event_id)
+{
+    _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_FIND);
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, event_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : sql_err(s, rc, "look up item");
+}
 
 static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64_t now,
                        SpoolEnqueueResult *res)
@@ -891,23 +925,22 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
             return sql_err(s, rc, "look up item");
     }
 
-    EnvelopeInput ei = {
-        .installation_id = s->installation_id,
-        .stream_id = it->stream_id,
-        .source_ref = it->source_ref,
-        .event_type = event_type,
-        .payload_canon = p->canon,
-        .payload_len = p->canon_len,
-        .include_payload = s->include_payload,
-        .spooled_at_ms = now,
-    };
-    char *body = NULL;
-    size_t body_len = 0;
+    /* The signer thread built the envelope already, or we build it here. */
+    char *own_body = NULL;
+    const char *body = p->body;
+    size_t body_len = p->body_len;
     uint8_t *payload_row = NULL, *env_row = NULL;
     size_t payload_row_len = 0, env_row_len = 0;
-    int r = envelope_build(s->tok, &ei, &body, &body_len, res->envelope_hash);
-    if (r < 0)
-        goto done;
+    int r = 0;
+    if (body) {
+        memcpy(res->envelope_hash, p->envelope_hash, sizeof(res->envelope_hash));
+    } else {
+        EnvelopeInput ei = envelope_input(s, it, p, now);
+        r = envelope_build(s->tok, &ei, &own_body, &body_len, res->envelope_hash);
+        if (r < 0)
+            goto done;
+        body = own_body;
+    }
     r = seal(s, "payload", it->stream_id, it->source_ref, res->envelope_hash, p->canon,
              p->canon_len, &payload_row, &payload_row_len);
     if (r < 0)
@@ -962,10 +995,119 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
     res->status = SPOOL_QUEUED;
     r = 0;
 done:
-    erase_and_free(body, body_len);
+    erase_and_free(own_body, body_len);
     free(payload_row);
     free(env_row);
     return r;
+}
+
+/* Pipelining a batch: the token's C_Sign is the slowest step of an item, so
+ * one thread does nothing but build and sign envelopes, in order, while the
+ * caller's thread seals and inserts the items already signed (the Token
+ * lends each thread its own session). Both run inside the batch's one
+ * transaction; nothing is committed before every item is stored. */
+#define SIGNER_MIN_ITEMS 2
+
+typedef struct Signer {
+    Spool *s;
+    const SpoolItemIn *items;
+    Prepared *prep;
+    size_t n;
+    int64_t now;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    size_t done;       /* prep[0..done) are settled (built, or not to be built) */
+    int error;         /* the first failure; the signer stops there */
+    char detail[1024]; /* its lv_error(), which is thread-local */
+    bool stop;         /* the caller gave up: build nothing more */
+} Signer;
+
+static void *signer_main(void *arg)
+{
+    Signer *g = arg;
+    for (size_t i = 0; i < g->n; i++) {
+        Prepared *p = &g->prep[i];
+        int r = 0;
+        if (p->presign) {
+            pthread_mutex_lock(&g->lock);
+            bool stop = g->stop;
+            pthread_mutex_unlock(&g->lock);
+            if (stop)
+                break;
+            EnvelopeInput ei = envelope_input(g->s, &g->items[i], p, g->now);
+            r = envelope_build(g->s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
+        }
+        pthread_mutex_lock(&g->lock);
+        if (r < 0) {
+            g->error = r;
+            snprintf(g->detail, sizeof(g->detail), "%s", lv_error());
+        }
+        g->done = i + 1;
+        pthread_cond_signal(&g->cond);
+        pthread_mutex_unlock(&g->lock);
+        if (r < 0)
+            break;
+    }
+    return NULL;
+}
+
+/* Waits until item i is settled; the signer's error (with its detail) if it
+ * failed on the way. */
+static int signer_wait(Signer *g, size_t i)
+{
+    pthread_mutex_lock(&g->lock);
+    while (g->done <= i && g->error == 0)
+        pthread_cond_wait(&g->cond, &g->lock);
+    int r = g->error;
+    pthread_mutex_unlock(&g->lock);
+    if (r < 0)
+        return lv_error_set(r, "%s", g->detail);
+    return 0;
+}
+
+static size_t hash_ref(const char *v)
+{
+    size_t h = 1469598103934665603ULL;
+    for (; *v; v++)
+        h = (h ^ (unsigned char)*v) * 1099511628211ULL;
+    return h;
+}
+
+/* Marks the items the signer may build ahead: new to the spool and the
+ * first of their source_ref in the batch (a repeat must meet the stored
+ * first one: duplicate or conflict, never a second signature). Returns how
+ * many, or a negative error. */
+static int mark_presign(Spool *s, const SpoolItemIn *items, Prepared *prep, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    const char **seen = calloc(cap, sizeof(*seen));
+    if (!seen)
+        return -ENOMEM;
+    int count = 0, r = 0;
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        const char *ref = items[i].source_ref;
+        size_t k = hash_ref(ref) & (cap - 1);
+        bool repeat = false;
+        for (; seen[k]; k = (k + 1) & (cap - 1))
+            if (strcmp(seen[k], ref) == 0) {
+                repeat = true;
+                break;
+            }
+        if (repeat)
+            continue;
+        seen[k] = ref;
+        char event_id[ENVELOPE_EVENT_ID_MAX];
+        envelope_event_id(s->installation_id, ref, event_id);
+        r = item_stored(s, event_id);
+        if (r == 0) {
+            prep[i].presign = true;
+            count++;
+        }
+    }
+    free(seen);
+    return r < 0 ? r : count;
 }
 
 int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results)
@@ -979,6 +1121,8 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     Prepared *prep = calloc(n, sizeof(*prep));
     if (!prep)
         return -ENOMEM;
+    Signer g = {.s = s, .items = items, .prep = prep, .n = n};
+    bool signer = false;
     int r = 0;
     /* Validate everything before the first write: one bad item, no rows. */
     for (size_t i = 0; i < n && r >= 0; i++)
@@ -989,17 +1133,48 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     if (r < 0)
         goto done;
     int64_t now = lv_now_ms();
-    for (size_t i = 0; i < n && r >= 0; i++) {
-        memset(&ret_results[i], 0, sizeof(ret_results[i]));
-        r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+    g.now = now;
+    r = mark_presign(s, items, prep, n);
+    if (r >= SIGNER_MIN_ITEMS) {
+        pthread_mutex_init(&g.lock, NULL);
+        pthread_cond_init(&g.cond, NULL);
+        pthread_t th;
+        int e = pthread_create(&th, NULL, signer_main, &g);
+        if (e == 0) {
+            signer = true;
+            for (size_t i = 0; i < n && r >= 0; i++) {
+                memset(&ret_results[i], 0, sizeof(ret_results[i]));
+                if (prep[i].presign)
+                    r = signer_wait(&g, i);
+                if (r >= 0)
+                    r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+            }
+            pthread_mutex_lock(&g.lock);
+            g.stop = true;
+            pthread_mutex_unlock(&g.lock);
+            pthread_join(th, NULL);
+        } else {
+            r = lv_error_set(-e, "enqueue: cannot start the signing thread: %s", strerror(e));
+        }
+    } else if (r >= 0) {
+        for (size_t i = 0; i < n && r >= 0; i++) {
+            memset(&ret_results[i], 0, sizeof(ret_results[i]));
+            r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+        }
     }
     if (r >= 0)
         r = commit(s);
     if (r < 0)
         rollback(s);
 done:
-    for (size_t i = 0; i < n; i++)
+    if (signer) {
+        pthread_cond_destroy(&g.cond);
+        pthread_mutex_destroy(&g.lock);
+    }
+    for (size_t i = 0; i < n; i++) {
         erase_and_free(prep[i].canon, prep[i].canon_len);
+        erase_and_free(prep[i].body, prep[i].body_len);
+    }
     free(prep);
     return r;
 }
