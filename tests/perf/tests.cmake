@@ -4,3 +4,5 @@
 lv_add_pytest(perf_drain_stop ${CMAKE_CURRENT_LIST_DIR}/test_drain_stop.py LABELS perf TIMEOUT 600)
 set_property(TEST perf_drain_stop APPEND PROPERTY ENVIRONMENT
              "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
+lv_add_pytest(perf_enqueue_pipeline ${CMAKE_CURRENT_LIST_DIR}/test_enqueue_pipeline.py LABELS perf
+              TIMEOUT 600)
