@@ -95,6 +95,19 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
                     SpoolLease **ret_leases, size_t *ret_n);
 void spool_leases_free(SpoolLease *l, size_t n);
 
+/* Pipelining a stream: leases for owner the item that follows after_id in
+ * stream_id (the next in enqueue order) when it is queued and due at now_ms,
+ * and only while owner still holds after_id's lease. The caller keeps at
+ * most one item of the stream in flight: it sends the new lease only once
+ * after_id is delivered or dead-lettered, and otherwise returns it with
+ * spool_release_lease. *ret_found tells whether there was one; a row that
+ * fails its check is quarantined and the next one tried. */
+int spool_lease_next(Spool *s, const char *owner, const char *stream_id, int64_t after_id,
+                     int64_t now_ms, int64_t lease_ms, SpoolLease *ret, bool *ret_found);
+/* Returns one of owner's leases to queued (attempts kept); 0 when owner no
+ * longer holds it. */
+int spool_release_lease(Spool *s, int64_t id, const char *owner);
+
 /* Outcomes; each checks that owner still holds the lease. */
 int spool_mark_receipted(Spool *s, int64_t id, const char *owner, const char *receipt_json);
 /* burn_attempt=false for 401/403 (installation paused). Moves to dead_letter

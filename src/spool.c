@@ -110,6 +110,9 @@ enum {
     ST_MARK_RECEIPTED,
     ST_MARK_RETRY,
     ST_MARK_DEAD,
+    ST_HELD,
+    ST_NEXT,
+    ST_RELEASE_ONE,
     ST__MAX
 };
 static const char *const stmt_sql[ST__MAX] = {
@@ -157,6 +160,12 @@ static const char *const stmt_sql[ST__MAX] = {
                       " lease_owner = NULL, lease_expires_at = NULL"
                       " WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2"
                       " RETURNING stream_id, event_id, state",
+    [ST_HELD] = "SELECT 1 FROM items WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2",
+    [ST_NEXT] = "SELECT id, state, next_attempt_at FROM items WHERE stream_id = ?1 AND id > ?2"
+                " AND state IN ('queued','relaying') ORDER BY id LIMIT 1",
+    [ST_RELEASE_ONE] = "UPDATE items SET state = 'queued', lease_owner = NULL,"
+                       " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
+                       " AND lease_owner = ?2 RETURNING stream_id",
     [ST_MARK_DEAD] = "UPDATE items SET state = 'dead_letter', attempts = attempts + 1,"
                      " last_attempt_at = ?3, last_error = ?4, lease_owner = NULL,"
                      " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
@@ -1695,6 +1704,146 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
 done:
     spool_leases_free(out, n);
     free(cand);
+    return r;
+}
+
+/* Leases one checked row for owner (check_row's result in c). */
+static int lease_row(Spool *s, int64_t id, const char *owner, int64_t until, RowCheck *c,
+                     SpoolLease *ret)
+{
+    _cleanup_reset_ sqlite3_stmt *up = stmt(s, ST_LEASE);
+    if (!up)
+        return -EIO;
+    sqlite3_bind_int64(up, 1, id);
+    sqlite3_bind_text(up, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(up, 3, until);
+    int rc = sqlite3_step(up);
+    if (rc != SQLITE_DONE)
+        return sql_err(s, rc, "lease item");
+    *ret =
+        (SpoolLease){.id = id, .attempts = c->attempts, .body = c->body, .body_len = c->body_len};
+    snprintf(ret->stream_id, sizeof(ret->stream_id), "%s", c->stream_id);
+    snprintf(ret->event_id, sizeof(ret->event_id), "%s", c->event_id);
+    memcpy(ret->envelope_hash, c->envelope_hash, sizeof(ret->envelope_hash));
+    c->body = NULL;
+    return 0;
+}
+
+int spool_lease_next(Spool *s, const char *owner, const char *stream_id, int64_t after_id,
+                     int64_t now_ms, int64_t lease_ms, SpoolLease *ret, bool *ret_found)
+{
+    if (!owner || !*owner || strlen(owner) > 128)
+        return lv_error_set(LV_ERR_INPUT, "lease: owner must be 1-128 bytes");
+    if (!s->have_dek)
+        return lv_error_set(LV_ERR_NOKEY, "lease: the spool was opened without the token");
+    *ret_found = false;
+    int r = begin(s);
+    if (r < 0)
+        return r;
+    {
+        /* Only behind an item this owner still holds: its lease is what
+         * keeps the stream to one sender. */
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_HELD);
+        if (!st) {
+            r = -EIO;
+            goto done;
+        }
+        sqlite3_bind_int64(st, 1, after_id);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            goto done;
+        if (rc != SQLITE_ROW) {
+            r = sql_err(s, rc, "lease held");
+            goto done;
+        }
+    }
+    /* Bounded: each pass that quarantines a row removes it from the stream. */
+    for (int64_t after = after_id; r >= 0;) {
+        int64_t id = 0, due = 0;
+        bool queued = false;
+        {
+            _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_NEXT);
+            if (!st) {
+                r = -EIO;
+                break;
+            }
+            sqlite3_bind_text(st, 1, stream_id, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(st, 2, after);
+            int rc = sqlite3_step(st);
+            if (rc == SQLITE_DONE)
+                break;
+            if (rc != SQLITE_ROW) {
+                r = sql_err(s, rc, "next item");
+                break;
+            }
+            id = sqlite3_column_int64(st, 0);
+            queued = strcmp((const char *)sqlite3_column_text(st, 1), "queued") == 0;
+            due = sqlite3_column_int64(st, 2);
+        }
+        if (!queued || due > now_ms)
+            break;
+        RowCheck c = {0};
+        r = check_row(s, id, false, &c);
+        if (r == LV_ERR_CRYPTO) {
+            r = quarantine(s, id, stream_id, c.event_id, lv_error());
+            row_check_done(&c);
+            after = id;
+            continue;
+        }
+        if (r >= 0)
+            r = lease_row(s, id, owner, now_ms + lease_ms, &c, ret);
+        row_check_done(&c);
+        if (r >= 0)
+            *ret_found = true;
+        break;
+    }
+done:
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0) {
+        rollback(s);
+        if (*ret_found) {
+            erase_and_free(ret->body, ret->body_len);
+            ret->body = NULL;
+            *ret_found = false;
+        }
+    }
+    return r;
+}
+
+int spool_release_lease(Spool *s, int64_t id, const char *owner)
+{
+    if (!owner)
+        return lv_error_set(LV_ERR_INPUT, "release: owner missing");
+    int r = begin(s);
+    if (r < 0)
+        return r;
+    char stream_id[129] = "";
+    {
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_RELEASE_ONE);
+        if (!st) {
+            r = -EIO;
+            goto done;
+        }
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            copy_col(st, 0, stream_id, sizeof(stream_id));
+            rc = sqlite3_step(st);
+        }
+        if (rc != SQLITE_DONE)
+            r = sql_err(s, rc, "release lease");
+    }
+    /* Not held any more (expired and taken): nothing of ours to return. */
+    if (r >= 0 && stream_id[0])
+        r = stream_refresh(s, stream_id);
+done:
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0)
+        rollback(s);
     return r;
 }
 
