@@ -538,7 +538,9 @@ static void round_run(Drain *d)
     for (size_t i = 0; i < d->work.n; i++)
         apply(d, &d->work.v[i]);
     finished_clear(&d->work);
-    if (d->round_lease && d->error == 0)
+    /* An outcome above may have paused the drain (401/403): then nothing
+     * more is leased. */
+    if (d->round_lease && d->error == 0 && d->paused_until_ms <= lv_now_ms())
         fill(d, d->round_lease_now);
     group_end(d);
 }
