@@ -110,7 +110,8 @@ struct Drain {
     size_t want_heads;
     SpoolLease *heads;
     size_t n_heads;
-    Ask *head_next; /* the successor of each new head, leased with it */
+    Ask *head_next;   /* the successor of each new head, leased with it */
+    SpoolNext *nexts; /* fill's request to the spool */
     Ask *asks;
     size_t n_asks;
 };
@@ -165,9 +166,11 @@ int drain_new(Spool *s, Relay *r, const DrainOptions *opt, Drain **ret)
     }
     d->asks = calloc(d->n_slots, sizeof(Ask));
     d->head_next = calloc(d->n_slots, sizeof(Ask));
-    if (!d->asks || !d->head_next) {
+    d->nexts = calloc(2 * d->n_slots, sizeof(SpoolNext));
+    if (!d->asks || !d->head_next || !d->nexts) {
         free(d->asks);
         free(d->head_next);
+        free(d->nexts);
         free(d->slots);
         free(d);
         return -ENOMEM;
@@ -234,6 +237,7 @@ Drain *drain_free(Drain *d)
         free(d->head_next[i].lease.body);
     free(d->asks);
     free(d->head_next);
+    free(d->nexts);
     pthread_cond_destroy(&d->cond);
     pthread_mutex_destroy(&d->lock);
     free(d->slots);
@@ -482,38 +486,45 @@ static size_t slots_free(const Drain *d)
     return n;
 }
 
-/* The round's leasing (worker): new heads for the free slots, and the
- * successors asked for, due at lease_now (a pass keeps its start time, so
- * that an item is tried at most once per pass). */
+/* The round's leasing (worker): new heads for the free slots, then, in one
+ * batch, the successors asked for and those of the new heads (so that a
+ * stream can go on the moment its head is through); all due at lease_now
+ * (a pass keeps its start time, so that an item is tried at most once per
+ * pass). */
 static void fill(Drain *d, int64_t lease_now)
 {
     int64_t lease_ms = d->opt.lease_ms + (lv_now_ms() - lease_now);
-    for (size_t i = 0; i < d->n_asks && d->error == 0; i++) {
-        Ask *a = &d->asks[i];
-        int r = spool_lease_next(d->spool, d->owner, a->stream_id, a->after_id, lease_now, lease_ms,
-                                 &a->lease, &a->found);
-        if (r < 0)
+    if (d->want_heads > 0) {
+        int r = spool_lease_due(d->spool, d->owner, lease_now, lease_ms, d->want_heads, &d->heads,
+                                &d->n_heads);
+        if (r < 0) {
             fail(d, r);
+            return;
+        }
+        if (d->n_heads < d->want_heads)
+            d->want_lease = false; /* nothing else due until something changes */
     }
-    if (d->want_heads == 0 || d->error)
-        return;
-    int r = spool_lease_due(d->spool, d->owner, lease_now, lease_ms, d->want_heads, &d->heads,
-                            &d->n_heads);
+    size_t n = 0;
+    for (size_t i = 0; i < d->n_asks; i++)
+        d->nexts[n++] =
+            (SpoolNext){.stream_id = d->asks[i].stream_id, .after_id = d->asks[i].after_id};
+    for (size_t i = 0; i < d->n_heads; i++) {
+        d->head_next[i] = (Ask){.after_id = d->heads[i].id};
+        d->nexts[n++] = (SpoolNext){.stream_id = d->heads[i].stream_id, .after_id = d->heads[i].id};
+    }
+    int r = spool_lease_next_many(d->spool, d->owner, d->nexts, n, lease_now, lease_ms);
     if (r < 0) {
         fail(d, r);
         return;
     }
-    if (d->n_heads < d->want_heads)
-        d->want_lease = false; /* nothing else due until something changes */
-    /* Each new head comes with its successor, so that the stream can go on
-     * the moment the head is through. */
-    for (size_t i = 0; i < d->n_heads && d->error == 0; i++) {
-        Ask *a = &d->head_next[i];
-        *a = (Ask){.after_id = d->heads[i].id};
-        r = spool_lease_next(d->spool, d->owner, d->heads[i].stream_id, d->heads[i].id, lease_now,
-                             lease_ms, &a->lease, &a->found);
-        if (r < 0)
-            fail(d, r);
+    n = 0;
+    for (size_t i = 0; i < d->n_asks; i++, n++) {
+        d->asks[i].found = d->nexts[n].found;
+        d->asks[i].lease = d->nexts[n].lease;
+    }
+    for (size_t i = 0; i < d->n_heads; i++, n++) {
+        d->head_next[i].found = d->nexts[n].found;
+        d->head_next[i].lease = d->nexts[n].lease;
     }
 }
 

@@ -1411,21 +1411,24 @@ typedef struct RowCheck {
     size_t body_len;
     char *payload; /* the verified plaintext, when asked for */
     size_t payload_len;
+    /* The row as read, until verified: */
+    bool sealed;
+    uint8_t *env, *prow;
+    size_t env_len, prow_len;
 } RowCheck;
 
 static void row_check_done(RowCheck *c)
 {
     erase_and_free(c->body, c->body_len);
     erase_and_free(c->payload, c->payload_len);
+    free(c->env);
+    free(c->prow);
     c->body = c->payload = NULL;
+    c->env = c->prow = NULL;
 }
 
-/* Proves that row id is what this spool wrote: the payload row decrypts
- * under AAD binding this spool, stream, source_ref and envelope hash (so the
- * GCM tag authenticates the envelope hash), the stored body hashes to that
- * envelope hash, the plaintext hashes to payload_hash and the body names the
- * same item. LV_ERR_CRYPTO (detail = reason) when any of it fails. */
-static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
+/* Reads row id's columns for verify_row (SQL only). */
+static int read_row(Spool *s, int64_t id, RowCheck *c)
 {
     _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_ROW);
     if (!st)
@@ -1436,80 +1439,103 @@ static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
         return lv_error_set(-ENOENT, "item %lld vanished", (long long)id);
     if (rc != SQLITE_ROW)
         return sql_err(s, rc, "read item");
-    RowCheck c = {0};
-    copy_col(st, 0, c.state, sizeof(c.state));
-    copy_col(st, 1, c.event_id, sizeof(c.event_id));
-    copy_col(st, 2, c.stream_id, sizeof(c.stream_id));
-    copy_col(st, 3, c.source_ref, sizeof(c.source_ref));
-    copy_col(st, 4, c.payload_hash, sizeof(c.payload_hash));
-    copy_col(st, 5, c.envelope_hash, sizeof(c.envelope_hash));
-    c.attempts = sqlite3_column_int(st, 9);
-    *rc_out = c;
-    if (!is_lower_hex(c.envelope_hash, 64) || !is_lower_hex(c.payload_hash, 64))
+    copy_col(st, 0, c->state, sizeof(c->state));
+    copy_col(st, 1, c->event_id, sizeof(c->event_id));
+    copy_col(st, 2, c->stream_id, sizeof(c->stream_id));
+    copy_col(st, 3, c->source_ref, sizeof(c->source_ref));
+    copy_col(st, 4, c->payload_hash, sizeof(c->payload_hash));
+    copy_col(st, 5, c->envelope_hash, sizeof(c->envelope_hash));
+    c->attempts = sqlite3_column_int(st, 9);
+    c->sealed = sqlite3_column_int(st, 6) != 0;
+    c->env_len = (size_t)sqlite3_column_bytes(st, 7);
+    c->prow_len = (size_t)sqlite3_column_bytes(st, 8);
+    c->env = malloc(c->env_len + 1);
+    c->prow = malloc(c->prow_len + 1);
+    if (!c->env || !c->prow)
+        return -ENOMEM;
+    if (c->env_len)
+        memcpy(c->env, sqlite3_column_blob(st, 7), c->env_len);
+    if (c->prow_len)
+        memcpy(c->prow, sqlite3_column_blob(st, 8), c->prow_len);
+    return 0;
+}
+
+/* Proves that a row read by read_row is what this spool wrote: the payload
+ * row decrypts under AAD binding this spool, stream, source_ref and envelope
+ * hash (so the GCM tag authenticates the envelope hash), the stored body
+ * hashes to that envelope hash, the plaintext hashes to payload_hash and the
+ * body names the same item. LV_ERR_CRYPTO (detail = reason) when any of it
+ * fails. No SQL: callable from any thread (the Token lends each its own
+ * session). */
+static int verify_row(Spool *s, bool want_payload, RowCheck *c)
+{
+    if (!is_lower_hex(c->envelope_hash, 64) || !is_lower_hex(c->payload_hash, 64))
         return lv_error_set(LV_ERR_CRYPTO, "row_format_invalid: stored hashes are malformed");
-
-    bool sealed = sqlite3_column_int(st, 6) != 0;
-    const uint8_t *env = sqlite3_column_blob(st, 7);
-    size_t env_len = (size_t)sqlite3_column_bytes(st, 7);
-    const uint8_t *prow = sqlite3_column_blob(st, 8);
-    size_t prow_len = (size_t)sqlite3_column_bytes(st, 8);
-
     char *body = NULL, *payload = NULL;
     size_t body_len = 0, payload_len = 0;
     int r;
-    if (sealed) {
-        r = unseal(s, "envelope", c.stream_id, c.source_ref, c.envelope_hash, env, env_len, &body,
-                   &body_len);
+    if (c->sealed) {
+        r = unseal(s, "envelope", c->stream_id, c->source_ref, c->envelope_hash, c->env, c->env_len,
+                   &body, &body_len);
         if (r < 0)
             goto done;
     } else {
-        body = malloc(env_len + 1);
+        body = malloc(c->env_len + 1);
         if (!body) {
             r = -ENOMEM;
             goto done;
         }
-        if (env_len)
-            memcpy(body, env, env_len);
-        body[env_len] = '\0';
-        body_len = env_len;
+        if (c->env_len)
+            memcpy(body, c->env, c->env_len);
+        body[c->env_len] = '\0';
+        body_len = c->env_len;
     }
     char h[65];
     lv_sha256_hex(body, body_len, h);
-    if (!lv_memeq(h, c.envelope_hash, 64)) {
+    if (!lv_memeq(h, c->envelope_hash, 64)) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "envelope_hash_mismatch: the stored envelope does not hash to the "
                          "item's envelope hash");
         goto done;
     }
-    r = unseal(s, "payload", c.stream_id, c.source_ref, c.envelope_hash, prow, prow_len, &payload,
-               &payload_len);
+    r = unseal(s, "payload", c->stream_id, c->source_ref, c->envelope_hash, c->prow, c->prow_len,
+               &payload, &payload_len);
     if (r < 0)
         goto done;
     lv_sha256_hex(payload, payload_len, h);
-    if (!lv_memeq(h, c.payload_hash, 64)) {
+    if (!lv_memeq(h, c->payload_hash, 64)) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "payload_hash_mismatch: the payload does not hash to the item's "
                          "payload hash");
         goto done;
     }
     EnvelopeFields f;
-    if (envelope_fields(body, body_len, &f) < 0 || strcmp(f.event_id, c.event_id) != 0 ||
-        strcmp(f.stream_id, c.stream_id) != 0 || strcmp(f.source_ref, c.source_ref) != 0 ||
-        strcmp(f.payload_hash, c.payload_hash) != 0) {
+    if (envelope_fields(body, body_len, &f) < 0 || strcmp(f.event_id, c->event_id) != 0 ||
+        strcmp(f.stream_id, c->stream_id) != 0 || strcmp(f.source_ref, c->source_ref) != 0 ||
+        strcmp(f.payload_hash, c->payload_hash) != 0) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "envelope_fields_mismatch: the envelope names another item");
         goto done;
     }
-    rc_out->body = TAKE_PTR(body);
-    rc_out->body_len = body_len;
+    c->body = TAKE_PTR(body);
+    c->body_len = body_len;
     if (want_payload) {
-        rc_out->payload = TAKE_PTR(payload);
-        rc_out->payload_len = payload_len;
+        c->payload = TAKE_PTR(payload);
+        c->payload_len = payload_len;
     }
     r = 0;
 done:
     erase_and_free(body, body_len);
     erase_and_free(payload, payload_len);
+    return r;
+}
+
+/* read_row and verify_row: the row's fields land in rc_out either way. */
+static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
+{
+    int r = read_row(s, id, rc_out);
+    if (r >= 0)
+        r = verify_row(s, want_payload, rc_out);
     return r;
 }
 
@@ -1649,14 +1675,17 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             }
             if (r == LV_ERR_CRYPTO) {
                 r = quarantine(s, cand[i].head, cand[i].stream_id, c.event_id, lv_error());
+                row_check_done(&c);
                 again = true;
                 continue;
             }
-            if (r < 0)
+            if (r < 0) {
+                row_check_done(&c);
                 break;
+            }
             _cleanup_reset_ sqlite3_stmt *up = stmt(s, ST_LEASE);
             if (!up) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = -EIO;
                 break;
             }
@@ -1665,20 +1694,20 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             sqlite3_bind_int64(up, 3, now_ms + lease_ms);
             int rc = sqlite3_step(up);
             if (rc != SQLITE_DONE) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = sql_err(s, rc, "lease item");
                 break;
             }
             _cleanup_reset_ sqlite3_stmt *busy = stmt(s, ST_STREAM_BUSY);
             if (!busy) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = -EIO;
                 break;
             }
             sqlite3_bind_text(busy, 1, cand[i].stream_id, -1, SQLITE_STATIC);
             rc = sqlite3_step(busy);
             if (rc != SQLITE_DONE) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = sql_err(s, rc, "mark stream busy");
                 break;
             }
@@ -1687,9 +1716,10 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             snprintf(l->stream_id, sizeof(l->stream_id), "%s", c.stream_id);
             snprintf(l->event_id, sizeof(l->event_id), "%s", c.event_id);
             memcpy(l->envelope_hash, c.envelope_hash, sizeof(l->envelope_hash));
-            l->body = c.body;
+            l->body = TAKE_PTR(c.body);
             l->body_len = c.body_len;
             l->attempts = c.attempts;
+            row_check_done(&c);
         }
     }
     if (r >= 0)
@@ -1729,86 +1759,154 @@ static int lease_row(Spool *s, int64_t id, const char *owner, int64_t until, Row
     return 0;
 }
 
-int spool_lease_next(Spool *s, const char *owner, const char *stream_id, int64_t after_id,
-                     int64_t now_ms, int64_t lease_ms, SpoolLease *ret, bool *ret_found)
+/* One successor being leased: its row as read, then as verified. */
+typedef struct NextRow {
+    int64_t id;
+    bool read;
+    RowCheck c;
+    int r;
+    char reason[512]; /* verify_row's detail (thread-local where it ran) */
+} NextRow;
+
+typedef struct Verifier {
+    Spool *s;
+    NextRow *rows;
+    size_t n;
+    size_t next; /* the next row to take, shared (atomic) */
+} Verifier;
+
+static void verify_some(Verifier *v)
+{
+    for (;;) {
+        size_t i = __atomic_fetch_add(&v->next, 1, __ATOMIC_RELAXED);
+        if (i >= v->n)
+            break;
+        NextRow *x = &v->rows[i];
+        if (!x->read)
+            continue;
+        x->r = verify_row(v->s, false, &x->c);
+        if (x->r < 0)
+            snprintf(x->reason, sizeof(x->reason), "%s", lv_error());
+    }
+}
+
+static void *verifier_main(void *arg)
+{
+    verify_some(arg);
+    return NULL;
+}
+
+/* Rows to verify before a second thread pays for itself. */
+#define VERIFY_PARALLEL_MIN 4
+
+int spool_lease_next_many(Spool *s, const char *owner, SpoolNext *req, size_t n, int64_t now_ms,
+                          int64_t lease_ms)
 {
     if (!owner || !*owner || strlen(owner) > 128)
         return lv_error_set(LV_ERR_INPUT, "lease: owner must be 1-128 bytes");
     if (!s->have_dek)
         return lv_error_set(LV_ERR_NOKEY, "lease: the spool was opened without the token");
-    *ret_found = false;
+    for (size_t i = 0; i < n; i++)
+        req[i].found = false;
+    if (n == 0)
+        return 0;
+    NextRow *rows = calloc(n, sizeof(*rows));
+    if (!rows)
+        return -ENOMEM;
+    size_t n_read = 0;
     int r = begin(s);
     if (r < 0)
-        return r;
-    {
-        /* Only behind an item this owner still holds: its lease is what
-         * keeps the stream to one sender. */
-        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_HELD);
-        if (!st) {
-            r = -EIO;
-            goto done;
-        }
-        sqlite3_bind_int64(st, 1, after_id);
-        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
-        int rc = sqlite3_step(st);
-        if (rc == SQLITE_DONE)
-            goto done;
-        if (rc != SQLITE_ROW) {
-            r = sql_err(s, rc, "lease held");
-            goto done;
-        }
-    }
-    /* Bounded: each pass that quarantines a row removes it from the stream. */
-    for (int64_t after = after_id; r >= 0;) {
-        int64_t id = 0, due = 0;
-        bool queued = false;
+        goto out;
+    /* 1. SQL: which successors are due, and their rows. */
+    for (size_t i = 0; i < n && r >= 0; i++) {
         {
-            _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_NEXT);
+            /* Only behind an item this owner still holds: its lease is
+             * what keeps the stream to one sender. */
+            _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_HELD);
             if (!st) {
                 r = -EIO;
                 break;
             }
-            sqlite3_bind_text(st, 1, stream_id, -1, SQLITE_STATIC);
-            sqlite3_bind_int64(st, 2, after);
+            sqlite3_bind_int64(st, 1, req[i].after_id);
+            sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
             int rc = sqlite3_step(st);
             if (rc == SQLITE_DONE)
-                break;
+                continue;
             if (rc != SQLITE_ROW) {
-                r = sql_err(s, rc, "next item");
+                r = sql_err(s, rc, "lease held");
                 break;
             }
-            id = sqlite3_column_int64(st, 0);
-            queued = strcmp((const char *)sqlite3_column_text(st, 1), "queued") == 0;
-            due = sqlite3_column_int64(st, 2);
         }
-        if (!queued || due > now_ms)
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_NEXT);
+        if (!st) {
+            r = -EIO;
             break;
-        RowCheck c = {0};
-        r = check_row(s, id, false, &c);
-        if (r == LV_ERR_CRYPTO) {
-            r = quarantine(s, id, stream_id, c.event_id, lv_error());
-            row_check_done(&c);
-            after = id;
-            continue;
         }
-        if (r >= 0)
-            r = lease_row(s, id, owner, now_ms + lease_ms, &c, ret);
-        row_check_done(&c);
-        if (r >= 0)
-            *ret_found = true;
-        break;
+        sqlite3_bind_text(st, 1, req[i].stream_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, req[i].after_id);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            continue;
+        if (rc != SQLITE_ROW) {
+            r = sql_err(s, rc, "next item");
+            break;
+        }
+        int64_t id = sqlite3_column_int64(st, 0);
+        bool queued = strcmp((const char *)sqlite3_column_text(st, 1), "queued") == 0;
+        if (!queued || sqlite3_column_int64(st, 2) > now_ms)
+            continue;
+        stmt_resetp(&st);
+        rows[i].id = id;
+        r = read_row(s, id, &rows[i].c);
+        if (r >= 0) {
+            rows[i].read = true;
+            n_read++;
+        }
+    }
+    if (r < 0)
+        goto done;
+    /* 2. CPU: verify them (decryption on the token, hashes, the body's
+     * fields), on two threads when there are enough: the lease's main cost,
+     * and no SQL. */
+    Verifier v = {.s = s, .rows = rows, .n = n};
+    pthread_t th;
+    bool helper =
+        n_read >= VERIFY_PARALLEL_MIN && pthread_create(&th, NULL, verifier_main, &v) == 0;
+    verify_some(&v);
+    if (helper)
+        pthread_join(th, NULL);
+    /* 3. SQL: lease what verified; quarantine what did not (the stream goes
+     * on behind it later, from its head). */
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        NextRow *x = &rows[i];
+        if (!x->read)
+            continue;
+        if (x->r == 0) {
+            r = lease_row(s, x->id, owner, now_ms + lease_ms, &x->c, &req[i].lease);
+            if (r >= 0)
+                req[i].found = true;
+        } else if (x->r == LV_ERR_CRYPTO) {
+            r = quarantine(s, x->id, req[i].stream_id, x->c.event_id, x->reason);
+        } else {
+            r = lv_error_set(x->r, "%s", x->reason);
+        }
     }
 done:
     if (r >= 0)
         r = commit(s);
     if (r < 0) {
         rollback(s);
-        if (*ret_found) {
-            erase_and_free(ret->body, ret->body_len);
-            ret->body = NULL;
-            *ret_found = false;
-        }
+        for (size_t i = 0; i < n; i++)
+            if (req[i].found) {
+                erase_and_free(req[i].lease.body, req[i].lease.body_len);
+                req[i].lease.body = NULL;
+                req[i].found = false;
+            }
     }
+out:
+    for (size_t i = 0; i < n; i++)
+        row_check_done(&rows[i].c);
+    free(rows);
     return r;
 }
 
