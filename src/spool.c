@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -122,6 +123,9 @@ enum {
     ST_MARK_RECEIPTED,
     ST_MARK_RETRY,
     ST_MARK_DEAD,
+    ST_HELD,
+    ST_NEXT,
+    ST_RELEASE_ONE,
     ST__MAX
 };
 static const char *const stmt_sql[ST__MAX] = {
@@ -170,6 +174,12 @@ static const char *const stmt_sql[ST__MAX] = {
                       " lease_owner = NULL, lease_expires_at = NULL"
                       " WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2"
                       " RETURNING stream_id, event_id, state",
+    [ST_HELD] = "SELECT 1 FROM items WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2",
+    [ST_NEXT] = "SELECT id, state, next_attempt_at FROM items WHERE stream_id = ?1 AND id > ?2"
+                " AND state IN ('queued','relaying') ORDER BY id LIMIT 1",
+    [ST_RELEASE_ONE] = "UPDATE items SET state = 'queued', lease_owner = NULL,"
+                       " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
+                       " AND lease_owner = ?2 RETURNING stream_id",
     [ST_MARK_DEAD] = "UPDATE items SET state = 'dead_letter', attempts = attempts + 1,"
                      " last_attempt_at = ?3, last_error = ?4, lease_owner = NULL,"
                      " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
@@ -185,6 +195,7 @@ struct Spool {
     bool have_dek;
     int64_t cur_dek;                   /* the DEK new rows are sealed with */
     int64_t slot_dek[TOKEN_DEK_SLOTS]; /* the DEK id in each token slot, 0: free */
+    pthread_mutex_t dek_lock;          /* guards slot_dek: rows are verified on threads */
     bool key_recorded;                 /* the signing key is in signing_keys */
     int max_attempts;
     uint8_t spool_id[SPOOL_ID_LEN];
@@ -454,7 +465,7 @@ static int read_current_dek(Spool *s, int64_t *ret)
 
 /* Unwraps DEK id into a free token slot. A DEK that does not unwrap is a
  * key problem (the KEK), never a reason to condemn the rows it sealed. */
-static int load_dek(Spool *s, int64_t id, unsigned *ret_slot)
+static int load_dek_locked(Spool *s, int64_t id, unsigned *ret_slot)
 {
     unsigned slot = TOKEN_DEK_SLOTS;
     for (unsigned i = 0; i < TOKEN_DEK_SLOTS; i++) {
@@ -493,6 +504,35 @@ static int load_dek(Spool *s, int64_t id, unsigned *ret_slot)
     s->slot_dek[slot] = id;
     *ret_slot = slot;
     return 0;
+}
+
+static int load_dek(Spool *s, int64_t id, unsigned *ret_slot)
+{
+    pthread_mutex_lock(&s->dek_lock);
+    int r = load_dek_locked(s, id, ret_slot);
+    pthread_mutex_unlock(&s->dek_lock);
+    return r;
+}
+
+/* The slot of a DEK already loaded (no SQL: verify_row runs on threads);
+ * every caller that reads a row loads its DEK first (read_row). */
+static int find_dek(Spool *s, int64_t id, unsigned *ret_slot)
+{
+    int r = lv_error_set(LV_ERR_CRYPTO,
+                         "row_dek_unknown: the row names DEK %lld, which the "
+                         "spool does not hold",
+                         (long long)id);
+    pthread_mutex_lock(&s->dek_lock);
+    for (unsigned i = 0; i < TOKEN_DEK_SLOTS; i++)
+        if (id > 0 && s->slot_dek[i] == id) {
+            *ret_slot = i;
+            r = 0;
+            break;
+        }
+    pthread_mutex_unlock(&s->dek_lock);
+    if (r == 0)
+        lv_error_clear();
+    return r;
 }
 
 static int new_dek(Spool *s, int64_t id)
@@ -560,7 +600,8 @@ static int refresh_current_dek(Spool *s)
     if (r < 0)
         return r == -ENOENT ? lv_error_set(-EUCLEAN, "spool %s: no current DEK", s->path) : r;
     s->cur_dek = cur;
-    return 0;
+    unsigned slot;
+    return load_dek(s, cur, &slot);
 }
 
 static int load_meta(Spool *s, const SpoolOptions *opt)
@@ -669,6 +710,7 @@ int spool_open(const SpoolOptions *opt, Token *tok, Spool **ret)
     s->tok = tok;
     s->include_payload = opt->include_payload;
     s->max_attempts = opt->max_attempts > 0 ? opt->max_attempts : DEFAULT_MAX_TRIES;
+    pthread_mutex_init(&s->dek_lock, NULL);
     s->path = strdup(opt->path);
     int r = s->path ? prepare_file(opt->path, tok != NULL) : -ENOMEM;
     if (r < 0)
@@ -742,6 +784,7 @@ Spool *spool_close(Spool *s)
         sqlite3_finalize(s->st[i]);
     if (s->db)
         sqlite3_close_v2(s->db);
+    pthread_mutex_destroy(&s->dek_lock);
     free(s->path);
     free(s);
     return NULL;
@@ -789,7 +832,7 @@ static int seal(Spool *s, const char *kind, const char *stream_id, const char *s
         return -ENOMEM;
     row[0] = ROW_VERSION;
     unsigned slot;
-    int r = load_dek(s, s->cur_dek, &slot);
+    int r = find_dek(s, s->cur_dek, &slot);
     if (r < 0) {
         free(row);
         return r;
@@ -825,7 +868,7 @@ static int unseal(Spool *s, const char *kind, int64_t dek_id, const char *stream
     size_t aad_len = build_aad(s, kind, stream_id, source_ref, envelope_hash, aad);
     size_t pt_len = n - ROW_OVERHEAD;
     unsigned slot;
-    int r = load_dek(s, dek_id, &slot);
+    int r = find_dek(s, dek_id, &slot);
     if (r < 0)
         return r;
     char *pt = malloc(pt_len + 1);
@@ -929,6 +972,10 @@ static void cjson_freep(cJSON **j)
     cJSON_Delete(*j);
 }
 #define _cleanup_cjson_ _cleanup_(cjson_freep)
+static void cjson_erasep(cJSON **j)
+{
+    envelope_json_erase(*j);
+}
 
 int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
 {
@@ -948,7 +995,7 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
     if (it->payload_len > SPOOL_MAX_PAYLOAD)
         return lv_error_set(LV_ERR_TOOBIG, "payload: %zu bytes, over the limit of %d bytes",
                             it->payload_len, SPOOL_MAX_PAYLOAD);
-    _cleanup_cjson_ cJSON *tree = NULL;
+    _cleanup_(cjson_erasep) cJSON *tree = NULL;
     r = canon_parse(it->payload, it->payload_len, SPOOL_MAX_PAYLOAD, "payload", &tree);
     if (r < 0)
         return r;
@@ -979,7 +1026,40 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
 typedef struct Prepared {
     char *canon;
     size_t canon_len;
+    /* Built ahead by the signer thread (spool_enqueue) when signed: */
+    bool presign;
+    char *body;
+    size_t body_len;
+    char envelope_hash[65];
 } Prepared;
+
+static EnvelopeInput envelope_input(const Spool *s, const SpoolItemIn *it, const Prepared *p,
+                                    int64_t now)
+{
+    return (EnvelopeInput){
+        .installation_id = s->installation_id,
+        .stream_id = it->stream_id,
+        .source_ref = it->source_ref,
+        .event_type = it->event_type ? it->event_type : ENVELOPE_DEFAULT_EVENT_TYPE,
+        .payload_canon = p->canon,
+        .payload_len = p->canon_len,
+        .include_payload = s->include_payload,
+        .spooled_at_ms = now,
+    };
+}
+
+/* 1: an item with this event id is stored; 0: not; <0: error. */
+static int item_stored(Spool *s, const char *event_id)
+{
+    _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_FIND);
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, event_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : sql_err(s, rc, "look up item");
+}
 
 static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64_t now,
                        SpoolEnqueueResult *res)
@@ -1028,23 +1108,22 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
             return sql_err(s, rc, "look up item");
     }
 
-    EnvelopeInput ei = {
-        .installation_id = s->installation_id,
-        .stream_id = it->stream_id,
-        .source_ref = it->source_ref,
-        .event_type = event_type,
-        .payload_canon = p->canon,
-        .payload_len = p->canon_len,
-        .include_payload = s->include_payload,
-        .spooled_at_ms = now,
-    };
-    char *body = NULL;
-    size_t body_len = 0;
+    /* The signer thread built the envelope already, or we build it here. */
+    char *own_body = NULL;
+    const char *body = p->body;
+    size_t body_len = p->body_len;
     uint8_t *payload_row = NULL, *env_row = NULL;
     size_t payload_row_len = 0, env_row_len = 0;
-    int r = envelope_build(s->tok, &ei, &body, &body_len, res->envelope_hash);
-    if (r < 0)
-        goto done;
+    int r = 0;
+    if (body) {
+        memcpy(res->envelope_hash, p->envelope_hash, sizeof(res->envelope_hash));
+    } else {
+        EnvelopeInput ei = envelope_input(s, it, p, now);
+        r = envelope_build(s->tok, &ei, &own_body, &body_len, res->envelope_hash);
+        if (r < 0)
+            goto done;
+        body = own_body;
+    }
     r = seal(s, "payload", it->stream_id, it->source_ref, res->envelope_hash, p->canon,
              p->canon_len, &payload_row, &payload_row_len);
     if (r < 0)
@@ -1100,7 +1179,7 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
     res->status = SPOOL_QUEUED;
     r = 0;
 done:
-    erase_and_free(body, body_len);
+    erase_and_free(own_body, body_len);
     free(payload_row);
     free(env_row);
     return r;
@@ -1140,6 +1219,115 @@ static int record_signing_key(Spool *s, int64_t now)
     return 0;
 }
 
+/* Pipelining a batch: the token's C_Sign is the slowest step of an item, so
+ * one thread does nothing but build and sign envelopes, in order, while the
+ * caller's thread seals and inserts the items already signed (the Token
+ * lends each thread its own session). Both run inside the batch's one
+ * transaction; nothing is committed before every item is stored. */
+#define SIGNER_MIN_ITEMS 2
+
+typedef struct Signer {
+    Spool *s;
+    const SpoolItemIn *items;
+    Prepared *prep;
+    size_t n;
+    int64_t now;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    size_t done;       /* prep[0..done) are settled (built, or not to be built) */
+    int error;         /* the first failure; the signer stops there */
+    char detail[1024]; /* its lv_error(), which is thread-local */
+    bool stop;         /* the caller gave up: build nothing more */
+} Signer;
+
+static void *signer_main(void *arg)
+{
+    Signer *g = arg;
+    for (size_t i = 0; i < g->n; i++) {
+        Prepared *p = &g->prep[i];
+        int r = 0;
+        if (p->presign) {
+            pthread_mutex_lock(&g->lock);
+            bool stop = g->stop;
+            pthread_mutex_unlock(&g->lock);
+            if (stop)
+                break;
+            EnvelopeInput ei = envelope_input(g->s, &g->items[i], p, g->now);
+            r = envelope_build(g->s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
+        }
+        pthread_mutex_lock(&g->lock);
+        if (r < 0) {
+            g->error = r;
+            snprintf(g->detail, sizeof(g->detail), "%s", lv_error());
+        }
+        g->done = i + 1;
+        pthread_cond_signal(&g->cond);
+        pthread_mutex_unlock(&g->lock);
+        if (r < 0)
+            break;
+    }
+    return NULL;
+}
+
+/* Waits until item i is settled; the signer's error (with its detail) if it
+ * failed on the way. */
+static int signer_wait(Signer *g, size_t i)
+{
+    pthread_mutex_lock(&g->lock);
+    while (g->done <= i && g->error == 0)
+        pthread_cond_wait(&g->cond, &g->lock);
+    int r = g->error;
+    pthread_mutex_unlock(&g->lock);
+    if (r < 0)
+        return lv_error_set(r, "%s", g->detail);
+    return 0;
+}
+
+static size_t hash_ref(const char *v)
+{
+    size_t h = 1469598103934665603ULL;
+    for (; *v; v++)
+        h = (h ^ (unsigned char)*v) * 1099511628211ULL;
+    return h;
+}
+
+/* Marks the items the signer may build ahead: new to the spool and the
+ * first of their source_ref in the batch (a repeat must meet the stored
+ * first one: duplicate or conflict, never a second signature). Returns how
+ * many, or a negative error. */
+static int mark_presign(Spool *s, const SpoolItemIn *items, Prepared *prep, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    const char **seen = calloc(cap, sizeof(*seen));
+    if (!seen)
+        return -ENOMEM;
+    int count = 0, r = 0;
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        const char *ref = items[i].source_ref;
+        size_t k = hash_ref(ref) & (cap - 1);
+        bool repeat = false;
+        for (; seen[k]; k = (k + 1) & (cap - 1))
+            if (strcmp(seen[k], ref) == 0) {
+                repeat = true;
+                break;
+            }
+        if (repeat)
+            continue;
+        seen[k] = ref;
+        char event_id[ENVELOPE_EVENT_ID_MAX];
+        envelope_event_id(s->installation_id, ref, event_id);
+        r = item_stored(s, event_id);
+        if (r == 0) {
+            prep[i].presign = true;
+            count++;
+        }
+    }
+    free(seen);
+    return r < 0 ? r : count;
+}
+
 int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results)
 {
     if (!s->have_dek)
@@ -1151,6 +1339,8 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     Prepared *prep = calloc(n, sizeof(*prep));
     if (!prep)
         return -ENOMEM;
+    Signer g = {.s = s, .items = items, .prep = prep, .n = n};
+    bool signer = false;
     int r = 0;
     /* Validate everything before the first write: one bad item, no rows. */
     for (size_t i = 0; i < n && r >= 0; i++)
@@ -1164,9 +1354,35 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     r = refresh_current_dek(s);
     if (r >= 0 && !s->key_recorded)
         r = record_signing_key(s, now);
-    for (size_t i = 0; i < n && r >= 0; i++) {
-        memset(&ret_results[i], 0, sizeof(ret_results[i]));
-        r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+    g.now = now;
+    if (r >= 0)
+        r = mark_presign(s, items, prep, n);
+    if (r >= SIGNER_MIN_ITEMS) {
+        pthread_mutex_init(&g.lock, NULL);
+        pthread_cond_init(&g.cond, NULL);
+        pthread_t th;
+        int e = pthread_create(&th, NULL, signer_main, &g);
+        if (e == 0) {
+            signer = true;
+            for (size_t i = 0; i < n && r >= 0; i++) {
+                memset(&ret_results[i], 0, sizeof(ret_results[i]));
+                if (prep[i].presign)
+                    r = signer_wait(&g, i);
+                if (r >= 0)
+                    r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+            }
+            pthread_mutex_lock(&g.lock);
+            g.stop = true;
+            pthread_mutex_unlock(&g.lock);
+            pthread_join(th, NULL);
+        } else {
+            r = lv_error_set(-e, "enqueue: cannot start the signing thread: %s", strerror(e));
+        }
+    } else if (r >= 0) {
+        for (size_t i = 0; i < n && r >= 0; i++) {
+            memset(&ret_results[i], 0, sizeof(ret_results[i]));
+            r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+        }
     }
     if (r >= 0)
         r = commit(s);
@@ -1175,8 +1391,14 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
         s->key_recorded = false; /* the record went with the transaction */
     }
 done:
-    for (size_t i = 0; i < n; i++)
+    if (signer) {
+        pthread_cond_destroy(&g.cond);
+        pthread_mutex_destroy(&g.lock);
+    }
+    for (size_t i = 0; i < n; i++) {
         erase_and_free(prep[i].canon, prep[i].canon_len);
+        erase_and_free(prep[i].body, prep[i].body_len);
+    }
     free(prep);
     return r;
 }
@@ -1404,21 +1626,25 @@ typedef struct RowCheck {
     size_t body_len;
     char *payload; /* the verified plaintext, when asked for */
     size_t payload_len;
+    /* The row as read, until verified: */
+    int64_t dek_id;
+    bool sealed;
+    uint8_t *env, *prow;
+    size_t env_len, prow_len;
 } RowCheck;
 
 static void row_check_done(RowCheck *c)
 {
     erase_and_free(c->body, c->body_len);
     erase_and_free(c->payload, c->payload_len);
+    free(c->env);
+    free(c->prow);
     c->body = c->payload = NULL;
+    c->env = c->prow = NULL;
 }
 
-/* Proves that row id is what this spool wrote: the payload row decrypts
- * under AAD binding this spool, stream, source_ref and envelope hash (so the
- * GCM tag authenticates the envelope hash), the stored body hashes to that
- * envelope hash, the plaintext hashes to payload_hash and the body names the
- * same item. LV_ERR_CRYPTO (detail = reason) when any of it fails. */
-static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
+/* Reads row id's columns for verify_row (SQL only). */
+static int read_row(Spool *s, int64_t id, RowCheck *c)
 {
     _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_ROW);
     if (!st)
@@ -1429,81 +1655,111 @@ static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
         return lv_error_set(-ENOENT, "item %lld vanished", (long long)id);
     if (rc != SQLITE_ROW)
         return sql_err(s, rc, "read item");
-    RowCheck c = {0};
-    copy_col(st, 0, c.state, sizeof(c.state));
-    copy_col(st, 1, c.event_id, sizeof(c.event_id));
-    copy_col(st, 2, c.stream_id, sizeof(c.stream_id));
-    copy_col(st, 3, c.source_ref, sizeof(c.source_ref));
-    copy_col(st, 4, c.payload_hash, sizeof(c.payload_hash));
-    copy_col(st, 5, c.envelope_hash, sizeof(c.envelope_hash));
-    c.attempts = sqlite3_column_int(st, 9);
-    int64_t dek_id = sqlite3_column_int64(st, 10);
-    *rc_out = c;
-    if (!is_lower_hex(c.envelope_hash, 64) || !is_lower_hex(c.payload_hash, 64))
+    copy_col(st, 0, c->state, sizeof(c->state));
+    copy_col(st, 1, c->event_id, sizeof(c->event_id));
+    copy_col(st, 2, c->stream_id, sizeof(c->stream_id));
+    copy_col(st, 3, c->source_ref, sizeof(c->source_ref));
+    copy_col(st, 4, c->payload_hash, sizeof(c->payload_hash));
+    copy_col(st, 5, c->envelope_hash, sizeof(c->envelope_hash));
+    c->attempts = sqlite3_column_int(st, 9);
+    c->dek_id = sqlite3_column_int64(st, 10);
+    /* The row's DEK is unwrapped here, where SQL may run, so that
+     * verify_row needs none. An unknown DEK fails verify_row instead. */
+    unsigned slot;
+    int lr = load_dek(s, c->dek_id, &slot);
+    if (lr < 0 && lr != LV_ERR_CRYPTO)
+        return lr;
+    lv_error_clear();
+    c->sealed = sqlite3_column_int(st, 6) != 0;
+    c->env_len = (size_t)sqlite3_column_bytes(st, 7);
+    c->prow_len = (size_t)sqlite3_column_bytes(st, 8);
+    c->env = malloc(c->env_len + 1);
+    c->prow = malloc(c->prow_len + 1);
+    if (!c->env || !c->prow)
+        return -ENOMEM;
+    if (c->env_len)
+        memcpy(c->env, sqlite3_column_blob(st, 7), c->env_len);
+    if (c->prow_len)
+        memcpy(c->prow, sqlite3_column_blob(st, 8), c->prow_len);
+    return 0;
+}
+
+/* Proves that a row read by read_row is what this spool wrote: the payload
+ * row decrypts under AAD binding this spool, stream, source_ref and envelope
+ * hash (so the GCM tag authenticates the envelope hash), the stored body
+ * hashes to that envelope hash, the plaintext hashes to payload_hash and the
+ * body names the same item. LV_ERR_CRYPTO (detail = reason) when any of it
+ * fails. No SQL: callable from any thread (the Token lends each its own
+ * session). */
+static int verify_row(Spool *s, bool want_payload, RowCheck *c)
+{
+    if (!is_lower_hex(c->envelope_hash, 64) || !is_lower_hex(c->payload_hash, 64))
         return lv_error_set(LV_ERR_CRYPTO, "row_format_invalid: stored hashes are malformed");
-
-    bool sealed = sqlite3_column_int(st, 6) != 0;
-    const uint8_t *env = sqlite3_column_blob(st, 7);
-    size_t env_len = (size_t)sqlite3_column_bytes(st, 7);
-    const uint8_t *prow = sqlite3_column_blob(st, 8);
-    size_t prow_len = (size_t)sqlite3_column_bytes(st, 8);
-
     char *body = NULL, *payload = NULL;
     size_t body_len = 0, payload_len = 0;
     int r;
-    if (sealed) {
-        r = unseal(s, "envelope", dek_id, c.stream_id, c.source_ref, c.envelope_hash, env, env_len,
-                   &body, &body_len);
+    if (c->sealed) {
+        r = unseal(s, "envelope", c->dek_id, c->stream_id, c->source_ref, c->envelope_hash, c->env,
+                   c->env_len, &body, &body_len);
         if (r < 0)
             goto done;
     } else {
-        body = malloc(env_len + 1);
+        body = malloc(c->env_len + 1);
         if (!body) {
             r = -ENOMEM;
             goto done;
         }
-        if (env_len)
-            memcpy(body, env, env_len);
-        body[env_len] = '\0';
-        body_len = env_len;
+        if (c->env_len)
+            memcpy(body, c->env, c->env_len);
+        body[c->env_len] = '\0';
+        body_len = c->env_len;
     }
     char h[65];
     lv_sha256_hex(body, body_len, h);
-    if (!lv_memeq(h, c.envelope_hash, 64)) {
+    if (!lv_memeq(h, c->envelope_hash, 64)) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "envelope_hash_mismatch: the stored envelope does not hash to the "
                          "item's envelope hash");
         goto done;
     }
-    r = unseal(s, "payload", dek_id, c.stream_id, c.source_ref, c.envelope_hash, prow, prow_len,
-               &payload, &payload_len);
+    r = unseal(s, "payload", c->dek_id, c->stream_id, c->source_ref, c->envelope_hash, c->prow,
+               c->prow_len, &payload, &payload_len);
     if (r < 0)
         goto done;
     lv_sha256_hex(payload, payload_len, h);
-    if (!lv_memeq(h, c.payload_hash, 64)) {
+    if (!lv_memeq(h, c->payload_hash, 64)) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "payload_hash_mismatch: the payload does not hash to the item's "
                          "payload hash");
         goto done;
     }
     EnvelopeFields f;
-    if (envelope_fields(body, body_len, &f) < 0 || strcmp(f.event_id, c.event_id) != 0 ||
-        strcmp(f.stream_id, c.stream_id) != 0 || strcmp(f.source_ref, c.source_ref) != 0 ||
-        strcmp(f.payload_hash, c.payload_hash) != 0) {
+    if (envelope_fields(body, body_len, &f) < 0 || strcmp(f.event_id, c->event_id) != 0 ||
+        strcmp(f.stream_id, c->stream_id) != 0 || strcmp(f.source_ref, c->source_ref) != 0 ||
+        strcmp(f.payload_hash, c->payload_hash) != 0) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "envelope_fields_mismatch: the envelope names another item");
         goto done;
     }
-    rc_out->body = TAKE_PTR(body);
-    rc_out->body_len = body_len;
+    c->body = TAKE_PTR(body);
+    c->body_len = body_len;
     if (want_payload) {
-        rc_out->payload = TAKE_PTR(payload);
-        rc_out->payload_len = payload_len;
+        c->payload = TAKE_PTR(payload);
+        c->payload_len = payload_len;
     }
     r = 0;
 done:
     erase_and_free(body, body_len);
     erase_and_free(payload, payload_len);
+    return r;
+}
+
+/* read_row and verify_row: the row's fields land in rc_out either way. */
+static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
+{
+    int r = read_row(s, id, rc_out);
+    if (r >= 0)
+        r = verify_row(s, want_payload, rc_out);
     return r;
 }
 
@@ -1643,14 +1899,17 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             }
             if (r == LV_ERR_CRYPTO) {
                 r = quarantine(s, cand[i].head, cand[i].stream_id, c.event_id, lv_error());
+                row_check_done(&c);
                 again = true;
                 continue;
             }
-            if (r < 0)
+            if (r < 0) {
+                row_check_done(&c);
                 break;
+            }
             _cleanup_reset_ sqlite3_stmt *up = stmt(s, ST_LEASE);
             if (!up) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = -EIO;
                 break;
             }
@@ -1659,20 +1918,20 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             sqlite3_bind_int64(up, 3, now_ms + lease_ms);
             int rc = sqlite3_step(up);
             if (rc != SQLITE_DONE) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = sql_err(s, rc, "lease item");
                 break;
             }
             _cleanup_reset_ sqlite3_stmt *busy = stmt(s, ST_STREAM_BUSY);
             if (!busy) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = -EIO;
                 break;
             }
             sqlite3_bind_text(busy, 1, cand[i].stream_id, -1, SQLITE_STATIC);
             rc = sqlite3_step(busy);
             if (rc != SQLITE_DONE) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = sql_err(s, rc, "mark stream busy");
                 break;
             }
@@ -1681,9 +1940,10 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             snprintf(l->stream_id, sizeof(l->stream_id), "%s", c.stream_id);
             snprintf(l->event_id, sizeof(l->event_id), "%s", c.event_id);
             memcpy(l->envelope_hash, c.envelope_hash, sizeof(l->envelope_hash));
-            l->body = c.body;
+            l->body = TAKE_PTR(c.body);
             l->body_len = c.body_len;
             l->attempts = c.attempts;
+            row_check_done(&c);
         }
     }
     if (r >= 0)
@@ -1698,6 +1958,214 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
 done:
     spool_leases_free(out, n);
     free(cand);
+    return r;
+}
+
+/* Leases one checked row for owner (check_row's result in c). */
+static int lease_row(Spool *s, int64_t id, const char *owner, int64_t until, RowCheck *c,
+                     SpoolLease *ret)
+{
+    _cleanup_reset_ sqlite3_stmt *up = stmt(s, ST_LEASE);
+    if (!up)
+        return -EIO;
+    sqlite3_bind_int64(up, 1, id);
+    sqlite3_bind_text(up, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(up, 3, until);
+    int rc = sqlite3_step(up);
+    if (rc != SQLITE_DONE)
+        return sql_err(s, rc, "lease item");
+    *ret =
+        (SpoolLease){.id = id, .attempts = c->attempts, .body = c->body, .body_len = c->body_len};
+    snprintf(ret->stream_id, sizeof(ret->stream_id), "%s", c->stream_id);
+    snprintf(ret->event_id, sizeof(ret->event_id), "%s", c->event_id);
+    memcpy(ret->envelope_hash, c->envelope_hash, sizeof(ret->envelope_hash));
+    c->body = NULL;
+    return 0;
+}
+
+/* One successor being leased: its row as read, then as verified. */
+typedef struct NextRow {
+    int64_t id;
+    bool read;
+    RowCheck c;
+    int r;
+    char reason[512]; /* verify_row's detail (thread-local where it ran) */
+} NextRow;
+
+typedef struct Verifier {
+    Spool *s;
+    NextRow *rows;
+    size_t n;
+    size_t next; /* the next row to take, shared (atomic) */
+} Verifier;
+
+static void verify_some(Verifier *v)
+{
+    for (;;) {
+        size_t i = __atomic_fetch_add(&v->next, 1, __ATOMIC_RELAXED);
+        if (i >= v->n)
+            break;
+        NextRow *x = &v->rows[i];
+        if (!x->read)
+            continue;
+        x->r = verify_row(v->s, false, &x->c);
+        if (x->r < 0)
+            snprintf(x->reason, sizeof(x->reason), "%s", lv_error());
+    }
+}
+
+static void *verifier_main(void *arg)
+{
+    verify_some(arg);
+    return NULL;
+}
+
+/* Rows to verify before a second thread pays for itself. */
+#define VERIFY_PARALLEL_MIN 4
+
+int spool_lease_next_many(Spool *s, const char *owner, SpoolNext *req, size_t n, int64_t now_ms,
+                          int64_t lease_ms)
+{
+    if (!owner || !*owner || strlen(owner) > 128)
+        return lv_error_set(LV_ERR_INPUT, "lease: owner must be 1-128 bytes");
+    if (!s->have_dek)
+        return lv_error_set(LV_ERR_NOKEY, "lease: the spool was opened without the token");
+    for (size_t i = 0; i < n; i++)
+        req[i].found = false;
+    if (n == 0)
+        return 0;
+    NextRow *rows = calloc(n, sizeof(*rows));
+    if (!rows)
+        return -ENOMEM;
+    size_t n_read = 0;
+    int r = begin(s);
+    if (r < 0)
+        goto out;
+    /* 1. SQL: which successors are due, and their rows. */
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        {
+            /* Only behind an item this owner still holds: its lease is
+             * what keeps the stream to one sender. */
+            _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_HELD);
+            if (!st) {
+                r = -EIO;
+                break;
+            }
+            sqlite3_bind_int64(st, 1, req[i].after_id);
+            sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+            int rc = sqlite3_step(st);
+            if (rc == SQLITE_DONE)
+                continue;
+            if (rc != SQLITE_ROW) {
+                r = sql_err(s, rc, "lease held");
+                break;
+            }
+        }
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_NEXT);
+        if (!st) {
+            r = -EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, req[i].stream_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, req[i].after_id);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            continue;
+        if (rc != SQLITE_ROW) {
+            r = sql_err(s, rc, "next item");
+            break;
+        }
+        int64_t id = sqlite3_column_int64(st, 0);
+        bool queued = strcmp((const char *)sqlite3_column_text(st, 1), "queued") == 0;
+        if (!queued || sqlite3_column_int64(st, 2) > now_ms)
+            continue;
+        stmt_resetp(&st);
+        rows[i].id = id;
+        r = read_row(s, id, &rows[i].c);
+        if (r >= 0) {
+            rows[i].read = true;
+            n_read++;
+        }
+    }
+    if (r < 0)
+        goto done;
+    /* 2. CPU: verify them (decryption on the token, hashes, the body's
+     * fields), on two threads when there are enough: the lease's main cost,
+     * and no SQL. */
+    Verifier v = {.s = s, .rows = rows, .n = n};
+    pthread_t th;
+    bool helper =
+        n_read >= VERIFY_PARALLEL_MIN && pthread_create(&th, NULL, verifier_main, &v) == 0;
+    verify_some(&v);
+    if (helper)
+        pthread_join(th, NULL);
+    /* 3. SQL: lease what verified; quarantine what did not (the stream goes
+     * on behind it later, from its head). */
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        NextRow *x = &rows[i];
+        if (!x->read)
+            continue;
+        if (x->r == 0) {
+            r = lease_row(s, x->id, owner, now_ms + lease_ms, &x->c, &req[i].lease);
+            if (r >= 0)
+                req[i].found = true;
+        } else if (x->r == LV_ERR_CRYPTO) {
+            r = quarantine(s, x->id, req[i].stream_id, x->c.event_id, x->reason);
+        } else {
+            r = lv_error_set(x->r, "%s", x->reason);
+        }
+    }
+done:
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0) {
+        rollback(s);
+        for (size_t i = 0; i < n; i++)
+            if (req[i].found) {
+                erase_and_free(req[i].lease.body, req[i].lease.body_len);
+                req[i].lease.body = NULL;
+                req[i].found = false;
+            }
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        row_check_done(&rows[i].c);
+    free(rows);
+    return r;
+}
+
+int spool_release_lease(Spool *s, int64_t id, const char *owner)
+{
+    if (!owner)
+        return lv_error_set(LV_ERR_INPUT, "release: owner missing");
+    int r = begin(s);
+    if (r < 0)
+        return r;
+    char stream_id[129] = "";
+    {
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_RELEASE_ONE);
+        if (!st) {
+            r = -EIO;
+            goto done;
+        }
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            copy_col(st, 0, stream_id, sizeof(stream_id));
+            rc = sqlite3_step(st);
+        }
+        if (rc != SQLITE_DONE)
+            r = sql_err(s, rc, "release lease");
+    }
+    /* Not held any more (expired and taken): nothing of ours to return. */
+    if (r >= 0 && stream_id[0])
+        r = stream_refresh(s, stream_id);
+done:
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0)
+        rollback(s);
     return r;
 }
 
@@ -2021,8 +2489,11 @@ int spool_get(Spool *s, const char *event_id, SpoolItemInfo *ret)
         it.envelope[env_len] = '\0';
         it.envelope_len = env_len;
     } else if (s->have_dek) {
-        r = unseal(s, "envelope", sqlite3_column_int64(st, 19), it.stream_id, it.source_ref,
-                   it.envelope_hash, env, env_len, &it.envelope, &it.envelope_len);
+        unsigned slot;
+        r = load_dek(s, sqlite3_column_int64(st, 19), &slot);
+        if (r >= 0 || r == LV_ERR_CRYPTO)
+            r = unseal(s, "envelope", sqlite3_column_int64(st, 19), it.stream_id, it.source_ref,
+                       it.envelope_hash, env, env_len, &it.envelope, &it.envelope_len);
         if (r < 0 && r != LV_ERR_CRYPTO) {
             spool_item_info_done(&it);
             return r;
@@ -2337,7 +2808,12 @@ static int rekey_row(Spool *s, sqlite3_stmt *row)
     size_t payload_len = 0, env_len = 0;
     uint8_t *prow = NULL, *erow = NULL;
     size_t prow_len = 0, erow_len = 0;
-    int r = unseal(s, "payload", dek_id, stream_id, source_ref, envelope_hash,
+    unsigned slot;
+    int r = load_dek(s, dek_id, &slot);
+    if (r == LV_ERR_CRYPTO)
+        lv_error_clear();
+    if (r >= 0 || r == LV_ERR_CRYPTO)
+        r = unseal(s, "payload", dek_id, stream_id, source_ref, envelope_hash,
                    sqlite3_column_blob(row, 6), (size_t)sqlite3_column_bytes(row, 6), &payload,
                    &payload_len);
     if (r >= 0 && sealed)
