@@ -211,7 +211,12 @@ def show(vault, event_id):
 
 
 def status(vault):
+    """status --json: {"counts":{state: n},"paused_until","pause_reason",...}"""
     return json.loads(vault.run(["status", "--json"], check=0).stdout)
+
+
+def counts(vault):
+    return status(vault)["counts"]
 
 
 def event_id(ref, inst="inst-test"):

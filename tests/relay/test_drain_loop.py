@@ -12,7 +12,7 @@ import threading
 import time
 
 import lvtest
-from relaylib import assert_log_agrees, enqueue, enqueue_batch, event_id, items, show, status, wait_for
+from relaylib import assert_log_agrees, enqueue, enqueue_batch, event_id, items, show, status, counts, wait_for
 
 
 class NotifyListener:
@@ -84,7 +84,7 @@ def test_systemd_notify_protocol_and_prompt_wakeup(vault, start_receiver, tmp_pa
         # DEK unwrap): the spool exists and nothing was sent before it.
         assert os.path.exists(vault.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"])
         assert "queued" in m_ready.get("STATUS", "")
-        wait_for(lambda: status(vault)["receipted"] == 2, 10, what="first two delivered")
+        wait_for(lambda: counts(vault)["receipted"] == 2, 10, what="first two delivered")
 
         # Another process enqueues; the loop wakes without waiting for its
         # 30 s safety timer.
@@ -107,7 +107,7 @@ def test_systemd_notify_protocol_and_prompt_wakeup(vault, start_receiver, tmp_pa
         code, out, err = stop_loop(proc)
         assert code == 0, err
         assert listener.with_key("STOPPING"), "no STOPPING=1"
-        st = status(vault)
+        st = counts(vault)
         assert st["relaying"] == 0 and st["receipted"] == 3
         assert_log_agrees(vault, receiver, vault.pk)
     finally:
@@ -168,7 +168,7 @@ def test_sigterm_with_a_request_in_flight_releases_its_lease(vault, start_receiv
         assert listener.with_key("STOPPING")
         item = show(vault, event_id("inflight"))
         assert item["state"] == "queued" and item["attempts"] == 0
-        assert status(vault)["relaying"] == 0
+        assert counts(vault)["relaying"] == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -186,7 +186,7 @@ def test_sigterm_lets_a_request_in_flight_finish_within_the_grace(vault, start_r
         code, out, err = stop_loop(proc)
         assert code == 0, err
         assert show(vault, event_id("finishes"))["state"] == "receipted"
-        assert status(vault)["relaying"] == 0
+        assert counts(vault)["relaying"] == 0
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -203,7 +203,7 @@ def test_per_stream_order_under_random_transient_faults(vault, start_receiver, t
     listener = NotifyListener(tmp_path)
     proc = start_loop(vault, listener, "--timeout-ms", "3000")
     try:
-        wait_for(lambda: status(vault)["receipted"] == streams * per_stream, 240, interval=0.5,
+        wait_for(lambda: counts(vault)["receipted"] == streams * per_stream, 240, interval=0.5,
                  what="all items receipted")
         code, out, err = stop_loop(proc)
         assert code == 0, err
