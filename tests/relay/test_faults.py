@@ -64,7 +64,12 @@ def test_fault_fails_attempt_then_delivers(vault, start_receiver, spec, reason):
 def test_every_fault_in_one_spool_then_all_delivered(vault, start_receiver):
     """All kinds one after the other on one stream each; the spool and the
     log agree after every pass, not only at the end."""
-    specs = [f for f, _ in FAULTS if "slow" not in f]
+    # No slow (time) and no drop: libcurl resends a request once, by itself,
+    # when a reused keep-alive connection closes before any byte of an answer
+    # (a stale connection). That is safe with an idempotent receiver, but it
+    # makes a drop on a reused connection invisible; the fresh-connection
+    # drop above shows the recorded failure.
+    specs = [f for f, _ in FAULTS if "slow" not in f and "drop" not in f]
     receiver = start_receiver(vault)
     receiver.set_faults(*[f"{spec}:stream=s{i}" for i, spec in enumerate(specs)])
     for i in range(len(specs)):
