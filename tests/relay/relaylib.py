@@ -200,10 +200,18 @@ def drain_once(vault, *args, check=None):
 
 
 def items(vault, state=None):
-    """Every spool item as the CLI shows it (list --json, one object per line)."""
-    args = ["list", "--json"] + (["--state", state] if state else [])
-    out = vault.run(args, check=0).stdout
-    return [json.loads(l) for l in out.splitlines() if l.strip()]
+    """Every spool item as the CLI shows it (list --json, one object per
+    line, paged with --after)."""
+    got, after = [], 0
+    while True:
+        args = ["list", "--json", "--limit", "10000", "--after", str(after)]
+        args += ["--state", state] if state else []
+        out = vault.run(args, check=0).stdout
+        page = [json.loads(l) for l in out.splitlines() if l.strip()]
+        got += page
+        if len(page) < 10000:
+            return got
+        after = page[-1]["seq"]
 
 
 def show(vault, event_id):
