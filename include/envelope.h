@@ -9,13 +9,20 @@
 
 #include "token.h"
 
-#define ENVELOPE_SIGN_DOMAIN "attesto.local-vault.relay-envelope.v1"
+#define ENVELOPE_SIGN_DOMAIN        "attesto.local-vault.relay-envelope.v1"
+#define ENVELOPE_DEFAULT_EVENT_TYPE "source.attestation"
+#define ENVELOPE_MAX_PAYLOAD        (1024 * 1024) /* canonical payload bytes */
+/* An envelope body is at most the payload cap plus the fixed members. */
+#define ENVELOPE_MAX_BODY (1024 * 1024 + 16 * 1024)
+/* The relay caps acknowledgement bodies at 64 KiB; so does the check. */
+#define ENVELOPE_MAX_ACK      (64 * 1024)
+#define ENVELOPE_EVENT_ID_MAX 300 /* "local-vault:" + 128 + ":" + 128 + NUL fits */
 
 typedef struct EnvelopeInput {
     const char *installation_id;
     const char *stream_id;
     const char *source_ref;
-    const char *event_type; /* NULL: "source.attestation" */
+    const char *event_type;    /* NULL: "source.attestation" */
     const char *payload_canon; /* canonical payload JSON (for the hash, and the opt-in member) */
     size_t payload_len;
     bool include_payload; /* opt-in: the payload travels inside the signed part */
@@ -23,7 +30,10 @@ typedef struct EnvelopeInput {
 } EnvelopeInput;
 
 /* Builds the envelope, signs it on the token and returns the exact request
- * body (canonical JSON) and its hash (lowercase hex SHA-256 of the body). */
+ * body (canonical JSON) and its hash (lowercase hex SHA-256 of the body).
+ * installation_id, stream_id, source_ref, event_type and the token's kid
+ * must pass lv_valid_id(); payload_canon must already be canonical (it is
+ * hashed and embedded as given). LV_ERR_INPUT with detail otherwise. */
 int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *ret_len,
                    char ret_hash[65]);
 
@@ -32,6 +42,21 @@ int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *r
  * LV_ERR_INPUT with detail on a malformed envelope. */
 int envelope_verify(const char *body, size_t len, const uint8_t pk[32]);
 
+/* "local-vault:<installation_id>:<source_ref>" into out (>= ENVELOPE_EVENT_ID_MAX). */
+void envelope_event_id(const char *installation_id, const char *source_ref,
+                       char out[ENVELOPE_EVENT_ID_MAX]);
+
+/* The identifying members of a body already known to be ours (spool rows):
+ * parsed without the canonical-form and signature checks. */
+typedef struct EnvelopeFields {
+    char event_id[ENVELOPE_EVENT_ID_MAX];
+    char stream_id[129];
+    char source_ref[129];
+    char payload_hash[65];
+    char kid[129];
+} EnvelopeFields;
+int envelope_fields(const char *body, size_t len, EnvelopeFields *ret);
+
 /* Result of the acknowledgement check: NULL reason means delivered. */
 typedef struct AckCheck {
     const char *reason; /* "ack_not_json", "ack_envelope_hash_mismatch", ... (static string) */
@@ -39,7 +64,9 @@ typedef struct AckCheck {
 } AckCheck;
 
 /* DESIGN §5.4, fail-closed: status 2xx, a JSON object body, localVaultAck
- * envelopeHash/streamId/eventId equal to ours and to the receipt's. */
+ * envelopeHash/streamId/eventId equal to ours and to the receipt's. The
+ * reasons are listed in docs/spool.md; on success reason is NULL and
+ * receipt_json holds the receipt member re-serialized. */
 void envelope_check_ack(long http_status, const char *body, size_t len, const char *envelope_hash,
                         const char *stream_id, const char *event_id, AckCheck *ret);
 void ack_check_done(AckCheck *a);

@@ -22,11 +22,20 @@ typedef struct SpoolOptions {
 
 /* Opens (creating with mode 0600 and migrating as needed) the spool, checks
  * the KEK and loads the DEK on the token (creating and wrapping one for a new
- * spool). The token must outlive the spool. */
+ * spool). The token must outlive the spool. Returns expired leases to queued.
+ * tok may be NULL: then an existing spool is opened without keys, for the
+ * verbs that only read clear columns or change states (status, list, show,
+ * dead-letter, purge); enqueue, leasing and decryption then fail, and a
+ * missing spool is -ENOENT rather than created. An installation_id that
+ * differs from the one the spool was created for is refused. */
 int spool_open(const SpoolOptions *opt, Token *tok, Spool **ret);
 Spool *spool_close(Spool *s);
 
 typedef enum { SPOOL_QUEUED, SPOOL_DUPLICATE, SPOOL_CONFLICT } SpoolEnqueueStatus;
+const char *spool_enqueue_status_name(SpoolEnqueueStatus st); /* "queued", ... */
+
+/* Items per transaction for batches (group commit). */
+#define SPOOL_BATCH_GROUP 256
 
 typedef struct SpoolItemIn {
     const char *stream_id;
@@ -47,6 +56,25 @@ typedef struct SpoolEnqueueResult {
  * names the field) before anything is written; a conflict is recorded and
  * reported in its result, not as an error. */
 int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results);
+
+/* The validation spool_enqueue applies to one item, without a spool:
+ * identifiers (lv_valid_id), event_type, the payload (a JSON object of at
+ * most SPOOL_MAX_PAYLOAD bytes as given and once canonical, canonical JSON
+ * rules with paths "payload.x"). Returns the canonical payload (malloc'd,
+ * plaintext: wipe it) when ret_canon is not NULL. */
+int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len);
+
+/* One line of an --jsonl batch: an object with exactly the members
+ * stream_id, source_ref, optional event_type and payload. The strings are
+ * decoded and owned; the payload points into line (not copied). Errors name
+ * the member ("payload: truncated JSON ..."), never the line number. */
+typedef struct SpoolItemLine {
+    char *stream_id, *source_ref, *event_type;
+    const char *payload;
+    size_t payload_len;
+} SpoolItemLine;
+int spool_item_parse_line(const char *line, size_t len, SpoolItemLine *ret);
+void spool_item_line_done(SpoolItemLine *l);
 
 /* A leased item, ready to send. */
 typedef struct SpoolLease {
@@ -93,6 +121,52 @@ typedef struct SpoolStats {
     char pause_reason[64];   /* e.g. "http_401" while paused */
 } SpoolStats;
 int spool_stats(Spool *s, SpoolStats *ret);
+
+/* --- for the verbs --- */
+
+#define SPOOL_STATE_NAMES "queued|relaying|receipted|dead_letter|quarantined"
+bool spool_valid_state(const char *state);
+
+/* One item as stored (clear columns). envelope is the stored body when it is
+ * kept in clear, or when it is sealed (opt-in payload) and the spool has the
+ * DEK; NULL otherwise with envelope_sealed set. */
+typedef struct SpoolItemInfo {
+    int64_t id; /* enqueue order */
+    char event_id[300];
+    char stream_id[129];
+    char source_ref[129];
+    char event_type[129];
+    char state[16];
+    int attempts;
+    int64_t enqueued_ms, next_attempt_ms, last_attempt_ms, lease_expires_ms, receipted_ms;
+    char lease_owner[129];
+    char envelope_hash[65];
+    char payload_hash[65];
+    char *last_error; /* malloc'd or NULL */
+    char *receipt;    /* malloc'd JSON or NULL */
+    char *envelope;   /* malloc'd or NULL (see above) */
+    size_t envelope_len;
+    bool envelope_sealed;
+    int64_t conflicts; /* drift attempts recorded against this item */
+} SpoolItemInfo;
+void spool_item_info_done(SpoolItemInfo *it);
+void spool_item_infos_free(SpoolItemInfo *it, size_t n);
+
+/* Up to limit items in enqueue order with id > after_id, optionally only in
+ * one state and/or one stream. Envelopes are not loaded. */
+int spool_list(Spool *s, const char *state, const char *stream_id, int64_t after_id, size_t limit,
+               SpoolItemInfo **ret, size_t *ret_n);
+/* One item by event id, with its envelope; -ENOENT with detail if absent. */
+int spool_get(Spool *s, const char *event_id, SpoolItemInfo *ret);
+/* Decrypts an item's payload on the token (canonical JSON, malloc'd,
+ * plaintext: wipe it). A row that fails to authenticate is quarantined and
+ * LV_ERR_CRYPTO returned. */
+int spool_payload(Spool *s, const char *event_id, char **ret, size_t *ret_len);
+/* dead_letter -> queued with attempts reset; event_id NULL: all of them.
+ * An item in another state is LV_ERR_INPUT. */
+int spool_requeue(Spool *s, const char *event_id, size_t *ret_n);
+/* Deletes receipted items whose receipt is older than before_ms. */
+int spool_purge(Spool *s, int64_t before_ms, size_t *ret_n);
 
 /* The drain's pause (DESIGN §5.5: a 401/403 means the installation is not
  * authorised; every stream waits). Kept in the spool's metadata so that

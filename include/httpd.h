@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The witness HTTP endpoint (libmicrohttpd): sockets from systemd or
+ * --listen, the routes of DESIGN §7, body cap, per-tenant rate limit,
+ * idle exit for socket activation, graceful stop on SIGTERM. */
+#pragma once
+#include <stddef.h>
+
+#include "token.h"
+#include "witness.h"
+
+#define HTTPD_MAX_LISTEN      8
+#define HTTPD_DEFAULT_THREADS 4
+#define HTTPD_MAX_THREADS     64
+#define HTTPD_DEFAULT_RATE    100.0 /* requests per second per tenant */
+#define HTTPD_DEFAULT_BURST   200
+#define HTTPD_DEFAULT_BODY    WITNESS_REQUEST_MAX
+
+typedef struct HttpdConfig {
+    const char *witness_db;
+    const char *witness_id;
+    TokenConfig token;
+    const char *listen[HTTPD_MAX_LISTEN]; /* "unix:PATH" or "HOST:PORT"; none: systemd's sockets */
+    size_t n_listen;
+    unsigned threads;     /* worker threads per socket */
+    size_t body_max;      /* bytes; larger bodies get 413 */
+    double rate_per_s;    /* per tenant; 0 disables the limit */
+    unsigned rate_burst;  /* bucket size */
+    unsigned idle_exit_s; /* exit after this long without requests; 0: never */
+} HttpdConfig;
+
+/* Opens the database and the token, listens, and serves until SIGTERM or
+ * SIGINT (or idle exit), then lets requests in flight finish. A token that
+ * cannot be opened is retried later (requests needing a signature get 503
+ * meanwhile), except a rejected or locked PIN, which is never retried and
+ * ends the start with that error. Errors that prevent serving are returned
+ * with detail; logging of the running server goes through log.h. */
+int httpd_run(const HttpdConfig *cfg);

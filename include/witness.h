@@ -1,0 +1,137 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The checkpoint witness: durable state per (witness_id, tenant_id, stream_id),
+ * the decision table of DESIGN §7, the signed statements (receipts and fork
+ * evidence) and their offline verification. See docs/witness.md. */
+#pragma once
+#include <cjson/cJSON.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "token.h"
+
+typedef struct Witness Witness;
+
+/* Domain separation: the signature covers DOMAIN || 0x0A || JCS(statement). */
+#define WITNESS_RECEIPT_DOMAIN "attesto.local-vault.witness-receipt.v1"
+#define WITNESS_FORK_DOMAIN    "attesto.local-vault.fork-evidence.v1"
+
+#define WITNESS_MAX_SEQ        9007199254740991LL /* 2^53-1, the largest exact JSON integer */
+#define WITNESS_HASH_HEX_LEN   64                 /* SHA-256 as 64 lowercase hex digits */
+#define WITNESS_REQUEST_MAX    16384              /* bytes of a JSON request body */
+#define WITNESS_DOCUMENT_MAX   65536              /* bytes of a signed document (verify) */
+#define WITNESS_SCHEMA_VERSION 1
+
+/* One checkpoint submission. Strings are borrowed. */
+typedef struct WitnessRequest {
+    const char *tenant_id;
+    const char *stream_id;
+    const char *checkpoint_id;
+    int64_t seq;
+    const char *checkpoint_hash;
+    const char *previous_hash; /* NULL: not given (allowed only on first use) */
+} WitnessRequest;
+
+typedef enum WitnessResult {
+    WITNESS_ACCEPTED,
+    WITNESS_REPLAYED,
+    WITNESS_FORK,
+    WITNESS_GAP,
+    _WITNESS_RESULT_MAX,
+} WitnessResult;
+
+typedef enum WitnessReason {
+    WITNESS_REASON_NONE,
+    WITNESS_REASON_CONFLICTING, /* conflicting_checkpoint */
+    WITNESS_REASON_STALE,       /* stale_checkpoint */
+    WITNESS_REASON_DIVERGENT,   /* divergent_history */
+    _WITNESS_REASON_MAX,
+} WitnessReason;
+
+typedef struct WitnessOutcome {
+    WitnessResult result;
+    WitnessReason reason; /* for WITNESS_FORK */
+    bool reused;          /* WITNESS_FORK: the same evidence was stored before and is returned */
+    int64_t head_seq;     /* the head before the decision, -1 when there was none */
+    char *document;       /* the signed document (NUL-terminated); NULL for a gap */
+    size_t document_len;
+} WitnessOutcome;
+
+/* Frees what an outcome holds; accepts a zeroed outcome. */
+void witness_outcome_done(WitnessOutcome *o);
+/* "accepted", "replayed", "fork_evidence", "checkpoint_gap". */
+const char *witness_result_name(WitnessResult r);
+/* "", "conflicting_checkpoint", "stale_checkpoint", "divergent_history". */
+const char *witness_reason_name(WitnessReason r);
+
+enum {
+    WITNESS_OPEN_READONLY = 1 << 0, /* the database must exist; nothing is created or written */
+};
+
+/* Opens (creating with mode 0600 unless READONLY) the witness database: WAL,
+ * synchronous=FULL, schema versioned with user_version and application_id.
+ * Refuses a file that is another kind of database, a newer schema, or one
+ * that group or others may write. Errors carry detail naming the path. */
+int witness_open(const char *path, unsigned flags, Witness **ret);
+/* Accepts NULL, returns NULL. */
+Witness *witness_close(Witness *w);
+
+/* Spellings of the fields in error messages: the JSON member names
+ * ("checkpoint_hash") or the CLI flags ("--checkpoint-hash"). */
+typedef enum WitnessNames {
+    WITNESS_NAMES_JSON,
+    WITNESS_NAMES_CLI,
+} WitnessNames;
+
+/* Checks a request without looking at any state: identifiers by lv_valid_id,
+ * hashes as 64 lowercase hex digits, 0 <= seq <= 2^53-1. LV_ERR_INPUT with
+ * one line naming the field and the rule. */
+int witness_request_check(const WitnessRequest *req, WitnessNames names);
+
+/* Parses a JSON request body (the endpoint's format, docs/witness.md):
+ * strict I-JSON, an object with exactly the known members, then
+ * witness_request_check. The strings of *ret point into *ret_tree, which the
+ * caller frees with cJSON_Delete. LV_ERR_INPUT or LV_ERR_TOOBIG with detail. */
+int witness_request_parse(const char *body, size_t len, WitnessRequest *ret, cJSON **ret_tree);
+
+/* Decides on one request by the table of DESIGN §7 and, when the decision
+ * needs a new statement, signs it with the token and stores it, all in one
+ * BEGIN IMMEDIATE transaction; *ret is filled only after COMMIT. A replay (or
+ * a fork already stored) returns the stored document byte-identical and needs
+ * no token; t may be NULL, and then a decision that must sign fails with
+ * LV_ERR_TOKEN ("token unavailable"). A gap returns WITNESS_GAP with nothing
+ * signed or stored. Extending a head without previous_hash is LV_ERR_INPUT.
+ * Not thread-safe: callers serialize calls on one Witness (which also
+ * serializes the token's signing). */
+int witness_submit(Witness *w, Token *t, const char *witness_id, const WitnessRequest *req,
+                   WitnessOutcome *ret);
+
+/* The head of one stream: its seq and its stored receipt document (malloc'd,
+ * may be NULL). -ENOENT when the stream has no head. */
+int witness_head(Witness *w, const char *witness_id, const char *tenant_id, const char *stream_id,
+                 int64_t *ret_seq, char **ret_receipt);
+
+/* Calls fn for every stored fork evidence document, oldest first, optionally
+ * filtered by tenant and stream (NULL: all). A negative return of fn stops
+ * the walk and is returned. */
+typedef int (*witness_document_fn)(void *userdata, const char *document, size_t len);
+int witness_forks_foreach(Witness *w, const char *tenant_id, const char *stream_id,
+                          witness_document_fn fn, void *userdata);
+
+/* Quick database round trip for health checks. */
+int witness_ping(Witness *w);
+
+/* true when a parsed JSON document has the shape of a witness document
+ * (members "statement", "statement_hash", "signature", "public_key"). */
+bool witness_document_shape(const cJSON *doc);
+
+/* Verifies a witness document offline: strict JSON; the statement is a
+ * well-formed witness receipt or fork evidence consistent with "result";
+ * statement_hash = SHA-256(JCS(statement)); the Ed25519 signature over the
+ * statement's domain || 0x0A || JCS(statement) verifies with public_key_hex;
+ * public_key_pem and the kids agree. expected_pk (NULL: not pinned) must
+ * equal the embedded key. Returns 0 and, when ret_summary is not NULL, a
+ * summary object {"valid":true,"kind",...}; LV_ERR_CRYPTO (signature, hash or
+ * key mismatch) or LV_ERR_INPUT (malformed) with detail otherwise. */
+int witness_verify_document(const char *doc, size_t len, const uint8_t *expected_pk,
+                            cJSON **ret_summary);

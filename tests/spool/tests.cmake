@@ -1,0 +1,5 @@
+# SPDX-License-Identifier: Apache-2.0
+# Spool and envelope tests: cmocka on fresh SoftHSM tokens and real SQLite
+# files, pytest for the verbs (with spool-tool driving leases).
+lv_add_cmocka(envelope_ack ${CMAKE_CURRENT_LIST_DIR}/test_envelope_ack.c LABELS spool)
+lv_add_cmocka(spool_core ${CMAKE_CURRENT_LIST_DIR}/test_spool_core.c LABELS spool)
