@@ -96,8 +96,8 @@ def test_empty_spool_pass_is_clean(vault, start_receiver):
 
 # ---- TLS: each failure is a failed attempt, the item stays queued ----
 
-def _assert_failed_attempt(vault, receiver, reason):
-    p, s = drain_once(vault)
+def _assert_failed_attempt(vault, receiver, reason, *args):
+    p, s = drain_once(vault, *args)
     assert p.returncode == 7, p.stderr
     assert s["delivered"] == 0 and s["retry_scheduled"] == 1 and s["remaining"] == 1
     item = show(vault, event_id("tls-1"))
@@ -130,7 +130,10 @@ def test_system_trust_store_does_not_trust_the_test_ca(vault, start_receiver):
     receiver = start_receiver(vault)
     vault.env.pop("ATTESTO_LOCAL_VAULT_CA_FILE")
     enqueue(vault, "s", "tls-1")
-    _assert_failed_attempt(vault, receiver, "tls_verify_failed")
+    # Loading the whole system bundle is slow under ASan on a busy machine;
+    # the connect timeout covers the handshake, so give it room.
+    _assert_failed_attempt(vault, receiver, "tls_verify_failed", "--connect-timeout-ms", "120000",
+                           "--timeout-ms", "150000")
 
 
 def test_pinned_public_key(vault, start_receiver, pki):
@@ -229,7 +232,9 @@ def test_changed_envelope_for_a_known_event_is_a_receiver_conflict(vault, start_
 @pytest.mark.parametrize("code", [401, 403])
 def test_unauthorised_pauses_all_streams_without_burning_attempts(vault, start_receiver, code):
     receiver = start_receiver(vault)
-    receiver.set_faults(f"{code}:count=inf")
+    # Retry-After stretches the pause (1 s at least otherwise) so that the
+    # checks below run inside it even on a slow, busy machine.
+    receiver.set_faults(f"{code}:count=inf:retry-after=6")
     for i in range(4):
         enqueue(vault, f"s{i}", f"p{i}")
     p, s = drain_once(vault, "--max-in-flight", "1")
@@ -248,7 +253,7 @@ def test_unauthorised_pauses_all_streams_without_burning_attempts(vault, start_r
     assert receiver.events() == []
     # the receiver authorises us again; after the pause everything goes
     receiver.set_faults()
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     while True:
         p, s = drain_once(vault)
         if not s.get("paused") or time.time() > deadline:
