@@ -64,16 +64,6 @@ int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_E
 int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN]);
 int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len);
 
-/* The two steps the DEK functions are made of, exported so that the key-wrap
- * known-answer tests exercise exactly this code. token_kek_wrap wraps the
- * object `key` (a handle on this token) under the KEK with
- * CKM_AES_KEY_WRAP_PAD. token_unwrap_aes unwraps an AES-128/192/256 key
- * (blob of 24, 32 or 40 bytes) into the DEK slot exactly as token_dek_load
- * does, which is this function restricted to 40-byte blobs. A blob that does
- * not unwrap is LV_ERR_CRYPTO. */
-int token_kek_wrap(Token *t, unsigned long key, uint8_t *out, size_t out_cap, size_t *ret_len);
-int token_unwrap_aes(Token *t, const uint8_t *wrapped, size_t wrapped_len);
-
 /* AES-256-GCM on the token with the loaded DEK: 12-byte IV, 16-byte tag,
  * non-empty AAD. out receives ciphertext||tag (pt_len + 16 bytes).
  * Decrypt returns LV_ERR_CRYPTO on any authentication failure (a bad row,

@@ -1179,7 +1179,8 @@ int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_E
 
 /* ---- Spool DEK ---------------------------------------------------------- */
 
-int token_kek_wrap(Token *t, unsigned long key, uint8_t *out, size_t out_cap, size_t *ret_len)
+/* Wraps the object key under the KEK with CKM_AES_KEY_WRAP_PAD. */
+static int kek_wrap(Token *t, CK_OBJECT_HANDLE key, uint8_t *out, size_t out_cap, size_t *ret_len)
 {
     int r = token_check_kek(t);
     if (r < 0)
@@ -1229,7 +1230,7 @@ int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
         return rv_error(rv, "C_GenerateKey(CKM_AES_KEY_GEN, DEK)");
     uint8_t blob[64];
     size_t n = 0;
-    r = token_kek_wrap(t, dek, blob, sizeof(blob), &n);
+    r = kek_wrap(t, dek, blob, sizeof(blob), &n);
     if (session_get(t, &s) >= 0) {
         t->module->C_DestroyObject(s, dek);
         session_put(t, s);
@@ -1244,22 +1245,21 @@ int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
     return 0;
 }
 
-int token_unwrap_aes(Token *t, const uint8_t *wrapped, size_t wrapped_len)
+/* Unwraps blob under the KEK into a session key of type kt with the DEK
+ * attributes (sensitive, never extractable, encrypt/decrypt only). Any
+ * refusal that is not an outage means the blob is bad: LV_ERR_CRYPTO. */
+static int kek_unwrap(Token *t, const uint8_t *wrapped, size_t wrapped_len, CK_KEY_TYPE kt,
+                      CK_OBJECT_HANDLE *ret)
 {
-    /* KWP of a 16, 24 or 32-byte key is 24, 32 or 40 bytes. SoftHSM 2.6.1
-     * refuses CKA_VALUE_LEN in the unwrap template, so the blob length is
-     * what pins the key size. */
-    if (wrapped_len != 24 && wrapped_len != 32 && wrapped_len != 40)
-        return lv_error_set(LV_ERR_CRYPTO,
-                            "wrapped key: %zu bytes is not an AES key under CKM_AES_KEY_WRAP_PAD "
-                            "(24, 32 or 40 bytes)",
-                            wrapped_len);
     int r = token_check_kek(t);
     if (r < 0)
         return r;
+    if (wrapped_len > (CK_ULONG)-1)
+        return lv_error_set(LV_ERR_TOOBIG, "wrapped key too large");
     CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
-    CK_KEY_TYPE kt = CKK_AES;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    /* No CKA_VALUE_LEN: SoftHSM 2.6.1 refuses it in an unwrap template
+     * (CKR_ATTRIBUTE_READ_ONLY); callers check the blob length instead. */
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
         {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &yes, sizeof(yes)},
@@ -1267,6 +1267,7 @@ int token_unwrap_aes(Token *t, const uint8_t *wrapped, size_t wrapped_len)
         {CKA_ENCRYPT, &yes, sizeof(yes)},   {CKA_DECRYPT, &yes, sizeof(yes)},
         {CKA_WRAP, &no, sizeof(no)},        {CKA_UNWRAP, &no, sizeof(no)},
         {CKA_SIGN, &no, sizeof(no)},        {CKA_VERIFY, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
     };
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_SESSION_HANDLE s;
@@ -1277,25 +1278,32 @@ int token_unwrap_aes(Token *t, const uint8_t *wrapped, size_t wrapped_len)
     CK_RV rv = t->module->C_UnwrapKey(s, &mech, t->kek, (CK_BYTE *)wrapped, wrapped_len, tmpl,
                                       ELEMENTSOF(tmpl), &h);
     session_put(t, s);
-    if (rv != CKR_OK) {
-        if (rv_is_outage(rv))
-            return rv_error(rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)");
-        /* A corrupt blob or another KEK: the wrapped key is rejected. */
-        return lv_error_set(LV_ERR_CRYPTO,
-                            "wrapped key does not unwrap under the KEK (corrupt, or wrapped "
-                            "under another KEK): C_UnwrapKey: %s (0x%lx)",
-                            token_rv_name(rv), (unsigned long)rv);
+    if (rv == CKR_OK) {
+        *ret = h;
+        return 0;
     }
+    if (rv_is_outage(rv))
+        return rv_error(rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)");
+    /* A corrupt blob or another KEK: the wrapped key is rejected. */
+    return lv_error_set(LV_ERR_CRYPTO,
+                        "wrapped key does not unwrap under the KEK (corrupt, or wrapped under "
+                        "another KEK): C_UnwrapKey: %s (0x%lx)",
+                        token_rv_name(rv), (unsigned long)rv);
+}
+
+/* Makes h the key of the AEAD calls, destroying the previous one. */
+static void dek_install(Token *t, CK_OBJECT_HANDLE h)
+{
     pthread_mutex_lock(&t->lock);
     CK_OBJECT_HANDLE old = t->dek_loaded ? t->dek : CK_INVALID_HANDLE;
     t->dek = h;
     t->dek_loaded = true;
     pthread_mutex_unlock(&t->lock);
-    if (old != CK_INVALID_HANDLE && session_get(t, &s) >= 0) {
+    CK_SESSION_HANDLE s;
+    if (old != CK_INVALID_HANDLE && old != h && session_get(t, &s) >= 0) {
         t->module->C_DestroyObject(s, old);
         session_put(t, s);
     }
-    return 0;
 }
 
 int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
@@ -1305,7 +1313,12 @@ int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
                             "wrapped DEK: %zu bytes (an AES-256 key under CKM_AES_KEY_WRAP_PAD "
                             "is %d)",
                             wrapped_len, TOKEN_WRAPPED_DEK_LEN);
-    return token_unwrap_aes(t, wrapped, wrapped_len);
+    CK_OBJECT_HANDLE h;
+    int r = kek_unwrap(t, wrapped, wrapped_len, CKK_AES, &h);
+    if (r < 0)
+        return r;
+    dek_install(t, h);
+    return 0;
 }
 
 /* ---- AES-GCM ------------------------------------------------------------ */
@@ -1521,9 +1534,27 @@ static int create_kek(Token *t, CK_SESSION_HANDLE s)
     return 0;
 }
 
+/* Counts public key objects with the signing URI's label and id: one left
+ * behind without its private key would pair with a new key ambiguously. */
+static int count_orphan_public(Token *t, CK_SESSION_HANDLE s, size_t *ret)
+{
+    CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
+    CK_ATTRIBUTE tmpl[3] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    CK_ULONG n = 1;
+    CK_ATTRIBUTE *l = p11_kit_uri_get_attribute(t->sign_uri, CKA_LABEL);
+    CK_ATTRIBUTE *i = p11_kit_uri_get_attribute(t->sign_uri, CKA_ID);
+    if (l)
+        tmpl[n++] = *l;
+    if (i)
+        tmpl[n++] = *i;
+    CK_OBJECT_HANDLE h[TOKEN_FIND_MAX];
+    return find_objects(t, s, tmpl, n, h, ret);
+}
+
 int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek)
 {
     bool made_sign = false, made_kek = false;
+    size_t n_sign = 0, n_kek = 0;
     /* Token objects need a read/write session; opened for this call only,
      * while the owner session keeps the login. */
     CK_SESSION_HANDLE s;
@@ -1533,41 +1564,64 @@ int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek)
         return rv_error(rv, "C_OpenSession(read/write)");
     int r = 0;
     pthread_mutex_lock(&t->setup_lock);
+    t->sign_checked = t->kek_checked = false;
+
+    /* First judge everything that exists, then create: a refusal leaves the
+     * token exactly as it was. */
     if (t->sign_uri) {
-        size_t n = 0;
-        r = count_objects(t, s, t->sign_uri, "signing key", CKO_PRIVATE_KEY, &n);
+        r = count_objects(t, s, t->sign_uri, "signing key", CKO_PRIVATE_KEY, &n_sign);
         if (r < 0)
             goto done;
-        if (n == 0) {
-            r = create_signing_pair(t, s);
+        if (n_sign > 0) {
+            r = check_signing_key(t, s);
             if (r < 0)
                 goto done;
-            made_sign = true;
+        } else {
+            size_t n_pub = 0;
+            r = count_orphan_public(t, s, &n_pub);
+            if (r < 0)
+                goto done;
+            if (n_pub > 0) {
+                r = lv_error_set(LV_ERR_KEYBAD,
+                                 "signing key: token '%s' holds a public key object named by %s "
+                                 "but no private key; remove it or name another object",
+                                 t->label, t->sign_uri_text);
+                goto done;
+            }
         }
-        /* Whether found or just made, the key must pass the same checks. */
-        t->sign_checked = false;
+    }
+    if (t->kek_uri) {
+        r = count_objects(t, s, t->kek_uri, "encryption key", CKO_SECRET_KEY, &n_kek);
+        if (r < 0)
+            goto done;
+        if (n_kek > 0) {
+            r = check_kek(t, s);
+            if (r < 0)
+                goto done;
+        }
+    }
+
+    /* Then create what is missing, and hold the new keys to the same checks. */
+    if (t->sign_uri && n_sign == 0) {
+        r = create_signing_pair(t, s);
+        if (r < 0)
+            goto done;
+        made_sign = true;
         r = check_signing_key(t, s);
         if (r < 0)
             goto done;
-        t->sign_checked = true;
     }
-    if (t->kek_uri) {
-        size_t n = 0;
-        r = count_objects(t, s, t->kek_uri, "encryption key", CKO_SECRET_KEY, &n);
+    if (t->kek_uri && n_kek == 0) {
+        r = create_kek(t, s);
         if (r < 0)
             goto done;
-        if (n == 0) {
-            r = create_kek(t, s);
-            if (r < 0)
-                goto done;
-            made_kek = true;
-        }
-        t->kek_checked = false;
+        made_kek = true;
         r = check_kek(t, s);
         if (r < 0)
             goto done;
-        t->kek_checked = true;
     }
+    t->sign_checked = t->sign_uri != NULL;
+    t->kek_checked = t->kek_uri != NULL;
 done:
     pthread_mutex_unlock(&t->setup_lock);
     t->module->C_CloseSession(s);
