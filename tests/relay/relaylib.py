@@ -151,6 +151,13 @@ class Receiver:
         with open(self.events_log) as f:
             return [json.loads(l) for l in f if l.strip()]
 
+    def event_count(self):
+        try:
+            with open(self.events_log, "rb") as f:
+                return f.read().count(b"\n")
+        except OSError:
+            return 0
+
     def stderr(self):
         try:
             with open(self.stderr_path) as f:
