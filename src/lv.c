@@ -144,8 +144,9 @@ int lv_read_file(const char *path, size_t max, char **ret, size_t *ret_len)
     int in = STDIN_FILENO;
     if (strcmp(path, "-") != 0) {
         fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+        /* -EACCES is the PIN class (exit 5); an unreadable file is not. */
         if (fd < 0)
-            return lv_error_set(-errno, "%s: %s", path, strerror(errno));
+            return lv_error_set(errno == EACCES ? -EPERM : -errno, "%s: %s", path, strerror(errno));
         in = fd;
     }
     size_t cap = 4096, len = 0;
@@ -173,8 +174,7 @@ int lv_read_file(const char *path, size_t max, char **ret, size_t *ret_len)
             break;
         len += (size_t)k;
         if (len > max)
-            return lv_error_set(LV_ERR_TOOBIG, "%s: larger than the limit of %zu bytes", path,
-                                max);
+            return lv_error_set(LV_ERR_TOOBIG, "%s: larger than the limit of %zu bytes", path, max);
     }
     char *nb = realloc(buf, len + 1);
     if (!nb)

@@ -5,8 +5,10 @@
 #include "spool.h"
 
 #include <fcntl.h>
+#include <limits.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 
 #include "canon.h"
 #include "envelope.h"
@@ -152,8 +154,34 @@ struct Spool {
 
 /* ---------- SQLite plumbing ---------- */
 
+/* true when the file system holding the spool is mounted read-only. SQLite
+ * reports that as "unable to open database file" or "attempt to write a
+ * readonly database" depending on which of the spool, -wal and -shm files
+ * exist; the operator needs to hear the cause. */
+static bool fs_readonly(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof(dir), ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    struct statvfs sv;
+    return statvfs(dir, &sv) == 0 && (sv.f_flag & ST_RDONLY);
+}
+
 static int sql_err(Spool *s, int rc, const char *what)
 {
+    if ((rc == SQLITE_READONLY || rc == SQLITE_CANTOPEN || rc == SQLITE_IOERR ||
+         rc == SQLITE_PERM) &&
+        s->path && fs_readonly(s->path))
+        return lv_error_set(-EROFS,
+                            "spool %s: %s: the file system holding the spool is read-only (the "
+                            "spool and its -wal and -shm files must be writable)",
+                            s->path, what);
     int r;
     switch (rc) {
     case SQLITE_BUSY:
@@ -408,21 +436,30 @@ static int load_meta(Spool *s, const SpoolOptions *opt)
 
 /* Creates the file 0600 before SQLite sees it; an existing file that others
  * may read is refused rather than silently tightened. */
+/* A file error as a runtime failure: -EACCES is the PIN class of the error
+ * space (exit 5), but a spool the service user may not open is a file
+ * problem (exit 1). */
+static int file_errno(int e)
+{
+    return e == EACCES ? -EPERM : -e;
+}
+
 static int prepare_file(const char *path, bool may_create)
 {
     struct stat st;
     if (stat(path, &st) < 0) {
         if (errno != ENOENT)
-            return lv_error_set(-errno, "spool %s: %s", path, strerror(errno));
+            return lv_error_set(file_errno(errno), "spool %s: %s", path, strerror(errno));
         if (!may_create)
             return lv_error_set(-ENOENT, "spool %s: does not exist (enqueue creates it)", path);
         int fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
         if (fd < 0 && errno != EEXIST)
-            return lv_error_set(-errno, "spool %s: cannot create: %s", path, strerror(errno));
+            return lv_error_set(file_errno(errno), "spool %s: cannot create: %s", path,
+                                strerror(errno));
         if (fd >= 0)
             close(fd);
         if (stat(path, &st) < 0)
-            return lv_error_set(-errno, "spool %s: %s", path, strerror(errno));
+            return lv_error_set(file_errno(errno), "spool %s: %s", path, strerror(errno));
     }
     if (!S_ISREG(st.st_mode))
         return lv_error_set(LV_ERR_INPUT, "spool %s: not a regular file", path);

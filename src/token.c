@@ -195,7 +195,6 @@ static int rv_class(CK_RV rv)
     case CKR_PIN_EXPIRED:
     case CKR_PIN_LOCKED:
     case CKR_USER_PIN_NOT_INITIALIZED:
-    case CKR_USER_NOT_LOGGED_IN:
         return LV_ERR_PIN;
     case CKR_SLOT_ID_INVALID:
     case CKR_TOKEN_NOT_PRESENT:
@@ -334,14 +333,35 @@ done:
     return r;
 }
 
-static void session_put(Token *t, CK_SESSION_HANDLE h)
+/* Returns a session to the pool. After a failed call the session is asked
+ * whether it still exists: one that vanished (closed by the token, device
+ * pulled) is dropped rather than handed to the next caller, and a later
+ * session_get opens a fresh one. */
+static void session_put_checked(Token *t, CK_SESSION_HANDLE h, bool failed)
 {
+    bool gone = false;
+    if (failed) {
+        CK_SESSION_INFO si;
+        CK_RV rv = t->module->C_GetSessionInfo(h, &si);
+        gone = rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+               rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT;
+    }
     pthread_mutex_lock(&t->lock);
     for (size_t i = 0; i < t->npool; i++)
-        if (t->pool[i].h == h)
-            t->pool[i].busy = false;
+        if (t->pool[i].h == h) {
+            if (gone)
+                t->pool[i] = t->pool[--t->npool];
+            else
+                t->pool[i].busy = false;
+            break;
+        }
     pthread_cond_signal(&t->free_cond);
     pthread_mutex_unlock(&t->lock);
+}
+
+static void session_put(Token *t, CK_SESSION_HANDLE h)
+{
+    session_put_checked(t, h, false);
 }
 
 /* ---- Attributes and object search --------------------------------------- */
@@ -748,9 +768,11 @@ int token_open(const TokenConfig *cfg, Token **ret)
 
     /* Modules print diagnostics through p11-kit otherwise; we report once. */
     p11_kit_be_quiet();
-    CK_FUNCTION_LIST *single[2];
+    CK_FUNCTION_LIST *single[2] = {NULL, NULL};
     CK_FUNCTION_LIST **mods = NULL;
     r = load_modules(t, cfg, &mods, single);
+    if (r >= 0 && !mods)
+        r = lv_error_set(LV_ERR_NOMOD, "no PKCS#11 module loaded");
     if (r < 0)
         goto fail;
     r = select_token(t, mods, t->sign_uri_text ? t->sign_uri_text : t->kek_uri_text);
@@ -902,7 +924,7 @@ static int find_key(Token *t, CK_SESSION_HANDLE s, P11KitUri *u, const char *uri
 
 static int check_key_policy(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE o, const char *what)
 {
-    bool sensitive, extractable;
+    bool sensitive = false, extractable = true;
     int r = get_bool(t, s, o, CKA_SENSITIVE, "CKA_SENSITIVE", &sensitive);
     if (r >= 0)
         r = get_bool(t, s, o, CKA_EXTRACTABLE, "CKA_EXTRACTABLE", &extractable);
@@ -1007,11 +1029,11 @@ static int check_signing_key(Token *t, CK_SESSION_HANDLE s)
     const char *what = "signing key";
     if (!t->sign_uri)
         return lv_error_set(LV_ERR_INPUT, "no signing key URI configured (--signing-key)");
-    CK_OBJECT_HANDLE o;
+    CK_OBJECT_HANDLE o = CK_INVALID_HANDLE;
     int r = find_key(t, s, t->sign_uri, t->sign_uri_text, what, CKO_PRIVATE_KEY, &o);
     if (r < 0)
         return r;
-    CK_ULONG kt;
+    CK_ULONG kt = 0;
     r = get_ulong(t, s, o, CKA_KEY_TYPE, "CKA_KEY_TYPE", &kt);
     if (r < 0)
         return err_prefix(r, what);
@@ -1033,7 +1055,7 @@ static int check_signing_key(Token *t, CK_SESSION_HANDLE s)
     r = check_key_policy(t, s, o, what);
     if (r < 0)
         return r;
-    bool can_sign;
+    bool can_sign = false;
     r = get_bool(t, s, o, CKA_SIGN, "CKA_SIGN", &can_sign);
     if (r < 0)
         return err_prefix(r, what);
@@ -1058,11 +1080,11 @@ static int check_kek(Token *t, CK_SESSION_HANDLE s)
     const char *what = "encryption key (KEK)";
     if (!t->kek_uri)
         return lv_error_set(LV_ERR_INPUT, "no KEK URI configured (--encryption-key)");
-    CK_OBJECT_HANDLE o;
+    CK_OBJECT_HANDLE o = CK_INVALID_HANDLE;
     int r = find_key(t, s, t->kek_uri, t->kek_uri_text, what, CKO_SECRET_KEY, &o);
     if (r < 0)
         return r;
-    CK_ULONG kt, len;
+    CK_ULONG kt = 0, len = 0;
     r = get_ulong(t, s, o, CKA_KEY_TYPE, "CKA_KEY_TYPE", &kt);
     if (r < 0)
         return err_prefix(r, what);
@@ -1078,7 +1100,7 @@ static int check_kek(Token *t, CK_SESSION_HANDLE s)
     r = check_key_policy(t, s, o, what);
     if (r < 0)
         return r;
-    bool wrap, unwrap;
+    bool wrap = false, unwrap = false;
     r = get_bool(t, s, o, CKA_WRAP, "CKA_WRAP", &wrap);
     if (r >= 0)
         r = get_bool(t, s, o, CKA_UNWRAP, "CKA_UNWRAP", &unwrap);
@@ -1096,11 +1118,11 @@ int token_check_signing_key(Token *t)
     pthread_mutex_lock(&t->setup_lock);
     int r = 0;
     if (!t->sign_checked) {
-        CK_SESSION_HANDLE s;
+        CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
         r = session_get(t, &s);
         if (r >= 0) {
             r = check_signing_key(t, s);
-            session_put(t, s);
+            session_put_checked(t, s, r < 0);
         }
         t->sign_checked = r >= 0;
     }
@@ -1113,11 +1135,11 @@ int token_check_kek(Token *t)
     pthread_mutex_lock(&t->setup_lock);
     int r = 0;
     if (!t->kek_checked) {
-        CK_SESSION_HANDLE s;
+        CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
         r = session_get(t, &s);
         if (r >= 0) {
             r = check_kek(t, s);
-            session_put(t, s);
+            session_put_checked(t, s, r < 0);
         }
         t->kek_checked = r >= 0;
     }
@@ -1168,12 +1190,12 @@ int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_E
     int r = token_check_signing_key(t);
     if (r < 0)
         return r;
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     r = session_get(t, &s);
     if (r < 0)
         return r;
     r = sign_locked(t, s, msg, len, ret_sig);
-    session_put(t, s);
+    session_put_checked(t, s, r < 0);
     return r;
 }
 
@@ -1185,14 +1207,14 @@ static int kek_wrap(Token *t, CK_OBJECT_HANDLE key, uint8_t *out, size_t out_cap
     int r = token_check_kek(t);
     if (r < 0)
         return r;
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     r = session_get(t, &s);
     if (r < 0)
         return r;
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_ULONG n = out_cap;
     CK_RV rv = t->module->C_WrapKey(s, &mech, t->kek, key, out, &n);
-    session_put(t, s);
+    session_put_checked(t, s, rv != CKR_OK);
     if (rv != CKR_OK)
         return rv_error(rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)");
     *ret_len = n;
@@ -1204,7 +1226,7 @@ int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
     int r = token_check_kek(t);
     if (r < 0)
         return r;
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     r = session_get(t, &s);
     if (r < 0)
         return r;
@@ -1225,7 +1247,7 @@ int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE dek = CK_INVALID_HANDLE;
     CK_RV rv = t->module->C_GenerateKey(s, &gen, tmpl, ELEMENTSOF(tmpl), &dek);
-    session_put(t, s);
+    session_put_checked(t, s, rv != CKR_OK);
     if (rv != CKR_OK)
         return rv_error(rv, "C_GenerateKey(CKM_AES_KEY_GEN, DEK)");
     uint8_t blob[64];
@@ -1270,14 +1292,14 @@ static int kek_unwrap(Token *t, const uint8_t *wrapped, size_t wrapped_len, CK_K
         {CKA_DERIVE, &no, sizeof(no)},
     };
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     r = session_get(t, &s);
     if (r < 0)
         return r;
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     CK_RV rv = t->module->C_UnwrapKey(s, &mech, t->kek, (CK_BYTE *)wrapped, wrapped_len, tmpl,
                                       ELEMENTSOF(tmpl), &h);
-    session_put(t, s);
+    session_put_checked(t, s, rv != CKR_OK);
     if (rv == CKR_OK) {
         *ret = h;
         return 0;
@@ -1299,7 +1321,7 @@ static void dek_install(Token *t, CK_OBJECT_HANDLE h)
     t->dek = h;
     t->dek_loaded = true;
     pthread_mutex_unlock(&t->lock);
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     if (old != CK_INVALID_HANDLE && old != h && session_get(t, &s) >= 0) {
         t->module->C_DestroyObject(s, old);
         session_put(t, s);
@@ -1313,7 +1335,7 @@ int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
                             "wrapped DEK: %zu bytes (an AES-256 key under CKM_AES_KEY_WRAP_PAD "
                             "is %d)",
                             wrapped_len, TOKEN_WRAPPED_DEK_LEN);
-    CK_OBJECT_HANDLE h;
+    CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     int r = kek_unwrap(t, wrapped, wrapped_len, CKK_AES, &h);
     if (r < 0)
         return r;
@@ -1326,7 +1348,7 @@ int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
 static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
                size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
 {
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     int r = session_get(t, &s);
     if (r < 0)
         return r;
@@ -1343,10 +1365,10 @@ static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const
     memset(&p, 0, sizeof(p));
     p.pIv = (CK_BYTE *)iv;
     p.ulIvLen = TOKEN_GCM_IV_LEN;
-    p.ulIvBits = TOKEN_GCM_IV_LEN * 8;
+    p.ulIvBits = (CK_ULONG)TOKEN_GCM_IV_LEN * 8;
     p.pAAD = (CK_BYTE *)aad;
     p.ulAADLen = aad_len;
-    p.ulTagBits = TOKEN_GCM_TAG_LEN * 8;
+    p.ulTagBits = (CK_ULONG)TOKEN_GCM_TAG_LEN * 8;
     CK_MECHANISM mech = {CKM_AES_GCM, &p, sizeof(p)};
     CK_ULONG n = out_len;
     CK_RV rv;
@@ -1391,7 +1413,7 @@ static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const
             erase_and_free(tmp, in_len);
         }
     }
-    session_put(t, s);
+    session_put_checked(t, s, r < 0);
     if (r < 0 && out_len)
         explicit_bzero(out, out_len);
     return r;
@@ -1557,7 +1579,7 @@ int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek)
     size_t n_sign = 0, n_kek = 0;
     /* Token objects need a read/write session; opened for this call only,
      * while the owner session keeps the login. */
-    CK_SESSION_HANDLE s;
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     CK_RV rv =
         t->module->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL, &s);
     if (rv != CKR_OK)

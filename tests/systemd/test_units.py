@@ -119,6 +119,8 @@ def test_witness_units_contract():
     assert len(sock["ListenStream"]) == 1 and sock["ListenStream"][0].startswith("/run/attesto/")
     assert sock["FileDescriptorName"] and sock["SocketMode"] == ["0660"]
     assert svc["ExecStart"][0].startswith(f"{INSTALLED_BIN} witness-serve")
+    # witness-serve sends READY=1; only the main process may.
+    assert svc["Type"] == ["notify"] and svc["NotifyAccess"] == ["main"]
     assert svc["LoadCredential"] == ["pkcs11-pin:/etc/attesto/pkcs11-pin"]
 
 

@@ -5,3 +5,10 @@
 lv_add_pytest(systemd_units ${CMAKE_CURRENT_LIST_DIR}/test_units.py LABELS systemd TIMEOUT 300)
 lv_add_pytest(systemd_witness_socket ${CMAKE_CURRENT_LIST_DIR}/test_witness_socket.py
               LABELS systemd witness TIMEOUT 300)
+# strace of the services' real work against their units' SystemCallFilter=.
+# The plain build only: the sanitizer runtime makes calls of its own that the
+# shipped binary never makes.
+if(NOT LV_SANITIZE)
+  lv_add_pytest(systemd_syscall_filter ${CMAKE_CURRENT_LIST_DIR}/test_syscall_filter.py
+                LABELS systemd TIMEOUT 300)
+endif()

@@ -20,6 +20,13 @@ CKF_USER_PIN_FINAL_TRY = 0x20000
 CKF_USER_PIN_LOCKED = 0x40000
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    """One provisioned token for the tests that only read it or are refused
+    before touching it; tests that change the token make their own."""
+    return Vault(tmp_path_factory.mktemp("shared"))
+
+
 def pin(v):
     with open(os.path.join(v.env["LV_TOKEN_DIR"], "pin")) as f:
         return f.read().strip()
@@ -96,8 +103,8 @@ def test_rfc8032_vector_file_is_the_rfc():
     assert t1["signature"].startswith("e5564300c360ac729086e2cc806e828a")
 
 
-def test_project_signature_verifies_with_openssl_and_cryptography(tmp_path):
-    v = Vault(tmp_path)
+def test_project_signature_verifies_with_openssl_and_cryptography(shared, tmp_path):
+    v = shared
     msg = b"attesto.local-vault.relay-envelope.v1\n{\"event_id\":\"local-vault:inst:1\"}"
     sig = sign(v, msg, tmp_path)
     pem = v.run(["public-key", "--format", "pem"], check=0).stdout
@@ -145,8 +152,8 @@ def test_keys_init_creates_then_is_idempotent(tmp_path):
     assert j["kid"] == first["signing_key"]["kid"] and j["kid"].startswith("lv-")
 
 
-def test_keys_init_keys_are_sensitive_and_never_extractable_to_pkcs11_tool(tmp_path):
-    v = Vault(tmp_path)
+def test_keys_init_keys_are_sensitive_and_never_extractable_to_pkcs11_tool(shared, tmp_path):
+    v = shared
     out = pkcs11_tool(v, "-O").stdout
     blocks = re.split(r"\n(?=\S)", out)
     priv = [b for b in blocks if b.startswith("Private Key Object; EC_EDWARDS")]
@@ -160,8 +167,8 @@ def test_keys_init_keys_are_sensitive_and_never_extractable_to_pkcs11_tool(tmp_p
     assert re.search(r"Usage:\s*encrypt, decrypt, wrap, unwrap", kek[0]), kek[0]
 
 
-def test_keys_init_keys_are_sensitive_and_never_extractable_to_p11tool(tmp_path):
-    v = Vault(tmp_path)
+def test_keys_init_keys_are_sensitive_and_never_extractable_to_p11tool(shared, tmp_path):
+    v = shared
     env = dict(v.env, GNUTLS_PIN=pin(v))
     p = subprocess.run(["p11tool", "--provider", module(v), "--login", "--list-all",
                         "pkcs11:token=attesto"], env=env, capture_output=True, text=True)
@@ -242,33 +249,33 @@ def test_wrong_pin_fails_once_and_does_not_lock(tmp_path):
     v.run(["public-key", "--format", "hex"], check=0)
 
 
-def test_pin_final_try_is_refused_before_any_login(tmp_path):
-    v = Vault(tmp_path)
+def test_pin_final_try_is_refused_before_any_login(shared, tmp_path):
+    v = shared
     env, log = shim_env(v, tmp_path, CKF_USER_PIN_FINAL_TRY)
     p = run(["public-key"], env=env, check=5)
     assert "CKF_USER_PIN_FINAL_TRY" in p.stderr and "refusing" in p.stderr
     assert logins(log) == 0
 
 
-def test_locked_pin_is_refused_before_any_login(tmp_path):
-    v = Vault(tmp_path)
+def test_locked_pin_is_refused_before_any_login(shared, tmp_path):
+    v = shared
     env, log = shim_env(v, tmp_path, CKF_USER_PIN_LOCKED)
     p = run(["public-key"], env=env, check=5)
     assert "user PIN is locked (CKF_USER_PIN_LOCKED)" in p.stderr
     assert logins(log) == 0
 
 
-def test_shim_passes_through_when_no_flags(tmp_path):
+def test_shim_passes_through_when_no_flags(shared, tmp_path):
     # The shim itself changes nothing else: same key, one login.
-    v = Vault(tmp_path)
+    v = shared
     env, log = shim_env(v, tmp_path)
     a = run(["public-key", "--format", "hex"], env=env, check=0).stdout
     assert a == v.run(["public-key", "--format", "hex"], check=0).stdout
     assert logins(log) == 1
 
 
-def test_credential_directory_comes_before_pin_file(tmp_path):
-    v = Vault(tmp_path)
+def test_credential_directory_comes_before_pin_file(shared, tmp_path):
+    v = shared
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "pkcs11-pin").write_text(pin(v) + "\n")
@@ -282,8 +289,8 @@ def test_credential_directory_comes_before_pin_file(tmp_path):
     assert "rejected the PIN from " + str(wrong) in p.stderr
 
 
-def test_pin_source_in_uri_is_the_last_resort(tmp_path):
-    v = Vault(tmp_path)
+def test_pin_source_in_uri_is_the_last_resort(shared, tmp_path):
+    v = shared
     env = dict(v.env)
     del env["ATTESTO_LOCAL_VAULT_PIN_FILE"]
     pinfile = os.path.join(v.env["LV_TOKEN_DIR"], "pin")
@@ -294,8 +301,8 @@ def test_pin_source_in_uri_is_the_last_resort(tmp_path):
     assert "no PIN source" in p.stderr
 
 
-def test_missing_pin_file_and_empty_pin_file(tmp_path):
-    v = Vault(tmp_path)
+def test_missing_pin_file_and_empty_pin_file(shared, tmp_path):
+    v = shared
     p = run(["--pin-file", str(tmp_path / "nope"), "public-key"], env=v.env, check=5)
     assert "PIN file " + str(tmp_path / "nope") + ": does not exist" in p.stderr
     (tmp_path / "empty").write_text("\n")
@@ -303,8 +310,8 @@ def test_missing_pin_file_and_empty_pin_file(tmp_path):
     assert ": empty" in p.stderr
 
 
-def test_pin_value_in_uri_is_refused(tmp_path):
-    v = Vault(tmp_path)
+def test_pin_value_in_uri_is_refused(shared, tmp_path):
+    v = shared
     uri = v.env["ATTESTO_LOCAL_VAULT_SIGNING_KEY"] + "?pin-value=" + pin(v)
     p = run(["--signing-key", uri, "public-key"], env=v.env, check=2)
     assert "pin-value= is refused" in p.stderr
@@ -327,8 +334,8 @@ def keep_module_resident(env, v):
         env["LD_PRELOAD"] = f"{m.group(2)} {module(v)}"
 
 
-def test_registered_p11kit_module_is_used_without_a_path(tmp_path):
-    v = Vault(tmp_path)
+def test_registered_p11kit_module_is_used_without_a_path(shared, tmp_path):
+    v = shared
     env = dict(v.env)
     del env["ATTESTO_LOCAL_VAULT_PKCS11_MODULE"]
     keep_module_resident(env, v)
@@ -336,8 +343,8 @@ def test_registered_p11kit_module_is_used_without_a_path(tmp_path):
     assert a == v.run(["public-key", "--format", "hex"], check=0).stdout
 
 
-def test_module_path_from_uri(tmp_path):
-    v = Vault(tmp_path)
+def test_module_path_from_uri(shared, tmp_path):
+    v = shared
     env = dict(v.env)
     del env["ATTESTO_LOCAL_VAULT_PKCS11_MODULE"]
     env["ATTESTO_LOCAL_VAULT_SIGNING_KEY"] += "?module-path=" + module(v)
@@ -348,22 +355,22 @@ def test_module_path_from_uri(tmp_path):
     assert "PKCS#11 module /nonexistent/libp11.so: No such file or directory" in p.stderr
 
 
-def test_missing_module(tmp_path):
-    v = Vault(tmp_path)
+def test_missing_module(shared, tmp_path):
+    v = shared
     p = run(["--pkcs11-module", "/nonexistent/libsofthsm2.so", "public-key"], env=v.env, check=5)
     assert "PKCS#11 module /nonexistent/libsofthsm2.so: No such file or directory" in p.stderr
 
 
-def test_library_that_is_not_a_pkcs11_module(tmp_path):
-    v = Vault(tmp_path)
+def test_library_that_is_not_a_pkcs11_module(shared, tmp_path):
+    v = shared
     lib = next(p for p in ("/lib/x86_64-linux-gnu/libz.so.1", "/usr/lib/x86_64-linux-gnu/libz.so.1",
                            "/lib/aarch64-linux-gnu/libz.so.1") if os.path.exists(p))
     p = run(["--pkcs11-module", lib, "public-key"], env=v.env, check=5)
     assert f"PKCS#11 module {lib} cannot be loaded" in p.stderr
 
 
-def test_absent_token(tmp_path):
-    v = Vault(tmp_path)
+def test_absent_token(shared, tmp_path):
+    v = shared
     p = run(["--signing-key", "pkcs11:token=no-such-token;object=lv-signing;type=private",
              "public-key"], env=v.env, check=5)
     assert "no token matches pkcs11:token=no-such-token" in p.stderr
@@ -445,8 +452,8 @@ def test_extractable_kek_is_refused(tmp_path):
     assert "encryption key (KEK): CKA_EXTRACTABLE is TRUE" in p.stderr
 
 
-def test_raw_key_material_instead_of_uri(tmp_path):
-    v = Vault(tmp_path)
+def test_raw_key_material_instead_of_uri(shared, tmp_path):
+    v = shared
     raw = "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60"
     env = dict(v.env, ATTESTO_LOCAL_VAULT_SIGNING_KEY=raw)
     p = run(["public-key"], env=env, check=2)
@@ -464,16 +471,16 @@ def test_raw_key_material_instead_of_uri(tmp_path):
     ("pkcs11:token=attesto;object=lv-signing;type=secret-key", "type= must be private"),
     ("pkcs11:token=attesto;type=private", "names no object"),
 ])
-def test_malformed_signing_uri(tmp_path, uri, why):
-    v = Vault(tmp_path)
+def test_malformed_signing_uri(shared, tmp_path, uri, why):
+    v = shared
     p = run(["--signing-key", uri, "public-key"], env=v.env, check=2)
     assert why in p.stderr
 
 
 # ---- public-key formats ---------------------------------------------------------
 
-def test_public_key_formats_agree(tmp_path):
-    v = Vault(tmp_path)
+def test_public_key_formats_agree(shared, tmp_path):
+    v = shared
     hexpk = v.run(["public-key", "--format", "hex"], check=0).stdout.strip()
     pem = v.run(["public-key", "--format=pem"], check=0).stdout
     j = json.loads(v.run(["public-key", "--format", "json"], check=0).stdout)

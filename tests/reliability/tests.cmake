@@ -1,0 +1,6 @@
+# SPDX-License-Identifier: Apache-2.0
+# Reliability: disk faults on small tmpfs file systems, token faults through
+# the PKCS#11 shim (tests/shim), crash soaks. See docs/reliability.md.
+lv_add_pytest(reliability_disk ${CMAKE_CURRENT_LIST_DIR}/test_disk_faults.py LABELS reliability
+              TIMEOUT 300)
+set_property(TEST reliability_disk APPEND PROPERTY ENVIRONMENT "${LV_SHIM_ENV}")
