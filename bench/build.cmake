@@ -1,4 +1,10 @@
 # SPDX-License-Identifier: Apache-2.0
-# Ceiling programs for the benchmarks (not installed).
-add_executable(https_post_ceiling ${CMAKE_SOURCE_DIR}/bench/https_post_ceiling.c)
+# Benchmark helpers (not installed). Append-only: each area adds its own lines.
+
+# witness: bare sign and durable-commit ceilings, HTTP load (bench/witness)
+add_executable(lv-witness-bench ${CMAKE_CURRENT_LIST_DIR}/witness_bench.c)
+target_link_libraries(lv-witness-bench PRIVATE lvcore)
+
+# relay: the bare libcurl HTTPS POST ceiling (bench/drain)
+add_executable(https_post_ceiling ${CMAKE_CURRENT_LIST_DIR}/https_post_ceiling.c)
 target_link_libraries(https_post_ceiling PRIVATE PkgConfig::CURL PkgConfig::CJSON)

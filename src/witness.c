@@ -826,18 +826,20 @@ static int move_head(Witness *w, const char *witness_id, const WitnessRequest *r
     return 0;
 }
 
-static void evidence_key(const WitnessRequest *req, WitnessReason reason, const Row *acc,
-                         char out[WITNESS_HASH_HEX_LEN + 1])
+static int evidence_key(const WitnessRequest *req, WitnessReason reason, const Row *acc,
+                        char out[WITNESS_HASH_HEX_LEN + 1])
 {
     /* Identifiers and hashes cannot hold '\n', so this spelling is unambiguous. */
-    char *s = NULL;
+    _cleanup_free_ char *s = NULL;
     int n = asprintf(&s, "%s\n%" PRId64 "\n%s\n%s\n%" PRId64 "\n%s\n%s",
                      witness_reason_name(reason), acc->seq, acc->hash, req->checkpoint_id, req->seq,
                      req->checkpoint_hash, req->previous_hash ? req->previous_hash : "-");
-    if (n < 0)
-        abort(); /* asprintf fails only without memory */
+    if (n < 0) {
+        s = NULL;
+        return -ENOMEM;
+    }
     lv_sha256_hex(s, (size_t)n, out);
-    free(s);
+    return 0;
 }
 
 static int find_fork(Witness *w, const char *witness_id, const WitnessRequest *req, const char *key,
@@ -985,7 +987,8 @@ int witness_submit(Witness *w, Token *t, const char *witness_id, const WitnessRe
     }
     case WITNESS_FORK: {
         char key[WITNESS_HASH_HEX_LEN + 1];
-        evidence_key(req, out.reason, &acc, key);
+        if ((r = evidence_key(req, out.reason, &acc, key)) < 0)
+            goto done;
         r = find_fork(w, witness_id, req, key, &doc);
         if (r == 0) {
             out.reused = true;
@@ -1343,6 +1346,40 @@ int witness_verify_document(const char *text, size_t len, const uint8_t *expecte
             return -ENOMEM;
         }
         *ret_summary = s;
+    }
+    return 0;
+}
+
+static bool statement_kind_is(const cJSON *doc, const char *kind)
+{
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(doc, "statement");
+    const char *k = get_str(st, "kind");
+    return witness_document_shape(doc) && k && strcmp(k, kind) == 0;
+}
+
+bool witness_receipt_match(const cJSON *doc)
+{
+    return statement_kind_is(doc, "witness_receipt");
+}
+
+bool witness_fork_match(const cJSON *doc)
+{
+    return statement_kind_is(doc, "fork_evidence");
+}
+
+int witness_verify_check(const char *text, size_t len, const uint8_t pk[32], cJSON *ret)
+{
+    _cleanup_cjson_ cJSON *summary = NULL;
+    int r = witness_verify_document(text, len, pk, &summary);
+    if (r < 0)
+        return r;
+    cJSON *m;
+    while ((m = summary->child)) {
+        cJSON_DetachItemViaPointer(summary, m);
+        if (strcmp(m->string, "valid") == 0 || strcmp(m->string, "kind") == 0)
+            cJSON_Delete(m);
+        else
+            cJSON_AddItemToObject(ret, m->string, m);
     }
     return 0;
 }
