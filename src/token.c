@@ -195,7 +195,6 @@ static int rv_class(CK_RV rv)
     case CKR_PIN_EXPIRED:
     case CKR_PIN_LOCKED:
     case CKR_USER_PIN_NOT_INITIALIZED:
-    case CKR_USER_NOT_LOGGED_IN:
         return LV_ERR_PIN;
     case CKR_SLOT_ID_INVALID:
     case CKR_TOKEN_NOT_PRESENT:
@@ -334,14 +333,35 @@ done:
     return r;
 }
 
-static void session_put(Token *t, CK_SESSION_HANDLE h)
+/* Returns a session to the pool. After a failed call the session is asked
+ * whether it still exists: one that vanished (closed by the token, device
+ * pulled) is dropped rather than handed to the next caller, and a later
+ * session_get opens a fresh one. */
+static void session_put_checked(Token *t, CK_SESSION_HANDLE h, bool failed)
 {
+    bool gone = false;
+    if (failed) {
+        CK_SESSION_INFO si;
+        CK_RV rv = t->module->C_GetSessionInfo(h, &si);
+        gone = rv == CKR_SESSION_HANDLE_INVALID || rv == CKR_SESSION_CLOSED ||
+               rv == CKR_DEVICE_REMOVED || rv == CKR_TOKEN_NOT_PRESENT;
+    }
     pthread_mutex_lock(&t->lock);
     for (size_t i = 0; i < t->npool; i++)
-        if (t->pool[i].h == h)
-            t->pool[i].busy = false;
+        if (t->pool[i].h == h) {
+            if (gone)
+                t->pool[i] = t->pool[--t->npool];
+            else
+                t->pool[i].busy = false;
+            break;
+        }
     pthread_cond_signal(&t->free_cond);
     pthread_mutex_unlock(&t->lock);
+}
+
+static void session_put(Token *t, CK_SESSION_HANDLE h)
+{
+    session_put_checked(t, h, false);
 }
 
 /* ---- Attributes and object search --------------------------------------- */
@@ -1102,7 +1122,7 @@ int token_check_signing_key(Token *t)
         r = session_get(t, &s);
         if (r >= 0) {
             r = check_signing_key(t, s);
-            session_put(t, s);
+            session_put_checked(t, s, r < 0);
         }
         t->sign_checked = r >= 0;
     }
@@ -1119,7 +1139,7 @@ int token_check_kek(Token *t)
         r = session_get(t, &s);
         if (r >= 0) {
             r = check_kek(t, s);
-            session_put(t, s);
+            session_put_checked(t, s, r < 0);
         }
         t->kek_checked = r >= 0;
     }
@@ -1175,7 +1195,7 @@ int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_E
     if (r < 0)
         return r;
     r = sign_locked(t, s, msg, len, ret_sig);
-    session_put(t, s);
+    session_put_checked(t, s, r < 0);
     return r;
 }
 
@@ -1194,7 +1214,7 @@ static int kek_wrap(Token *t, CK_OBJECT_HANDLE key, uint8_t *out, size_t out_cap
     CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
     CK_ULONG n = out_cap;
     CK_RV rv = t->module->C_WrapKey(s, &mech, t->kek, key, out, &n);
-    session_put(t, s);
+    session_put_checked(t, s, rv != CKR_OK);
     if (rv != CKR_OK)
         return rv_error(rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)");
     *ret_len = n;
@@ -1227,7 +1247,7 @@ int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
     CK_MECHANISM gen = {CKM_AES_KEY_GEN, NULL, 0};
     CK_OBJECT_HANDLE dek = CK_INVALID_HANDLE;
     CK_RV rv = t->module->C_GenerateKey(s, &gen, tmpl, ELEMENTSOF(tmpl), &dek);
-    session_put(t, s);
+    session_put_checked(t, s, rv != CKR_OK);
     if (rv != CKR_OK)
         return rv_error(rv, "C_GenerateKey(CKM_AES_KEY_GEN, DEK)");
     uint8_t blob[64];
@@ -1279,7 +1299,7 @@ static int kek_unwrap(Token *t, const uint8_t *wrapped, size_t wrapped_len, CK_K
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     CK_RV rv = t->module->C_UnwrapKey(s, &mech, t->kek, (CK_BYTE *)wrapped, wrapped_len, tmpl,
                                       ELEMENTSOF(tmpl), &h);
-    session_put(t, s);
+    session_put_checked(t, s, rv != CKR_OK);
     if (rv == CKR_OK) {
         *ret = h;
         return 0;
@@ -1393,7 +1413,7 @@ static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const
             erase_and_free(tmp, in_len);
         }
     }
-    session_put(t, s);
+    session_put_checked(t, s, r < 0);
     if (r < 0 && out_len)
         explicit_bzero(out, out_len);
     return r;

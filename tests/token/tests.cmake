@@ -14,3 +14,8 @@ set_target_properties(lv-pin-shim PROPERTIES PREFIX "")
 lv_add_pytest(token_cli ${CMAKE_CURRENT_LIST_DIR}/test_token_cli.py LABELS token)
 set_property(TEST token_cli APPEND PROPERTY ENVIRONMENT
              "LV_TEST_SIGN=$<TARGET_FILE:lv-test-sign>" "LV_PIN_SHIM=$<TARGET_FILE:lv-pin-shim>")
+
+# Faults through the reliability shim (tests/shim), which must be built first.
+lv_add_cmocka(token_faults ${CMAKE_CURRENT_LIST_DIR}/test_token_faults.c LABELS token)
+add_dependencies(token_faults p11shim)
+set_property(TEST token_faults APPEND PROPERTY ENVIRONMENT "LV_SHIM=$<TARGET_FILE:p11shim>")
