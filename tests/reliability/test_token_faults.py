@@ -23,6 +23,7 @@ from faultlib import NotifyListener, Shim, spool_rows
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "relay"))
 from relaylib import PKI, Receiver, assert_log_agrees, public_key_hex, relay_env, verify_envelope  # noqa: E402
 
+N_DRAIN = 16  # items in the drain-loop tests (each lease decrypts two rows)
 FAULTS = ["CKR_DEVICE_REMOVED", "CKR_SESSION_HANDLE_INVALID", "CKR_USER_NOT_LOGGED_IN",
           "CKR_GENERAL_ERROR"]
 
@@ -33,7 +34,14 @@ def vault(tmp_path):
     v.pk = public_key_hex(v)
     v.shim = Shim(v)
     v.db = v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"]
-    return v
+    yield v
+    # scripts/reliability adds up the faults injected over the whole matrix.
+    tally = os.environ.get("LV_SHIM_TALLY")
+    if tally:
+        n = len(v.shim.injected())
+        old = int(open(tally).read() or 0) if os.path.exists(tally) else 0
+        with open(tally, "w") as f:
+            f.write(str(old + n))
 
 
 @pytest.fixture(scope="module")
@@ -77,25 +85,25 @@ def assert_all_signed(vault, n_expected):
 def test_enqueue_fault_mid_batch_stores_nothing_partial(vault, func, fault):
     assert vault.run(["enqueue", "--jsonl", "-"], input=batch(3, "e")).returncode == 0
     before = spool_rows(vault.db)
-    vault.shim.set_rules(f"{func} {fault} after=12 times=1")
-    p = vault.run(["enqueue", "--jsonl", "-"], input=batch(30))
+    vault.shim.set_rules(f"{func} {fault} after=5 times=1")
+    p = vault.run(["enqueue", "--jsonl", "-"], input=batch(10))
     assert len(vault.shim.injected(f" {func} {fault}")) == 1, "the fault was injected once"
     if p.returncode == 0:  # recovered within the run
-        assert len(p.stdout.splitlines()) == 30
+        assert len(p.stdout.splitlines()) == 10
     else:
         assert p.returncode == 5, p.stderr
         lines = p.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("enqueue: ") and fault in lines[0], p.stderr
         assert p.stdout == "" and spool_rows(vault.db) == before
         vault.shim.clear()
-        p = vault.run(["enqueue", "--jsonl", "-"], input=batch(30))
+        p = vault.run(["enqueue", "--jsonl", "-"], input=batch(10))
         assert p.returncode == 0, p.stderr
-    assert [json.loads(l)["status"] for l in p.stdout.splitlines()] == ["queued"] * 30
-    assert_all_signed(vault, 33)
+    assert [json.loads(l)["status"] for l in p.stdout.splitlines()] == ["queued"] * 10
+    assert_all_signed(vault, 13)
 
 
-@pytest.mark.parametrize("fault", ["CKR_DEVICE_REMOVED", "CKR_GENERAL_ERROR"])
-def test_enqueue_stops_cleanly_while_the_token_stays_away(vault, fault):
+def test_enqueue_stops_cleanly_while_the_token_stays_away(vault):
+    fault = "CKR_DEVICE_REMOVED"
     # 300 items: the first group of 256 commits, then the token goes away
     # for good during the second.
     vault.shim.set_rules(f"C_Sign {fault} after=270 times=0")
@@ -170,7 +178,7 @@ def relay_vault(vault, tmp_path, pki):
     vault.receiver = rec
     # Opt-in payload: every envelope is sealed too, so leasing decrypts both
     # the envelope and the payload on the token.
-    p = vault.run(["enqueue", "--jsonl", "-", "--include-payload"], input=batch(40, "d", 4))
+    p = vault.run(["enqueue", "--jsonl", "-", "--include-payload"], input=batch(N_DRAIN, "d", 4))
     assert p.returncode == 0, p.stderr
     yield vault
     rec.stop()
@@ -184,7 +192,7 @@ def supervise(v, tmp_path, args, max_restarts=3):
     for k in range(max_restarts + 1):
         d = DrainLoop(v, tmp_path / f"run{k}", *args)
         try:
-            wait_receipted(v, 40, 60, d.proc)
+            wait_receipted(v, N_DRAIN, 60, d.proc)
         except AssertionError:
             if d.proc.poll() is None:
                 raise
@@ -201,7 +209,7 @@ def supervise(v, tmp_path, args, max_restarts=3):
 def test_drain_loop_decrypt_fault_recovers_or_stops_and_marks_nothing_wrongly(
         relay_vault, tmp_path, fault):
     v = relay_vault
-    v.shim.set_rules(f"C_Decrypt {fault} after=30 times=1")
+    v.shim.set_rules(f"C_Decrypt {fault} after=12 times=1")
     runs = supervise(v, tmp_path, ["--max-in-flight", "4"])
     assert len(v.shim.injected(f" C_Decrypt {fault}")) == 1
     for rc, status, err in runs[:-1]:
@@ -213,13 +221,13 @@ def test_drain_loop_decrypt_fault_recovers_or_stops_and_marks_nothing_wrongly(
         assert len(runs) == 1, runs
     c = counts(v)
     # A fault of the token never condemns a row.
-    assert c["quarantined"] == 0 and c["dead_letter"] == 0 and c["receipted"] == 40, c
+    assert c["quarantined"] == 0 and c["dead_letter"] == 0 and c["receipted"] == N_DRAIN, c
     assert_log_agrees(v, v.receiver, v.pk)
 
 
 def test_drain_loop_stops_taking_work_while_the_token_is_gone(relay_vault, tmp_path):
     v = relay_vault
-    v.shim.set_rules("* CKR_DEVICE_REMOVED after=60 times=0")
+    v.shim.set_rules("* CKR_DEVICE_REMOVED after=40 times=0")
     d = DrainLoop(v, tmp_path, "--max-in-flight", "2")
     d.proc.wait(60)
     rc = d.stop()
@@ -231,7 +239,7 @@ def test_drain_loop_stops_taking_work_while_the_token_is_gone(relay_vault, tmp_p
     # Stopped: nothing quarantined or dead-lettered by the outage, nothing
     # left leased, and what was receipted the receiver really accepted.
     assert c["quarantined"] == 0 and c["dead_letter"] == 0 and c["relaying"] == 0, c
-    assert c["receipted"] < 40
+    assert c["receipted"] < N_DRAIN
     assert_log_agrees(v, v.receiver, v.pk)
 
     v.shim.clear()
