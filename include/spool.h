@@ -108,6 +108,19 @@ int spool_release_leases(Spool *s, const char *owner);
 /* Returns expired leases of any owner to queued (attempts kept). */
 int spool_recover_expired(Spool *s, int64_t now_ms, size_t *ret_n);
 
+/* Group commit for callers that record many outcomes in a row (the drain):
+ * after spool_batch_begin, the lease and outcome calls (spool_lease_due,
+ * spool_mark_*, spool_release_leases, spool_recover_expired,
+ * spool_set_pause) join one transaction, opened by the first of them, each
+ * as a savepoint that a failure undoes alone; spool_batch_commit makes them
+ * durable with one COMMIT (synchronous=FULL). Nothing of the group is on
+ * disk, nor visible to other connections, before it returns 0: a lease is
+ * not held, so its item must not be sent, before then. Do not wait (poll)
+ * while a group is open: from its first write it holds the spool's write
+ * lock. spool_batch_commit with no group open returns 0. */
+int spool_batch_begin(Spool *s);
+int spool_batch_commit(Spool *s);
+
 /* Full-jitter exponential backoff (base 1 s, cap 300 s) for the given
  * attempt number; retry_after_ms (or 0) is a floor. */
 int64_t spool_backoff_ms(int attempts, int64_t retry_after_ms);

@@ -15,6 +15,7 @@
 #include "lv.h"
 #include "pubkey.h"
 #include "spool.h"
+#include "witness.h"
 
 /* A line holds one item: the payload cap plus room for the other members
  * and white space around them. */
@@ -1017,6 +1018,8 @@ static int envelope_check(const char *text, size_t len, const uint8_t pk[32], cJ
 
 static const DocKind doc_kinds[] = {
     {"relay_envelope", envelope_match, envelope_check},
+    {"witness_receipt", witness_receipt_match, witness_verify_check},
+    {"fork_evidence", witness_fork_match, witness_verify_check},
 };
 
 static int read_public_key(const char *arg, uint8_t pk[32])
@@ -1085,7 +1088,10 @@ int verify_main(const Config *cfg, int argc, char **argv)
     if (!kind)
         return cli_fail(
             verb,
-            lv_error_set(LV_ERR_INPUT, "%s: not a document verify knows (relay envelope)", path));
+            lv_error_set(
+                LV_ERR_INPUT,
+                "%s: not a document verify knows (relay envelope, witness receipt, fork evidence)",
+                path));
     _cleanup_cjson_ cJSON *out = cJSON_CreateObject();
     cJSON_AddBoolToObject(out, "valid", true);
     cJSON_AddStringToObject(out, "kind", kind->name);

@@ -129,6 +129,27 @@ static void fail(Drain *d, int r)
         d->error = r < 0 ? r : -EIO;
 }
 
+/* Group commit: the outcomes one relay_run round reports and the leases
+ * that refill the freed slots share one transaction (spool_batch_begin), so
+ * one fsync makes them all durable instead of one per item. The group is
+ * committed before relay_run runs again, so a new lease is on disk before a
+ * byte of its request is sent (relay_submit only queues), and the write lock
+ * is never held across relay_run's wait: relay_run reports only after it has
+ * finished waiting, and returns right after reporting. */
+static void round_begin(Drain *d)
+{
+    int r = spool_batch_begin(d->spool);
+    if (r < 0)
+        fail(d, r);
+}
+
+static void round_end(Drain *d)
+{
+    int r = spool_batch_commit(d->spool);
+    if (r < 0)
+        fail(d, r);
+}
+
 static void log_attempt(int level, const SpoolLease *l, const char *reason, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 static void log_attempt(int level, const SpoolLease *l, const char *reason, const char *fmt, ...)
@@ -378,9 +399,11 @@ static void wind_down(Drain *d, struct pollfd *fds, size_t nfds)
         int64_t left = deadline - lv_mono_ms();
         if (left <= 0)
             break;
+        round_begin(d);
         int r = relay_run(d->relay, (int)(left < 200 ? left : 200), fds, nfds, on_done, d);
         if (r < 0)
             fail(d, r);
+        round_end(d);
     }
     relay_abort_all(d->relay, on_done, d);
     int r = spool_release_leases(d->spool, d->owner);
@@ -432,8 +455,10 @@ int drain_once(Drain *d, DrainSummary *ret)
     while (d->error == 0) {
         if (!d->sum.paused && d->want_lease)
             fill(d, start);
-        if (relay_in_flight(d->relay) == 0)
+        round_end(d);
+        if (d->error || relay_in_flight(d->relay) == 0)
             break;
+        round_begin(d);
         r = relay_run(d->relay, 1000, fds, 1, on_done, d);
         if (r < 0)
             fail(d, r);
@@ -442,6 +467,7 @@ int drain_once(Drain *d, DrainSummary *ret)
             break;
         }
     }
+    round_end(d);
     wind_down(d, fds, 1);
     signals_close(sfd, &old);
     if (d->error < 0)
@@ -556,6 +582,7 @@ int drain_loop(Drain *d)
             d->want_lease = true;
         if (!paused && d->want_lease)
             fill(d, now);
+        round_end(d);
         if (d->error)
             break;
 
@@ -578,6 +605,7 @@ int drain_loop(Drain *d)
             wait = STATUS_EVERY_MS;
         if (wait < 0)
             wait = 0;
+        round_begin(d);
         r = relay_run(d->relay, (int)wait, fds, nfds, on_done, d);
         if (r < 0) {
             fail(d, r);
@@ -618,6 +646,7 @@ int drain_loop(Drain *d)
         }
         was_paused = paused;
     }
+    round_end(d);
     wind_down(d, fds, 1);
     signals_close(sfd, &old);
     if (wfd >= 0)

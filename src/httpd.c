@@ -247,11 +247,11 @@ static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req 
     }
     unsigned retry = 0;
     if (!rate_take(s, req.tenant_id, &retry)) {
-        cJSON_Delete(tree);
         char secs[16], msg[200];
         snprintf(secs, sizeof(secs), "%u", retry ? retry : 1);
         snprintf(msg, sizeof(msg), "tenant_id %s: over %.0f checkpoints per second; retry later",
                  req.tenant_id, s->cfg->rate_per_s);
+        cJSON_Delete(tree);
         const char *h[] = {MHD_HTTP_HEADER_RETRY_AFTER, secs, NULL};
         return send_error(s, c, 429, "rate_limited", msg, NULL, h);
     }
@@ -687,9 +687,13 @@ static int start_daemons(Server *s)
             {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
             {MHD_OPTION_END, 0, NULL},
         };
-        s->daemons[i] = MHD_start_daemon(
-            MHD_USE_AUTO | MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
-            NULL, NULL, handle, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
+        /* poll(), not epoll: with a thread pool, libmicrohttpd 0.9.75's
+         * MHD_quiesce_daemon() on epoll races its workers over the listen
+         * socket's epoll registration and aborts the process ("Failed to
+         * remove listen FD from epoll set") in about one stop in six. */
+        s->daemons[i] =
+            MHD_start_daemon(MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
+                             NULL, NULL, handle, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
         if (!s->daemons[i])
             return lv_error_set(-EIO, "libmicrohttpd: cannot serve socket fd %d", s->fds[i]);
     }

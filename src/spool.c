@@ -106,6 +106,9 @@ enum {
     ST_EXPIRED,
     ST_REQUEUE_ONE,
     ST_META_SET,
+    ST_MARK_RECEIPTED,
+    ST_MARK_RETRY,
+    ST_MARK_DEAD,
     ST__MAX
 };
 static const char *const stmt_sql[ST__MAX] = {
@@ -138,6 +141,25 @@ static const char *const stmt_sql[ST__MAX] = {
     [ST_REQUEUE_ONE] = "UPDATE items SET state = 'queued', attempts = 0, next_attempt_at = ?2"
                        " WHERE event_id = ?1 AND state = 'dead_letter' RETURNING stream_id",
     [ST_META_SET] = "INSERT OR REPLACE INTO meta(key, value) VALUES (?1, ?2)",
+    /* Outcomes: ?1 id, ?2 owner, ?3 i3, ?4 t4, ?5 i5, ?6 i6, ?7 now (apply_outcome). */
+    [ST_MARK_RECEIPTED] = "UPDATE items SET state = 'receipted', attempts = attempts + 1,"
+                          " receipt = ?4, receipted_at = ?3, last_attempt_at = ?3,"
+                          " lease_owner = NULL, lease_expires_at = NULL WHERE id = ?1"
+                          " AND state = 'relaying' AND lease_owner = ?2"
+                          " RETURNING stream_id, event_id",
+    /* Dead-letter is decided inside the UPDATE, so the count it compares is
+     * the one it writes. */
+    [ST_MARK_RETRY] = "UPDATE items SET"
+                      " attempts = attempts + ?6,"
+                      " state = CASE WHEN attempts + ?6 >= ?5 THEN 'dead_letter' ELSE 'queued' END,"
+                      " next_attempt_at = ?3, last_attempt_at = ?7, last_error = ?4,"
+                      " lease_owner = NULL, lease_expires_at = NULL"
+                      " WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2"
+                      " RETURNING stream_id, event_id, state",
+    [ST_MARK_DEAD] = "UPDATE items SET state = 'dead_letter', attempts = attempts + 1,"
+                     " last_attempt_at = ?3, last_error = ?4, lease_owner = NULL,"
+                     " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
+                     " AND lease_owner = ?2 RETURNING stream_id, event_id",
 };
 
 struct Spool {
@@ -150,6 +172,7 @@ struct Spool {
     int max_attempts;
     uint8_t spool_id[SPOOL_ID_LEN];
     sqlite3_stmt *st[ST__MAX];
+    bool batch; /* a group commit is open (spool_batch_begin) */
 };
 
 /* ---------- SQLite plumbing ---------- */
@@ -251,20 +274,59 @@ static int prepare(Spool *s, const char *sql, sqlite3_stmt **ret)
     return rc == SQLITE_OK ? 0 : sql_err(s, rc, "prepare");
 }
 
+/* Inside a group commit each operation is a savepoint of the group's one
+ * transaction, which the first operation opens: a failed operation is undone
+ * alone, and the group's COMMIT makes them all durable with one fsync. The
+ * transaction may have been rolled back under us (SQLite does that on
+ * SQLITE_FULL, IOERR, NOMEM); autocommit tells, and a new one is opened. */
 static int begin(Spool *s)
 {
-    return exec(s, "BEGIN IMMEDIATE");
+    if (!s->batch)
+        return exec(s, "BEGIN IMMEDIATE");
+    if (sqlite3_get_autocommit(s->db)) {
+        int r = exec(s, "BEGIN IMMEDIATE");
+        if (r < 0)
+            return r;
+    }
+    return exec(s, "SAVEPOINT op");
 }
 
 static int commit(Spool *s)
 {
-    return exec(s, "COMMIT");
+    return exec(s, s->batch ? "RELEASE op" : "COMMIT");
 }
 
 static void rollback(Spool *s)
 {
-    if (!sqlite3_get_autocommit(s->db))
+    if (sqlite3_get_autocommit(s->db))
+        return;
+    if (s->batch) {
+        sqlite3_exec(s->db, "ROLLBACK TO op", NULL, NULL, NULL);
+        sqlite3_exec(s->db, "RELEASE op", NULL, NULL, NULL);
+    } else {
         sqlite3_exec(s->db, "ROLLBACK", NULL, NULL, NULL);
+    }
+}
+
+int spool_batch_begin(Spool *s)
+{
+    if (s->batch)
+        return lv_error_set(-EBUSY, "spool: a group commit is already open");
+    s->batch = true;
+    return 0;
+}
+
+int spool_batch_commit(Spool *s)
+{
+    if (!s->batch)
+        return 0;
+    s->batch = false;
+    if (sqlite3_get_autocommit(s->db))
+        return 0; /* nothing was written */
+    int r = exec(s, "COMMIT");
+    if (r < 0)
+        rollback(s);
+    return r;
 }
 
 static void copy_col(sqlite3_stmt *st, int col, char *out, size_t size)
@@ -1499,11 +1561,11 @@ done:
     return r;
 }
 
-/* Runs one outcome update (SQL with ?1 = id, ?2 = owner, RETURNING
- * stream_id, event_id) in its own transaction; -ESTALE when owner no longer
+/* Runs one outcome update (a prepared statement with ?1 = id, ?2 = owner,
+ * RETURNING stream_id, event_id) in its own transaction; -ESTALE when owner no longer
  * holds the lease (it expired and someone else took the item). */
 typedef struct Outcome {
-    const char *sql;    /* ?1 id, ?2 owner, ?3 i3, ?4 t4, ?5 i5, ?6 i6, ?7 now */
+    int st;             /* ST_MARK_*: ?1 id, ?2 owner, ?3 i3, ?4 t4, ?5 i5, ?6 i6, ?7 now */
     const char *reason; /* for the spool's last error, or NULL */
     int64_t i3;
     const char *t4;
@@ -1521,10 +1583,13 @@ static int apply_outcome(Spool *s, int64_t id, const char *owner, const Outcome 
         return r;
     char stream_id[129] = "", event_id[300] = "";
     {
-        _cleanup_finalize_ sqlite3_stmt *st = NULL;
-        r = prepare(s, o->sql, &st);
-        if (r < 0)
+        /* Prepared once per spool: parsing the SQL cost more than running
+         * it, once per delivered item. */
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, o->st);
+        if (!st) {
+            r = -EIO;
             goto done;
+        }
         sqlite3_bind_int64(st, 1, id);
         sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
         sqlite3_bind_int64(st, 3, o->i3);
@@ -1572,10 +1637,7 @@ done:
 int spool_mark_receipted(Spool *s, int64_t id, const char *owner, const char *receipt_json)
 {
     Outcome o = {
-        .sql = "UPDATE items SET state = 'receipted', attempts = attempts + 1, receipt = ?4,"
-               " receipted_at = ?3, last_attempt_at = ?3, lease_owner = NULL,"
-               " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
-               " AND lease_owner = ?2 RETURNING stream_id, event_id",
+        .st = ST_MARK_RECEIPTED,
         .i3 = lv_now_ms(),
         .t4 = receipt_json,
     };
@@ -1585,16 +1647,8 @@ int spool_mark_receipted(Spool *s, int64_t id, const char *owner, const char *re
 int spool_mark_retry(Spool *s, int64_t id, const char *owner, const char *reason,
                      int64_t next_attempt_ms, bool burn_attempt, bool *ret_dead)
 {
-    /* Dead-letter is decided inside the UPDATE, so the count it compares is
-     * the one it writes. */
     Outcome o = {
-        .sql = "UPDATE items SET"
-               " attempts = attempts + ?6,"
-               " state = CASE WHEN attempts + ?6 >= ?5 THEN 'dead_letter' ELSE 'queued' END,"
-               " next_attempt_at = ?3, last_attempt_at = ?7, last_error = ?4,"
-               " lease_owner = NULL, lease_expires_at = NULL"
-               " WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2"
-               " RETURNING stream_id, event_id, state",
+        .st = ST_MARK_RETRY,
         .reason = reason ? reason : "retry",
         .i3 = next_attempt_ms,
         .t4 = reason ? reason : "retry",
@@ -1611,10 +1665,7 @@ int spool_mark_retry(Spool *s, int64_t id, const char *owner, const char *reason
 int spool_mark_dead(Spool *s, int64_t id, const char *owner, const char *reason)
 {
     Outcome o = {
-        .sql = "UPDATE items SET state = 'dead_letter', attempts = attempts + 1,"
-               " last_attempt_at = ?3, last_error = ?4, lease_owner = NULL,"
-               " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
-               " AND lease_owner = ?2 RETURNING stream_id, event_id",
+        .st = ST_MARK_DEAD,
         .reason = reason ? reason : "dead_letter",
         .i3 = lv_now_ms(),
         .t4 = reason ? reason : "dead_letter",

@@ -1346,3 +1346,37 @@ int witness_verify_document(const char *text, size_t len, const uint8_t *expecte
     }
     return 0;
 }
+
+static bool statement_kind_is(const cJSON *doc, const char *kind)
+{
+    const cJSON *st = cJSON_GetObjectItemCaseSensitive(doc, "statement");
+    const char *k = get_str(st, "kind");
+    return witness_document_shape(doc) && k && strcmp(k, kind) == 0;
+}
+
+bool witness_receipt_match(const cJSON *doc)
+{
+    return statement_kind_is(doc, "witness_receipt");
+}
+
+bool witness_fork_match(const cJSON *doc)
+{
+    return statement_kind_is(doc, "fork_evidence");
+}
+
+int witness_verify_check(const char *text, size_t len, const uint8_t pk[32], cJSON *ret)
+{
+    _cleanup_cjson_ cJSON *summary = NULL;
+    int r = witness_verify_document(text, len, pk, &summary);
+    if (r < 0)
+        return r;
+    cJSON *m;
+    while ((m = summary->child)) {
+        cJSON_DetachItemViaPointer(summary, m);
+        if (strcmp(m->string, "valid") == 0 || strcmp(m->string, "kind") == 0)
+            cJSON_Delete(m);
+        else
+            cJSON_AddItemToObject(ret, m->string, m);
+    }
+    return 0;
+}

@@ -6,6 +6,7 @@ import hashlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -14,7 +15,7 @@ import time
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lvtest import LV_BIN, Vault
+from lvtest import LV_BIN, Vault, run
 
 RECEIPT_DOMAIN = b"attesto.local-vault.witness-receipt.v1"
 FORK_DOMAIN = b"attesto.local-vault.fork-evidence.v1"
@@ -46,6 +47,36 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+ASAN = "asan" in os.environ.get("LV_BUILD_DIR", "")
+
+
+def volume_env(env):
+    """For the volume tests (race, crash) in the ASan build: thousands of
+    requests and hundreds of processes skip LeakSanitizer, whose suppression
+    of SoftHSM's own leak needs slow unwinding at every malloc (5x the cost).
+    ASan's and UBSan's memory checks stay on; the table, input, endpoint and
+    socket tests run every code path with leak checking."""
+    env = dict(env)
+    if ASAN:
+        env["ASAN_OPTIONS"] = "detect_leaks=0:abort_on_error=1"
+        env["LSAN_OPTIONS"] = ""
+    return env
+
+
+class DbView:
+    """The same token with its own witness database: tests that share one
+    token (slow to make in the ASan build) keep their state apart."""
+
+    def __init__(self, vault, name):
+        self.dir = vault.dir
+        self.env = dict(vault.env, ATTESTO_LOCAL_VAULT_WITNESS_DB=os.path.join(
+            vault.dir, f"witness-{name}.sqlite3"))
+
+    def run(self, args, **kw):
+        kw.setdefault("env", self.env)
+        return run(args, **kw)
 
 
 class Outcome:
@@ -87,9 +118,13 @@ class CliSubmitter:
     def __init__(self, vault):
         self.vault = vault
 
-    def submit(self, tenant, stream, cid, seq, chash, prev=None):
+    def submit(self, tenant, stream, cid, seq, chash, prev=None, setup=False):
+        """setup=True marks a step that only prepares the state for the
+        decision under test: in the ASan build it runs without
+        LeakSanitizer (see volume_env), the decision itself with it."""
+        env = volume_env(self.vault.env) if setup else self.vault.env
         p = subprocess.run([LV_BIN] + cli_args(tenant, stream, cid, seq, chash, prev),
-                           env=self.vault.env, capture_output=True, timeout=60)
+                           env=env, capture_output=True, timeout=60)
         return cli_outcome(p)
 
 
@@ -128,7 +163,8 @@ class Server:
         raise AssertionError("witness-serve did not start listening")
 
     def read_log(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log.name, "rb") as f:
             return f.read().decode(errors="replace")
 
@@ -176,7 +212,7 @@ class HttpSubmitter:
         self.vault = vault
         self.server = server or Server(vault)
 
-    def submit(self, tenant, stream, cid, seq, chash, prev=None):
+    def submit(self, tenant, stream, cid, seq, chash, prev=None, setup=False):
         return http_outcome(*self.server.post(request_body(tenant, stream, cid, seq, chash, prev)))
 
     def close(self):
@@ -185,6 +221,24 @@ class HttpSubmitter:
 
 def make_submitter(kind, vault):
     return CliSubmitter(vault) if kind == "cli" else HttpSubmitter(vault)
+
+
+def token_copy(vault, name):
+    """An environment using a copy of the vault's token (same keys, same
+    PIN). SoftHSM rewrites its token file at every C_Login, so processes
+    that log in concurrently, or that are killed at random moments, each get
+    their own copy: a hardware token has no such file to tear."""
+    src = vault.env["LV_TOKEN_DIR"]
+    dst = os.path.join(vault.dir, f"token-{name}")
+    if os.path.exists(dst):
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+    conf = os.path.join(dst, "softhsm2.conf")
+    with open(conf) as f:
+        text = f.read().replace(src, dst)
+    with open(conf, "w") as f:
+        f.write(text)
+    return dict(vault.env, SOFTHSM2_CONF=conf)
 
 
 # ---- the independent verifier ---------------------------------------------------------------
@@ -268,4 +322,4 @@ def stored_receipts(vault):
 
 __all__ = ["Vault", "h", "jcs", "Server", "CliSubmitter", "HttpSubmitter", "make_submitter",
            "verify_document", "snapshot", "head", "stored_receipts", "request_body", "cli_args",
-           "public_key_hex", "EXIT", "STATUS", "MAX_SEQ", "RECEIPT_DOMAIN", "FORK_DOMAIN"]
+           "public_key_hex", "token_copy", "free_port", "volume_env", "ASAN", "DbView", "EXIT", "STATUS", "MAX_SEQ", "RECEIPT_DOMAIN", "FORK_DOMAIN"]

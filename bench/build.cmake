@@ -1,0 +1,6 @@
+# SPDX-License-Identifier: Apache-2.0
+# Benchmark helpers (not installed). Append-only: each area adds its own lines.
+
+# witness: bare sign and durable-commit ceilings, HTTP load (bench/witness)
+add_executable(lv-witness-bench ${CMAKE_CURRENT_LIST_DIR}/witness_bench.c)
+target_link_libraries(lv-witness-bench PRIVATE lvcore)
