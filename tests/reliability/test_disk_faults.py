@@ -174,3 +174,18 @@ def test_spool_the_service_user_cannot_open_is_exit_1_not_a_token_problem(vault,
                        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert p.returncode == 1, p.stderr
     assert p.stderr.strip().splitlines() == [f"status: spool {vault.db}: Permission denied"]
+
+
+def test_witness_database_the_service_user_cannot_open_is_exit_1(tmp_path):
+    # Regression: the same EACCES-as-PIN-error class as the spool's.
+    d = tmp_path / "private"
+    d.mkdir(mode=0o700)
+    db = d / "witness.sqlite3"
+    db.write_bytes(b"")
+    db.chmod(0o600)
+    binary = os.environ.get("LV_VALGRIND_REAL_BIN", lvtest.LV_BIN)
+    p = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                        binary, "--witness-db", str(db), "witness-forks"],
+                       env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == f"witness-forks: witness database {db}: Permission denied"
