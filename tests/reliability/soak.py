@@ -42,7 +42,20 @@ sys.path.insert(0, os.path.join(HERE, "..", "pylib"))
 sys.path.insert(0, os.path.join(HERE, "..", "relay"))
 
 import lvtest  # noqa: E402
+from faultlib import NotifyListener, Shim  # noqa: E402
 from relaylib import PKI, Receiver, public_key_hex, relay_env, verify_envelope, verify_receipt  # noqa: E402
+
+# Token faults the relay soak injects through the PKCS#11 shim, one rule set
+# at a time (each process that loads it meets each fault once).
+TOKEN_FAULTS = [
+    [],
+    ["C_Decrypt CKR_GENERAL_ERROR times=1"],
+    ["C_Decrypt CKR_SESSION_HANDLE_INVALID times=1"],
+    ["C_Decrypt CKR_DEVICE_REMOVED times=1"],
+    ["C_Decrypt CKR_USER_NOT_LOGGED_IN times=1"],
+    ["C_Sign CKR_GENERAL_ERROR after=5 times=1"],
+    ["C_Encrypt CKR_DEVICE_REMOVED after=8 times=1"],
+]
 
 RECEIPT_DOMAIN = b"attesto.local-vault.witness-receipt.v1\n"
 
@@ -162,6 +175,9 @@ def relay_soak(workdir, seconds, seed):
     # switched off for the final drain.
     rec.set_faults("random:prob=0.15:count=inf", "random:prob=0.08:count=inf:when=after")
     relay_env(vault, rec, pki)
+    # Token faults through the shim; half the batches opt in to relaying the
+    # payload, so leasing decrypts sealed envelopes too.
+    shim = Shim(vault)
     guard = TokenStoreGuard(vault)
     killer = Killer(rng, vault.env, guard)
     submitted = {}   # event_id -> line (all items ever handed to enqueue)
@@ -174,17 +190,18 @@ def relay_soak(workdir, seconds, seed):
         n = 0
         while not stop.is_set():
             k = rng.randint(1, 25)
+            sealed = rng.random() < 0.5
             lines = []
             for _ in range(k):
                 ref = f"r{n}"
                 n += 1
                 line = json.dumps({"stream_id": f"s{rng.randint(0, 5)}", "source_ref": ref,
                                    "payload": {"n": n, "blob": rng.getrandbits(52)}})
-                submitted[f"local-vault:inst-test:{ref}"] = line
+                submitted[f"local-vault:inst-test:{ref}"] = (line, sealed)
                 lines.append(line)
-            rc, out, err, killed = killer.run(["enqueue", "--jsonl", "-"],
-                                              input="\n".join(lines) + "\n", kill_prob=0.35,
-                                              max_ms=250)
+            rc, out, err, killed = killer.run(
+                ["enqueue", "--jsonl", "-"] + (["--include-payload"] if sealed else []),
+                input="\n".join(lines) + "\n", kill_prob=0.35, max_ms=250)
             stats["enqueue_runs"] += 1
             stats["enqueue_killed"] += killed
             if not killed and rc != 0 and not token_outage(rc, err, outages):
@@ -197,18 +214,49 @@ def relay_soak(workdir, seconds, seed):
                 printed[r["event_id"]] = r["envelope_hash"]
             time.sleep(rng.uniform(0, 0.05))
 
+    notify_dir = tempfile.mkdtemp(prefix="lv-soak-n.")  # short: unix socket paths
+
     def drainer():
+        n = 0
         while not stop.is_set():
-            rc, out, err, killed = killer.run(
-                ["drain-loop", "--backoff-base-ms", "20", "--timeout-ms", "400",
-                 "--lease-ms", "1000", "--max-in-flight", "8"],
-                kill_prob=1.0, max_ms=3000, timeout=60)
+            n += 1
+            nl = NotifyListener(_mkdir(notify_dir, str(n)))
+            p = subprocess.Popen(
+                [lvtest.LV_BIN, "drain-loop", "--backoff-base-ms", "20", "--timeout-ms", "400",
+                 "--lease-ms", "1000", "--max-in-flight", "8"], env=nl.env(dict(vault.env)),
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            # Most kills hit a working loop (after READY, however slow the
+            # build is to start); some hit start-up (spool open, recovery).
+            try:
+                if rng.random() < 0.2:
+                    p.wait(rng.uniform(0, 2.0))
+                else:
+                    nl.wait_for("READY", lambda x: x == "1", 120)
+                    p.wait(rng.uniform(0, 3.0))
+            except (subprocess.TimeoutExpired, AssertionError):
+                pass
+            killed = p.poll() is None
+            if killed:
+                p.kill()
+                with killer.lock:
+                    killer.kills += 1
+            err = p.communicate()[1].decode(errors="replace")
+            nl.close()
+            if killed:
+                guard.check()
             stats["drain_runs"] += 1
             stats["drain_killed"] += killed
-            if not killed and rc != 0 and not token_outage(rc, err, outages):
-                errors.append(f"drain-loop exit {rc}: {err.strip()}")
+            if not killed and p.returncode != 0 and not token_outage(p.returncode, err, outages):
+                errors.append(f"drain-loop exit {p.returncode}: {err.strip()}")
 
-    threads = [threading.Thread(target=enqueuer), threading.Thread(target=drainer)]
+    def token_faulter():
+        while not stop.is_set():
+            shim.set_rules(*rng.choice(TOKEN_FAULTS))
+            stop.wait(rng.uniform(0.5, 2.0))
+        shim.clear()
+
+    threads = [threading.Thread(target=enqueuer), threading.Thread(target=drainer),
+               threading.Thread(target=token_faulter)]
     for t in threads:
         t.start()
     time.sleep(seconds)
@@ -216,12 +264,21 @@ def relay_soak(workdir, seconds, seed):
     for t in threads:
         t.join(180)
     check(not errors, f"vault processes failed without being killed: {errors[:3]}")
+    check(not shim.bad_rules(), "the shim understood every rule")
 
     # Hand every item to the vault once more (as a source whose enqueue was
     # killed would): each is stored exactly once, with its first envelope.
-    rc, out, err, _ = killer.run(["enqueue", "--jsonl", "-"],
-                                 input="\n".join(submitted.values()) + "\n", timeout=600)
-    check(rc == 0, f"final enqueue: {err}")
+    shim.clear()
+    out = ""
+    for sealed in (False, True):
+        lines = [l for l, sl in submitted.values() if sl == sealed]
+        if not lines:
+            continue
+        rc, o, err, _ = killer.run(
+            ["enqueue", "--jsonl", "-"] + (["--include-payload"] if sealed else []),
+            input="\n".join(lines) + "\n", timeout=600)
+        check(rc == 0, f"final enqueue: {err}")
+        out += o
     for l in out.splitlines():
         r = json.loads(l)
         ev = r["event_id"]
@@ -245,6 +302,7 @@ def relay_soak(workdir, seconds, seed):
         check(time.monotonic() < deadline, f"final drain did not finish: {st}")
         time.sleep(0.2)
     rec.stop()
+    subprocess.run(["rm", "-rf", notify_dir])
 
     # The checks of the issue, on the spool file read independently.
     con = sqlite3.connect(f"file:{vault.env['ATTESTO_LOCAL_VAULT_SPOOL_DB']}?mode=ro", uri=True)
@@ -276,6 +334,7 @@ def relay_soak(workdir, seconds, seed):
         verify_receipt(receipt, rec)  # signed by the receiver: a verified ack
     figures = {"soak": "relay", "seconds": seconds, "seed": seed, "items": len(spool),
                "kills": killer.kills, "receiver_faults": faults_fired,
+               "token_faults": len(shim.injected()),
                "softhsm_store_restores": guard.restores, "token_outage_exits": len(outages),
                "receiver_log_entries": len(logs), **stats}
     if outages:

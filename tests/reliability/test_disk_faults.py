@@ -10,12 +10,17 @@ import subprocess
 import pytest
 
 import lvtest
-from faultlib import fill, remount, spool_rows, tmpfs
+from faultlib import ClonedVault, fill, remount, spool_rows, tmpfs
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return lvtest.Vault(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture
-def vault(tmp_path):
-    v = lvtest.Vault(tmp_path / "vault")
+def vault(tmp_path, template):
+    v = ClonedVault(template, tmp_path / "vault")
     v.mnt = str(tmp_path / "mnt")
     v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"] = os.path.join(v.mnt, "spool.sqlite3")
     v.db = v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"]

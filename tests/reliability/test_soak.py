@@ -21,7 +21,7 @@ def test_relay_crash_soak(tmp_path):
     # The soak did what it is for: processes really died mid-work and the
     # receiver really failed requests, and items flowed through all of it.
     assert fig["kills"] >= 5 and fig["enqueue_killed"] >= 1 and fig["drain_killed"] >= 1, fig
-    assert fig["receiver_faults"] >= 10 and fig["items"] >= 100, fig
+    assert fig["receiver_faults"] >= 10 and fig["token_faults"] >= 1 and fig["items"] >= 100, fig
 
 
 def test_witness_crash_soak(tmp_path):

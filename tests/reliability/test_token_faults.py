@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import lvtest
-from faultlib import NotifyListener, Shim, spool_rows
+from faultlib import ClonedVault, NotifyListener, Shim, spool_rows
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "relay"))
 from relaylib import PKI, Receiver, assert_log_agrees, public_key_hex, relay_env, verify_envelope  # noqa: E402
@@ -28,10 +28,18 @@ FAULTS = ["CKR_DEVICE_REMOVED", "CKR_SESSION_HANDLE_INVALID", "CKR_USER_NOT_LOGG
           "CKR_GENERAL_ERROR"]
 
 
-@pytest.fixture
-def vault(tmp_path):
-    v = lvtest.Vault(tmp_path / "vault")
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    """One provisioned token; each test gets its own copy (ClonedVault)."""
+    v = lvtest.Vault(tmp_path_factory.mktemp("template"))
     v.pk = public_key_hex(v)
+    return v
+
+
+@pytest.fixture
+def vault(tmp_path, template):
+    v = ClonedVault(template, tmp_path / "vault")
+    v.pk = template.pk
     v.shim = Shim(v)
     v.db = v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"]
     yield v

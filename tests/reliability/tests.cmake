@@ -12,5 +12,5 @@ lv_add_cmocka(reliability_regressions ${CMAKE_CURRENT_LIST_DIR}/test_regressions
 # Crash soaks, short form (tests/reliability/soak.py --long for the long one).
 lv_add_pytest(reliability_soak ${CMAKE_CURRENT_LIST_DIR}/test_soak.py LABELS reliability
               TIMEOUT 900)
-set_property(TEST reliability_soak APPEND PROPERTY ENVIRONMENT
+set_property(TEST reliability_soak APPEND PROPERTY ENVIRONMENT "${LV_SHIM_ENV}"
              "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
