@@ -4,3 +4,8 @@
 # witness: bare sign and durable-commit ceilings, HTTP load (bench/witness)
 add_executable(lv-witness-bench ${CMAKE_CURRENT_LIST_DIR}/witness_bench.c)
 target_link_libraries(lv-witness-bench PRIVATE lvcore)
+
+# spool: the token's bare C_Sign rate through p11-kit alone, the ceiling
+# bench/enqueue reads its rates against
+add_executable(lv-bench-sign ${CMAKE_CURRENT_LIST_DIR}/token_sign_rate.c)
+target_link_libraries(lv-bench-sign PRIVATE PkgConfig::P11KIT)

@@ -829,18 +829,20 @@ static int move_head(Witness *w, const char *witness_id, const WitnessRequest *r
     return 0;
 }
 
-static void evidence_key(const WitnessRequest *req, WitnessReason reason, const Row *acc,
-                         char out[WITNESS_HASH_HEX_LEN + 1])
+static int evidence_key(const WitnessRequest *req, WitnessReason reason, const Row *acc,
+                        char out[WITNESS_HASH_HEX_LEN + 1])
 {
     /* Identifiers and hashes cannot hold '\n', so this spelling is unambiguous. */
-    char *s = NULL;
+    _cleanup_free_ char *s = NULL;
     int n = asprintf(&s, "%s\n%" PRId64 "\n%s\n%s\n%" PRId64 "\n%s\n%s",
                      witness_reason_name(reason), acc->seq, acc->hash, req->checkpoint_id, req->seq,
                      req->checkpoint_hash, req->previous_hash ? req->previous_hash : "-");
-    if (n < 0)
-        abort(); /* asprintf fails only without memory */
+    if (n < 0) {
+        s = NULL;
+        return -ENOMEM;
+    }
     lv_sha256_hex(s, (size_t)n, out);
-    free(s);
+    return 0;
 }
 
 static int find_fork(Witness *w, const char *witness_id, const WitnessRequest *req, const char *key,
@@ -988,7 +990,8 @@ int witness_submit(Witness *w, Token *t, const char *witness_id, const WitnessRe
     }
     case WITNESS_FORK: {
         char key[WITNESS_HASH_HEX_LEN + 1];
-        evidence_key(req, out.reason, &acc, key);
+        if ((r = evidence_key(req, out.reason, &acc, key)) < 0)
+            goto done;
         r = find_fork(w, witness_id, req, key, &doc);
         if (r == 0) {
             out.reused = true;

@@ -11,7 +11,10 @@ lv_packages() {
 lv_missing_packages() {
   local p missing=()
   for p in $(lv_packages); do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+    # triggers-pending/-awaited: installed and configured, with a trigger
+    # still to run (for instance man-db's while a test installs a .deb).
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null |
+      grep -Eq 'install ok (installed|triggers-pending|triggers-awaited)' || missing+=("$p")
   done
   echo "${missing[@]}"
 }
@@ -27,9 +30,12 @@ lv_ensure_packages() {
   fi
   echo "==> installing: $missing"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
+  # Several suites may share the machine: wait for another dpkg run rather
+  # than fail. (While packaging_deb_install installs the .deb, man-db runs
+  # its trigger and is briefly not "installed" by the check above.)
+  apt-get -o DPkg::Lock::Timeout=600 update -qq >/dev/null
   # shellcheck disable=SC2086
-  apt-get install -y -qq --no-install-recommends $missing >/dev/null
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $missing >/dev/null
 }
 
 # lv_build DIR [cmake args...]: configure (once) and build in DIR.

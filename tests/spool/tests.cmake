@@ -3,3 +3,7 @@
 # files, pytest for the verbs (with spool-tool driving leases).
 lv_add_cmocka(envelope_ack ${CMAKE_CURRENT_LIST_DIR}/test_envelope_ack.c LABELS spool)
 lv_add_cmocka(spool_core ${CMAKE_CURRENT_LIST_DIR}/test_spool_core.c LABELS spool)
+add_executable(spool-tool ${CMAKE_CURRENT_LIST_DIR}/spool_tool.c)
+target_link_libraries(spool-tool PRIVATE lvcore)
+lv_add_pytest(spool_cli ${CMAKE_CURRENT_LIST_DIR}/test_spool_cli.py LABELS spool TIMEOUT 900)
+set_property(TEST spool_cli APPEND PROPERTY ENVIRONMENT "LV_SPOOL_TOOL=$<TARGET_FILE:spool-tool>")

@@ -68,43 +68,51 @@ def test_kill_9_of_the_server_during_submissions(tmp_path):
     chain = Chain(vault, "str_srv")
     rng = random.Random(1)
 
+    failures = []
     for _ in range(SERVER_KILLS):
         srv = Server(vault, ["--rate-limit", "0"], env=volume_env(vault.env))
+        try:
+            def resubmit(seq):
+                st, hd, body = srv.post(request_body(*chain.req(seq)))
+                return (hd.get("attesto-witness-result") if st == 200 else f"http {st}"), body
 
-        def resubmit(seq):
-            st, hd, body = srv.post(request_body(*chain.req(seq)))
-            return (hd.get("attesto-witness-result") if st == 200 else f"http {st}"), body
+            chain.check_after_restart(resubmit)
+            stop = threading.Event()
 
-        chain.check_after_restart(resubmit)
-        stop = threading.Event()
+            def drive():
+                conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+                seq = chain.last + 1
+                try:
+                    while not stop.is_set():
+                        st, hd, body = srv.post(request_body(*chain.req(seq)), conn=conn)
+                        if st != 200 or hd["attesto-witness-result"] != "accepted":
+                            failures.append((seq, st, body))
+                            return
+                        chain.record(seq, body)
+                        seq += 1
+                except (ConnectionError, http.client.HTTPException, OSError):
+                    pass  # the server died under the request: its answer is lost
+                finally:
+                    conn.close()
 
-        def drive():
-            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
-            seq = chain.last + 1
-            try:
-                while not stop.is_set():
-                    st, hd, body = srv.post(request_body(*chain.req(seq)), conn=conn)
-                    assert st == 200 and hd["attesto-witness-result"] == "accepted", (st, body)
-                    chain.record(seq, body)
-                    seq += 1
-            except (ConnectionError, http.client.HTTPException, OSError):
-                pass  # the server died under the request: its answer is lost
-            finally:
-                conn.close()
-
-        t = threading.Thread(target=drive)
-        t.start()
-        # Let the stream get going, then kill at a random moment of it.
-        n0 = len(chain.outputs)
-        deadline = time.time() + 30
-        while len(chain.outputs) == n0 and t.is_alive() and time.time() < deadline:
-            time.sleep(0.005)
-        time.sleep(rng.uniform(0, 0.3))
-        srv.proc.kill()                       # kill -9, in the middle of the stream
-        srv.proc.wait()
-        stop.set()
-        t.join(timeout=60)
-        srv.log.close()
+            t = threading.Thread(target=drive)
+            t.start()
+            # Let the stream get going, then kill at a random moment of it.
+            n0 = len(chain.outputs)
+            deadline = time.time() + 30
+            while len(chain.outputs) == n0 and t.is_alive() and time.time() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0, 0.3))
+            srv.proc.kill()                       # kill -9, in the middle of the stream
+            srv.proc.wait()
+            stop.set()
+            t.join(timeout=60)
+            assert not failures, failures
+        finally:
+            if srv.proc.poll() is None:
+                srv.proc.kill()
+                srv.proc.wait()
+            srv.log.close()
     srv = Server(vault)
     try:
         chain.check_after_restart(

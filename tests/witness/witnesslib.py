@@ -149,7 +149,12 @@ class Server:
             [LV_BIN, "witness-serve", "--listen", f"127.0.0.1:{self.port}"] + list(extra),
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
-            self.wait_listening()
+            try:
+                self.wait_listening()
+            except BaseException:
+                self.proc.kill()
+                self.proc.wait()
+                raise
 
     def wait_listening(self, timeout=20):
         deadline = time.time() + timeout
