@@ -163,7 +163,16 @@ class Killer:
 
 # ---- relay soak -------------------------------------------------------------------
 
-def relay_soak(workdir, seconds, seed):
+def run_until(seconds, enough, cap):
+    """Sleeps `seconds`, then on until enough() or `cap` seconds in all: a
+    slow build (ASan on a busy machine) still gets the work it needs."""
+    t0 = time.monotonic()
+    time.sleep(seconds)
+    while not enough() and time.monotonic() - t0 < cap:
+        time.sleep(0.5)
+
+
+def relay_soak(workdir, seconds, seed, cap=None):
     rng = random.Random(seed)
     vault = lvtest.Vault(os.path.join(workdir, "vault"))
     pk = public_key_hex(vault)
@@ -259,7 +268,10 @@ def relay_soak(workdir, seconds, seed):
                threading.Thread(target=token_faulter)]
     for t in threads:
         t.start()
-    time.sleep(seconds)
+    run_until(seconds, lambda: (stats["enqueue_killed"] >= 3 and stats["drain_killed"] >= 3
+                                and len(submitted) >= 200
+                                and receiver_stats(rec)["faults_fired"] >= 20
+                                and len(shim.injected()) >= 3), cap or seconds)
     stop.set()
     for t in threads:
         t.join(180)
@@ -367,7 +379,7 @@ class UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = s
 
 
-def witness_soak(workdir, seconds, seed):
+def witness_soak(workdir, seconds, seed, cap=None):
     rng = random.Random(seed)
     vault = lvtest.Vault(os.path.join(workdir, "witness-vault"))
     pk = public_key_hex(vault)
@@ -495,7 +507,14 @@ def witness_soak(workdir, seconds, seed):
     threads.append(threading.Thread(target=server_killer))
     for t in threads:
         t.start()
-    time.sleep(seconds)
+
+    def enough():
+        with docs_lock:
+            results = [d.get("result") for d in docs]
+        return (stats["cli_killed"] >= 3 and stats["server_kills"] >= 2
+                and results.count("accepted") >= 10 and results.count("fork_evidence") >= 1)
+
+    run_until(seconds, enough, cap or seconds)
     stop.set()
     for t in threads:
         t.join(120)

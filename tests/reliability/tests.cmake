@@ -14,3 +14,7 @@ lv_add_pytest(reliability_soak ${CMAKE_CURRENT_LIST_DIR}/test_soak.py LABELS rel
               TIMEOUT 900)
 set_property(TEST reliability_soak APPEND PROPERTY ENVIRONMENT "${LV_SHIM_ENV}"
              "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
+lv_add_pytest(reliability_lease ${CMAKE_CURRENT_LIST_DIR}/test_lease_lost.py LABELS reliability
+              TIMEOUT 300)
+set_property(TEST reliability_lease APPEND PROPERTY ENVIRONMENT
+             "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
