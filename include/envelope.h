@@ -42,6 +42,10 @@ int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *r
  * LV_ERR_INPUT with detail on a malformed envelope. */
 int envelope_verify(const char *body, size_t len, const uint8_t pk[32]);
 
+/* Deletes a cJSON tree after wiping its names and strings: for trees that
+ * held payload plaintext (an opt-in envelope, a decrypted payload). NULL ok. */
+void envelope_json_erase(cJSON *j);
+
 /* "local-vault:<installation_id>:<source_ref>" into out (>= ENVELOPE_EVENT_ID_MAX). */
 void envelope_event_id(const char *installation_id, const char *source_ref,
                        char out[ENVELOPE_EVENT_ID_MAX]);

@@ -33,6 +33,10 @@ static void cjson_freep(cJSON **j)
     cJSON_Delete(*j);
 }
 #define _cleanup_cjson_ _cleanup_(cjson_freep)
+static void cjson_erasep(cJSON **j)
+{
+    envelope_json_erase(*j);
+}
 
 static int usage_error(const char *verb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
@@ -840,7 +844,7 @@ int show_main(const Config *cfg, int argc, char **argv)
     if (r < 0)
         return cli_fail(verb, r);
 
-    _cleanup_cjson_ cJSON *o = info_json(&it);
+    cJSON *o = info_json(&it);
     cJSON_AddStringToObject(o, "payload_hash", it.payload_hash);
     if (strcmp(it.state, "relaying") == 0) {
         cJSON *lease = cJSON_AddObjectToObject(o, "lease");
@@ -864,11 +868,9 @@ int show_main(const Config *cfg, int argc, char **argv)
         puts(text);
         erase_and_free(text, strlen(text));
     }
-    /* The tree holds the plaintext payload: wipe its strings. */
-    if (want_payload) {
-        cJSON_Delete(cJSON_DetachItemFromObject(o, "payload"));
-        erase_and_free(payload, payload_len);
-    }
+    /* The tree may hold plaintext (the payload, an opt-in envelope). */
+    envelope_json_erase(o);
+    erase_and_free(payload, payload_len);
     spool_item_info_done(&it);
     return LV_EXIT_OK;
 }
@@ -1078,7 +1080,7 @@ int verify_main(const Config *cfg, int argc, char **argv)
         text[--len] = '\0';
     if (len && text[len - 1] == '\r')
         text[--len] = '\0';
-    _cleanup_cjson_ cJSON *doc = cJSON_ParseWithLength(text, len);
+    _cleanup_(cjson_erasep) cJSON *doc = cJSON_ParseWithLength(text, len);
     if (!cJSON_IsObject(doc))
         return cli_fail(verb, lv_error_set(LV_ERR_INPUT, "%s: not a JSON object", path));
     const DocKind *kind = NULL;

@@ -160,11 +160,42 @@ done:
     return r;
 }
 
+static void wipe_tree(cJSON *j)
+{
+    for (; j; j = j->next) {
+        if (j->string)
+            explicit_bzero(j->string, strlen(j->string));
+        if (j->valuestring)
+            explicit_bzero(j->valuestring, strlen(j->valuestring));
+        j->valuedouble = 0;
+        j->valueint = 0;
+        wipe_tree(j->child);
+    }
+}
+
+void envelope_json_erase(cJSON *j)
+{
+    if (!j)
+        return;
+    /* Only this node's subtree: its siblings belong to someone else. */
+    if (j->string)
+        explicit_bzero(j->string, strlen(j->string));
+    if (j->valuestring)
+        explicit_bzero(j->valuestring, strlen(j->valuestring));
+    wipe_tree(j->child);
+    cJSON_Delete(j);
+}
+
 static void cjson_freep(cJSON **j)
 {
     cJSON_Delete(*j);
 }
 #define _cleanup_cjson_ _cleanup_(cjson_freep)
+static void cjson_erasep(cJSON **j)
+{
+    envelope_json_erase(*j);
+}
+#define _cleanup_cjson_erase_ _cleanup_(cjson_erasep)
 
 /* A string member, present and a string, or NULL. */
 static const char *member_str(const cJSON *obj, const char *name)
@@ -198,7 +229,7 @@ static bool valid_time(const char *s)
 
 int envelope_verify(const char *body, size_t len, const uint8_t pk[32])
 {
-    _cleanup_cjson_ cJSON *root = NULL;
+    _cleanup_cjson_erase_ cJSON *root = NULL;
     _cleanup_free_ char *canon = NULL, *unsigned_json = NULL;
     _cleanup_free_ uint8_t *msg = NULL;
     size_t canon_len = 0, unsigned_len = 0, msg_len = 0;
@@ -310,7 +341,7 @@ static int copy_field(char *out, size_t size, const char *v)
 
 int envelope_fields(const char *body, size_t len, EnvelopeFields *ret)
 {
-    _cleanup_cjson_ cJSON *root = cJSON_ParseWithLength(body, len);
+    _cleanup_cjson_erase_ cJSON *root = cJSON_ParseWithLength(body, len);
     if (!cJSON_IsObject(root))
         return lv_error_set(LV_ERR_INPUT, "envelope: not a JSON object");
     const cJSON *ls = cJSON_GetObjectItemCaseSensitive(root, "local_signature");

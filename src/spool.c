@@ -830,6 +830,10 @@ static void cjson_freep(cJSON **j)
     cJSON_Delete(*j);
 }
 #define _cleanup_cjson_ _cleanup_(cjson_freep)
+static void cjson_erasep(cJSON **j)
+{
+    envelope_json_erase(*j);
+}
 
 int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
 {
@@ -849,7 +853,7 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
     if (it->payload_len > SPOOL_MAX_PAYLOAD)
         return lv_error_set(LV_ERR_TOOBIG, "payload: %zu bytes, over the limit of %d bytes",
                             it->payload_len, SPOOL_MAX_PAYLOAD);
-    _cleanup_cjson_ cJSON *tree = NULL;
+    _cleanup_(cjson_erasep) cJSON *tree = NULL;
     r = canon_parse(it->payload, it->payload_len, SPOOL_MAX_PAYLOAD, "payload", &tree);
     if (r < 0)
         return r;

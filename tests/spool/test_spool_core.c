@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "canon.h"
 #include "envelope.h"
 #include "lv.h"
 #include "lvtest.h"
@@ -161,6 +162,106 @@ static void envelope_verifies_and_any_change_fails(void **state)
     assert_int_equal(envelope_verify(t, n2, fx.pk), LV_ERR_INPUT);
     assert_non_null(strstr(lv_error(), "canonical"));
     free(t);
+    free(body);
+}
+
+/* Re-serializes body after mut() changed its tree, canonically, so that
+ * only the field rule under test can fail. */
+static int verify_mutated(const char *body, size_t len, void (*mut)(cJSON *))
+{
+    cJSON *root = cJSON_ParseWithLength(body, len);
+    mut(root);
+    char *out = NULL;
+    size_t out_len = 0;
+    if (canon_serialize(root, &out, &out_len) < 0)
+        fail_msg("canon_serialize: %s", lv_error());
+    cJSON_Delete(root);
+    int r = envelope_verify(out, out_len, fx.pk);
+    free(out);
+    return r;
+}
+
+static void m_unknown(cJSON *o)
+{
+    cJSON_AddStringToObject(o, "extra", "x");
+}
+static void m_version(cJSON *o)
+{
+    cJSON_ReplaceItemInObject(o, "envelope_version", cJSON_CreateNumber(2));
+}
+static void m_event_id(cJSON *o)
+{
+    cJSON_ReplaceItemInObject(o, "event_id", cJSON_CreateString("local-vault:inst:other"));
+}
+static void m_stream(cJSON *o)
+{
+    cJSON_ReplaceItemInObject(o, "stream_id", cJSON_CreateString("bad stream"));
+}
+static void m_time(cJSON *o)
+{
+    cJSON_ReplaceItemInObject(o, "spooled_at", cJSON_CreateString("2026-11-28 12:00:00"));
+}
+static void m_hash(cJSON *o)
+{
+    cJSON_ReplaceItemInObject(o, "payload_hash", cJSON_CreateString("ABC"));
+}
+static void m_alg(cJSON *o)
+{
+    cJSON_ReplaceItemInObject(cJSON_GetObjectItem(o, "local_signature"), "alg",
+                              cJSON_CreateString("Ed448"));
+}
+static void m_sig_upper(cJSON *o)
+{
+    cJSON *ls = cJSON_GetObjectItem(o, "local_signature");
+    char sig[129];
+    snprintf(sig, sizeof(sig), "%s", cJSON_GetObjectItem(ls, "signature")->valuestring);
+    for (char *p = sig; *p; p++)
+        if (*p >= 'a' && *p <= 'f')
+            *p = (char)(*p - 'a' + 'A');
+    cJSON_ReplaceItemInObject(ls, "signature", cJSON_CreateString(sig));
+}
+static void m_no_sig(cJSON *o)
+{
+    cJSON_DeleteItemFromObject(o, "local_signature");
+}
+static void m_payload_array(cJSON *o)
+{
+    cJSON_AddItemToObject(o, "payload", cJSON_CreateArray());
+}
+
+static void envelope_verify_names_the_broken_field(void **state)
+{
+    const char *payload = "{\"a\":1}";
+    EnvelopeInput in = {.installation_id = "inst",
+                        .stream_id = "str_1",
+                        .source_ref = "ref-1",
+                        .payload_canon = payload,
+                        .payload_len = strlen(payload),
+                        .spooled_at_ms = 1795867200000};
+    char *body = NULL, hash[65];
+    size_t len = 0;
+    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, hash), 0);
+    static const struct {
+        void (*mut)(cJSON *);
+        const char *needle;
+    } cases[] = {
+        {m_unknown, "envelope.extra: unknown member"},
+        {m_version, "envelope.envelope_version"},
+        {m_event_id, "envelope.event_id"},
+        {m_stream, "envelope.stream_id"},
+        {m_time, "envelope.spooled_at"},
+        {m_hash, "envelope.payload_hash"},
+        {m_alg, "envelope.local_signature.alg"},
+        {m_sig_upper, "envelope.local_signature.signature"},
+        {m_no_sig, "envelope.local_signature"},
+        {m_payload_array, "envelope.payload"},
+    };
+    for (size_t i = 0; i < ELEMENTSOF(cases); i++) {
+        lv_error_clear();
+        assert_int_equal(verify_mutated(body, len, cases[i].mut), LV_ERR_INPUT);
+        if (!strstr(lv_error(), cases[i].needle))
+            fail_msg("case %zu: \"%s\" does not name %s", i, lv_error(), cases[i].needle);
+    }
     free(body);
 }
 
@@ -719,6 +820,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(envelope_verifies_and_any_change_fails),
+        cmocka_unit_test(envelope_verify_names_the_broken_field),
         cmocka_unit_test(envelope_refuses_bad_identifiers),
         cmocka_unit_test(envelope_with_opt_in_payload_verifies),
         cmocka_unit_test(duplicate_and_conflict),
