@@ -24,7 +24,7 @@ def test_relay_crash_soak(tmp_path):
     # The soak did what it is for: processes really died mid-work and the
     # receiver really failed requests, and items flowed through all of it.
     assert fig["enqueue_killed"] >= 3 and fig["drain_killed"] >= 3, fig
-    assert fig["receiver_faults"] >= 20 and fig["token_faults"] >= 3 and fig["items"] >= 200, fig
+    assert fig["receiver_faults"] >= 10 and fig["token_faults"] >= 3 and fig["items"] >= 200, fig
 
 
 def test_witness_crash_soak(tmp_path):
