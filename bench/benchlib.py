@@ -6,6 +6,8 @@ import json
 import os
 import resource
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +129,68 @@ def run_json(args, env=None, timeout=None):
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: exit {p.returncode}\n{p.stderr[-2000:]}")
     return json.loads(p.stdout)
+
+
+class Notify:
+    """Our own NOTIFY_SOCKET: what the service would tell systemd."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+
+    def wait_for(self, key, proc, deadline):
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                msg = self.sock.recv(4096).decode(errors="replace")
+            except socket.timeout:
+                continue
+            if key in msg.split("\n"):
+                return time.monotonic()
+        raise RuntimeError(f"drain-loop did not report {key}")
+
+    def flush(self):
+        try:
+            while True:
+                self.sock.recv(4096)
+        except socket.timeout:
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()):
+    """Runs `drain-loop` until the receiver (accepted: its EventsLog) took k
+    more envelopes; times that from READY=1. Returns (seconds, cpu seconds
+    of the whole process, peak RSS MiB from wait4's ru_maxrss, stderr)."""
+    env = dict(env, NOTIFY_SOCKET=notify.path)
+    start = accepted.poll()
+    with open(errpath, "wb") as errf:
+        proc = subprocess.Popen([lv, "drain-loop", "--max-in-flight", "64", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=errf)
+    deadline = time.monotonic() + timeout
+    try:
+        ready = notify.wait_for("READY=1", proc, deadline)
+        while accepted.poll() - start < k:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"drain-loop: {accepted.poll() - start} of {k} accepted")
+            time.sleep(0.005)
+        done = time.monotonic()
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        _, status, ru = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        notify.flush()
+    with open(errpath, errors="replace") as f:
+        err = f.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"drain-loop exited {proc.returncode}: {err[-1000:]}")
+    # Every attempt must have been a delivery: a refusal or a retry would
+    # make the figure meaningless.
+    bad = [line for line in err.splitlines() if "REASON=" in line and "REASON=delivered" not in line]
+    if bad:
+        raise RuntimeError(f"drain-loop: {len(bad)} failed attempt(s), first: {bad[0]}")
+    return done - ready, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, err
