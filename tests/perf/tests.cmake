@@ -19,3 +19,10 @@ if(TARGET lv-bench-sign)
   set_property(TEST perf_ceiling_sign APPEND PROPERTY ENVIRONMENT
                "LV_BENCH_SIGN=$<TARGET_FILE:lv-bench-sign>")
 endif()
+if(TARGET https_post_ceiling)
+  lv_add_pytest(perf_ceiling_post ${CMAKE_CURRENT_LIST_DIR}/test_ceiling_post.py LABELS perf
+                TIMEOUT 300)
+  set_property(TEST perf_ceiling_post APPEND PROPERTY ENVIRONMENT
+               "LV_POST_CEILING=$<TARGET_FILE:https_post_ceiling>"
+               "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
+endif()
