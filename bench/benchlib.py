@@ -161,17 +161,41 @@ class Notify:
         self.sock.close()
 
 
+def _child_of(pid, deadline):
+    """The one child of pid (the program /usr/bin/time runs)."""
+    path = f"/proc/{pid}/task/{pid}/children"
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                kids = f.read().split()
+            if kids:
+                return int(kids[0])
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError("drain-loop did not start")
+
+
 def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()):
     """Runs `drain-loop` until the receiver (accepted: its EventsLog) took k
-    more envelopes; times that from READY=1. Returns (seconds, cpu seconds
-    of the whole process, peak RSS MiB from wait4's ru_maxrss, stderr)."""
+    more envelopes; times that from READY=1. Returns (seconds, CPU seconds
+    of the whole process, peak RSS in MiB, stderr).
+
+    The peak RSS comes from /usr/bin/time (the child's ru_maxrss, the
+    kernel's VmHWM over its whole life, wind-down included). Not from our
+    own wait4(): a child forked by this Python process starts with Python's
+    RSS as its high-water mark, which would inflate the figure."""
     env = dict(env, NOTIFY_SOCKET=notify.path)
     start = accepted.poll()
+    rusage = errpath + ".time"
     with open(errpath, "wb") as errf:
-        proc = subprocess.Popen([lv, "drain-loop", "--max-in-flight", "64", *args], env=env,
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", rusage, lv,
+                                 "drain-loop", "--max-in-flight", "64", *args], env=env,
                                 stdout=subprocess.DEVNULL, stderr=errf)
     deadline = time.monotonic() + timeout
+    child = None
     try:
+        child = _child_of(proc.pid, deadline)
         ready = notify.wait_for("READY=1", proc, deadline)
         while accepted.poll() - start < k:
             if time.monotonic() > deadline or proc.poll() is not None:
@@ -179,10 +203,14 @@ def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()
             time.sleep(0.005)
         done = time.monotonic()
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-        _, status, ru = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        if child and proc.poll() is None:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        elif proc.poll() is None:
+            proc.kill()
+        proc.wait()
         notify.flush()
     with open(errpath, errors="replace") as f:
         err = f.read()
@@ -193,4 +221,6 @@ def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()
     bad = [line for line in err.splitlines() if "REASON=" in line and "REASON=delivered" not in line]
     if bad:
         raise RuntimeError(f"drain-loop: {len(bad)} failed attempt(s), first: {bad[0]}")
-    return done - ready, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024.0, err
+    with open(rusage) as f:
+        kib, user, system = f.read().split()[-3:]
+    return done - ready, float(user) + float(system), int(kib) / 1024.0, err
