@@ -95,6 +95,27 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
                     SpoolLease **ret_leases, size_t *ret_n);
 void spool_leases_free(SpoolLease *l, size_t n);
 
+/* Pipelining streams: for each request, leases for owner the item that
+ * follows after_id in stream_id (the next in enqueue order) when it is
+ * queued and due at now_ms, and only while owner still holds after_id's
+ * lease; found tells whether there was one. All in one transaction; the
+ * rows' checks (decryption on the token, hashes) run on two threads. The
+ * caller keeps at most one item of a stream in flight: it sends the new
+ * lease only once after_id is delivered or dead-lettered, and otherwise
+ * returns it with spool_release_lease. A row that fails its check is
+ * quarantined (not found). */
+typedef struct SpoolNext {
+    const char *stream_id;
+    int64_t after_id;
+    bool found;
+    SpoolLease lease;
+} SpoolNext;
+int spool_lease_next_many(Spool *s, const char *owner, SpoolNext *req, size_t n, int64_t now_ms,
+                          int64_t lease_ms);
+/* Returns one of owner's leases to queued (attempts kept); 0 when owner no
+ * longer holds it. */
+int spool_release_lease(Spool *s, int64_t id, const char *owner);
+
 /* Outcomes; each checks that owner still holds the lease. */
 int spool_mark_receipted(Spool *s, int64_t id, const char *owner, const char *receipt_json);
 /* burn_attempt=false for 401/403 (installation paused). Moves to dead_letter

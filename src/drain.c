@@ -6,7 +6,9 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <limits.h>
+#include <pthread.h>
 #include <signal.h>
+#include <sys/eventfd.h>
 #include <sys/inotify.h>
 #include <sys/signalfd.h>
 #include <systemd/sd-daemon.h>
@@ -26,10 +28,51 @@
  * faster than this is pointless, whatever the backoff base. */
 #define PAUSE_FLOOR_MS 1000
 
+/* One lane of the drain: the transfer in flight, and the item that follows
+ * it in its stream, leased ahead and sent the moment the first one is
+ * through (pipelining a stream without ever having two of it in flight). */
 typedef struct Slot {
-    bool used;
+    bool used; /* lease is in flight */
     SpoolLease lease;
+    bool has_next; /* next: leased, unsent, same stream */
+    SpoolLease next;
+    bool next_asked; /* a round is looking for next */
+    bool next_none;  /* a round found nothing behind lease */
+    /* The item that last finished here while its successor was still being
+     * leased: whether its stream may move on once that arrives. */
+    int64_t done_id;
+    bool done_moves_on;
 } Slot;
+
+typedef enum { OUT_NONE, OUT_DELIVERED, OUT_RETRY, OUT_DEAD, OUT_PAUSE, OUT_ABORTED } OutKind;
+
+/* A finished attempt, judged by the main thread, for the worker to record;
+ * or (kind OUT_NONE) only a lease to give back. */
+typedef struct Finished {
+    OutKind kind;
+    bool has_lease;
+    SpoolLease lease; /* the attempt (owned) */
+    char reason[64];  /* OUT_RETRY, OUT_DEAD, OUT_PAUSE */
+    int64_t retry_after_ms;
+    char detail[256]; /* libcurl's words for a transport failure */
+    char *receipt;    /* OUT_DELIVERED: the receipt JSON (malloc'd) */
+    bool has_release;
+    SpoolLease release; /* a leased successor that must not be sent: back to queued */
+} Finished;
+
+typedef struct FinishedList {
+    Finished *v;
+    size_t n, cap;
+} FinishedList;
+
+/* A successor a round is asked to lease: slot k, behind its item after_id. */
+typedef struct Ask {
+    size_t slot;
+    int64_t after_id;
+    char stream_id[129];
+    bool found;
+    SpoolLease lease;
+} Ask;
 
 struct Drain {
     Spool *spool;
@@ -46,6 +89,31 @@ struct Drain {
     int64_t next_wake_ms; /* earliest retry this process scheduled (wall clock) */
     bool want_lease;
     bool stopping;
+    char error_detail[1024]; /* lv_error() of the first failure, whichever thread had it */
+
+    /* Pipelining (see "the spool worker" below). */
+    pthread_t worker;
+    bool worker_started;
+    int efd; /* eventfd: the worker finished a round */
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    bool go, quit, round_done; /* under lock */
+    bool busy;                 /* main thread's view: a round is out */
+    bool winding;              /* main thread: stopping, send nothing new */
+    int main_error;            /* main thread's failure while a round was out */
+    char main_detail[1024];
+    FinishedList fin;  /* main thread: finished since the last round went out */
+    FinishedList work; /* the round's own */
+    /* The round's lease request and its results: */
+    bool round_lease;
+    int64_t round_lease_now;
+    size_t want_heads;
+    SpoolLease *heads;
+    size_t n_heads;
+    Ask *head_next;   /* the successor of each new head, leased with it */
+    SpoolNext *nexts; /* fill's request to the spool */
+    Ask *asks;
+    size_t n_asks;
 };
 
 int64_t drain_backoff_ms(int attempts, int64_t base_ms, int64_t retry_after_ms)
@@ -96,6 +164,20 @@ int drain_new(Spool *s, Relay *r, const DrainOptions *opt, Drain **ret)
         free(d);
         return -ENOMEM;
     }
+    d->asks = calloc(d->n_slots, sizeof(Ask));
+    d->head_next = calloc(d->n_slots, sizeof(Ask));
+    d->nexts = calloc(2 * d->n_slots, sizeof(SpoolNext));
+    if (!d->asks || !d->head_next || !d->nexts) {
+        free(d->asks);
+        free(d->head_next);
+        free(d->nexts);
+        free(d->slots);
+        free(d);
+        return -ENOMEM;
+    }
+    d->efd = -1;
+    pthread_mutex_init(&d->lock, NULL);
+    pthread_cond_init(&d->cond, NULL);
     *ret = d;
     return 0;
 }
@@ -103,7 +185,33 @@ int drain_new(Spool *s, Relay *r, const DrainOptions *opt, Drain **ret)
 static void slot_clear(Slot *sl)
 {
     free(sl->lease.body);
+    free(sl->next.body);
     memset(sl, 0, sizeof(*sl));
+}
+
+static void finished_clear(FinishedList *l)
+{
+    for (size_t i = 0; i < l->n; i++) {
+        free(l->v[i].lease.body);
+        free(l->v[i].release.body);
+        free(l->v[i].receipt);
+    }
+    l->n = 0;
+}
+
+static Finished *finished_add(FinishedList *l)
+{
+    if (l->n == l->cap) {
+        size_t cap = l->cap ? l->cap * 2 : 64;
+        Finished *v = realloc(l->v, cap * sizeof(*v));
+        if (!v)
+            return NULL;
+        l->v = v;
+        l->cap = cap;
+    }
+    Finished *f = &l->v[l->n++];
+    memset(f, 0, sizeof(*f));
+    return f;
 }
 
 Drain *drain_free(Drain *d)
@@ -112,12 +220,26 @@ Drain *drain_free(Drain *d)
         return NULL;
     bool held = false;
     for (size_t i = 0; i < d->n_slots; i++)
-        if (d->slots[i].used) {
+        if (d->slots[i].used || d->slots[i].has_next) {
             held = true;
             slot_clear(&d->slots[i]);
         }
     if (held)
         (void)spool_release_leases(d->spool, d->owner);
+    finished_clear(&d->fin);
+    finished_clear(&d->work);
+    free(d->fin.v);
+    free(d->work.v);
+    spool_leases_free(d->heads, d->n_heads);
+    for (size_t i = 0; i < d->n_asks; i++)
+        free(d->asks[i].lease.body);
+    for (size_t i = 0; i < d->n_heads; i++)
+        free(d->head_next[i].lease.body);
+    free(d->asks);
+    free(d->head_next);
+    free(d->nexts);
+    pthread_cond_destroy(&d->cond);
+    pthread_mutex_destroy(&d->lock);
     free(d->slots);
     free(d);
     return NULL;
@@ -125,25 +247,25 @@ Drain *drain_free(Drain *d)
 
 static void fail(Drain *d, int r)
 {
-    if (d->error == 0)
+    if (d->error == 0) {
         d->error = r < 0 ? r : -EIO;
+        /* lv_error() is per thread: keep it for whichever thread reports. */
+        snprintf(d->error_detail, sizeof(d->error_detail), "%s", lv_error());
+    }
 }
 
-/* Group commit: the outcomes one relay_run round reports and the leases
- * that refill the freed slots share one transaction (spool_batch_begin), so
- * one fsync makes them all durable instead of one per item. The group is
- * committed before relay_run runs again, so a new lease is on disk before a
- * byte of its request is sent (relay_submit only queues), and the write lock
- * is never held across relay_run's wait: relay_run reports only after it has
- * finished waiting, and returns right after reporting. */
-static void round_begin(Drain *d)
+/* Group commit: the outcomes a round records and the leases that refill
+ * the freed slots share one transaction (spool_batch_begin), so one fsync
+ * makes them all durable instead of one per item. A round never waits on
+ * the network, so the spool's write lock is held only while it works. */
+static void group_begin(Drain *d)
 {
     int r = spool_batch_begin(d->spool);
     if (r < 0)
         fail(d, r);
 }
 
-static void round_end(Drain *d)
+static void group_end(Drain *d)
 {
     int r = spool_batch_commit(d->spool);
     if (r < 0)
@@ -260,29 +382,21 @@ static void delivered(Drain *d, SpoolLease *l, const char *receipt)
     log_attempt(LV_LOG_DEBUG, l, NULL, "delivered");
 }
 
-static void on_done(void *userdata, const RelayResult *res)
+/* What an attempt's result means (DESIGN §5.4, §5.5), judged by the main
+ * thread when the transfer finishes, so that it knows at once whether the
+ * stream may move on. */
+static void judge(Finished *f, const RelayResult *res)
 {
-    Drain *d = userdata;
-    if (res->tag >= d->n_slots || !d->slots[res->tag].used)
-        return;
-    Slot *sl = &d->slots[res->tag];
-    SpoolLease *l = &sl->lease;
-    d->want_lease = true;
-    if (d->error < 0) {
-        /* After a spool failure nothing more is recorded; the lease is
-         * released (or expires) and the item is sent again later. */
-        slot_clear(sl);
-        return;
-    }
+    const SpoolLease *l = &f->lease;
+    f->retry_after_ms = -1;
     if (res->transport_reason) {
         if (strcmp(res->transport_reason, "aborted") == 0) {
-            /* Shutdown: the lease is released below, attempts kept. */
-            slot_clear(sl);
+            f->kind = OUT_ABORTED;
             return;
         }
-        log_debug("%s: %s", l->event_id, res->detail);
-        schedule_retry(d, l, res->transport_reason, -1);
-        slot_clear(sl);
+        f->kind = OUT_RETRY;
+        snprintf(f->reason, sizeof(f->reason), "%s", res->transport_reason);
+        snprintf(f->detail, sizeof(f->detail), "%s", res->detail);
         return;
     }
     long st = res->http_status;
@@ -292,67 +406,434 @@ static void on_done(void *userdata, const RelayResult *res)
         AckCheck ack = {0};
         envelope_check_ack(st, res->body, res->body_len, l->envelope_hash, l->stream_id,
                            l->event_id, &ack);
-        if (!ack.reason && ack.receipt_json)
-            delivered(d, l, ack.receipt_json);
-        else
-            schedule_retry(d, l, ack.reason ? ack.reason : "ack_invalid", -1);
+        if (!ack.reason && ack.receipt_json) {
+            f->receipt = strdup(ack.receipt_json);
+            f->kind = f->receipt ? OUT_DELIVERED : OUT_RETRY;
+            if (!f->receipt)
+                snprintf(f->reason, sizeof(f->reason), "out_of_memory");
+        } else {
+            f->kind = OUT_RETRY;
+            snprintf(f->reason, sizeof(f->reason), "%s", ack.reason ? ack.reason : "ack_invalid");
+        }
         ack_check_done(&ack);
-    } else if (st == 401 || st == 403)
-        pause_all(d, l, reason, res->retry_after_ms);
-    else if (st == 409)
-        dead_letter(d, l, "receiver_conflict");
-    else if (st == 408 || st == 425 || st == 429 || (st >= 500 && st < 600))
-        schedule_retry(d, l, reason, res->retry_after_ms);
-    else if (st >= 300 && st < 400)
-        /* Never followed: a redirect is a failed attempt, never a delivery. */
-        schedule_retry(d, l, "redirect_refused", res->retry_after_ms);
-    else if (st >= 400 && st < 500)
-        dead_letter(d, l, reason);
-    else
-        schedule_retry(d, l, reason, res->retry_after_ms);
-    slot_clear(sl);
-}
-
-/* Leases what is due into free slots and starts the transfers. lease_now
- * is the clock used for "due" (a pass keeps its start time, so that an item
- * is tried at most once per pass). */
-static void fill(Drain *d, int64_t lease_now)
-{
-    size_t in_flight = relay_in_flight(d->relay);
-    if (in_flight >= d->opt.max_in_flight) {
         return;
     }
-    size_t want = d->opt.max_in_flight - in_flight;
-    SpoolLease *leases = NULL;
+    f->retry_after_ms = res->retry_after_ms;
+    if (st == 401 || st == 403) {
+        f->kind = OUT_PAUSE;
+        snprintf(f->reason, sizeof(f->reason), "%s", reason);
+    } else if (st == 409) {
+        f->kind = OUT_DEAD;
+        snprintf(f->reason, sizeof(f->reason), "receiver_conflict");
+    } else if (st == 408 || st == 425 || st == 429 || (st >= 500 && st < 600)) {
+        f->kind = OUT_RETRY;
+        snprintf(f->reason, sizeof(f->reason), "%s", reason);
+    } else if (st >= 300 && st < 400) {
+        /* Never followed: a redirect is a failed attempt, never a delivery. */
+        f->kind = OUT_RETRY;
+        snprintf(f->reason, sizeof(f->reason), "redirect_refused");
+    } else if (st >= 400 && st < 500) {
+        f->kind = OUT_DEAD;
+        snprintf(f->reason, sizeof(f->reason), "%s", reason);
+    } else {
+        f->kind = OUT_RETRY;
+        snprintf(f->reason, sizeof(f->reason), "%s", reason);
+    }
+}
+
+/* Records one judged attempt (worker, inside the round's group commit). */
+static void apply(Drain *d, Finished *f)
+{
+    d->want_lease = true;
+    if (d->error < 0)
+        /* After a spool failure nothing more is recorded; the leases are
+         * released (or expire) and the items are sent again later. */
+        return;
+    SpoolLease *l = &f->lease;
+    switch (f->kind) {
+    case OUT_NONE:
+    case OUT_ABORTED:
+        /* Shutdown: the lease is released at the end, attempts kept. */
+        break;
+    case OUT_DELIVERED:
+        delivered(d, l, f->receipt);
+        break;
+    case OUT_RETRY:
+        if (f->detail[0])
+            log_debug("%s: %s", l->event_id, f->detail);
+        schedule_retry(d, l, f->reason, f->retry_after_ms);
+        break;
+    case OUT_DEAD:
+        dead_letter(d, l, f->reason);
+        break;
+    case OUT_PAUSE:
+        pause_all(d, l, f->reason, f->retry_after_ms);
+        break;
+    }
+    if (f->has_release && d->error == 0) {
+        /* After the outcome above, which decides the stream's head. */
+        int r = spool_release_lease(d->spool, f->release.id, d->owner);
+        if (r < 0)
+            fail(d, r);
+    }
+}
+
+static size_t slots_free(const Drain *d)
+{
     size_t n = 0;
+    for (size_t i = 0; i < d->n_slots; i++)
+        n += !d->slots[i].used && !d->slots[i].has_next;
+    return n;
+}
+
+/* The round's leasing (worker): new heads for the free slots, then, in one
+ * batch, the successors asked for and those of the new heads (so that a
+ * stream can go on the moment its head is through); all due at lease_now
+ * (a pass keeps its start time, so that an item is tried at most once per
+ * pass). */
+static void fill(Drain *d, int64_t lease_now)
+{
     int64_t lease_ms = d->opt.lease_ms + (lv_now_ms() - lease_now);
-    int r = spool_lease_due(d->spool, d->owner, lease_now, lease_ms, want, &leases, &n);
+    if (d->want_heads > 0) {
+        int r = spool_lease_due(d->spool, d->owner, lease_now, lease_ms, d->want_heads, &d->heads,
+                                &d->n_heads);
+        if (r < 0) {
+            fail(d, r);
+            return;
+        }
+        if (d->n_heads < d->want_heads)
+            d->want_lease = false; /* nothing else due until something changes */
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < d->n_asks; i++)
+        d->nexts[n++] =
+            (SpoolNext){.stream_id = d->asks[i].stream_id, .after_id = d->asks[i].after_id};
+    for (size_t i = 0; i < d->n_heads; i++) {
+        d->head_next[i] = (Ask){.after_id = d->heads[i].id};
+        d->nexts[n++] = (SpoolNext){.stream_id = d->heads[i].stream_id, .after_id = d->heads[i].id};
+    }
+    int r = spool_lease_next_many(d->spool, d->owner, d->nexts, n, lease_now, lease_ms);
     if (r < 0) {
         fail(d, r);
         return;
     }
-    if (n < want)
-        d->want_lease = false; /* nothing else due until something changes */
-    size_t k = 0;
-    for (size_t i = 0; i < n; i++) {
-        while (k < d->n_slots && d->slots[k].used)
-            k++;
-        if (k == d->n_slots) {
-            fail(d, lv_error_set(-EOVERFLOW, "drain: more leases than slots"));
+    n = 0;
+    for (size_t i = 0; i < d->n_asks; i++, n++) {
+        d->asks[i].found = d->nexts[n].found;
+        d->asks[i].lease = d->nexts[n].lease;
+    }
+    for (size_t i = 0; i < d->n_heads; i++, n++) {
+        d->head_next[i].found = d->nexts[n].found;
+        d->head_next[i].lease = d->nexts[n].lease;
+    }
+}
+
+/* ---------- the spool worker ----------
+ *
+ * Pipelining: the main thread only drives libcurl; a worker thread does the
+ * spool's share, in rounds. A round records the outcomes of the transfers
+ * that finished since the last one (ack checks, SQLite, the token's
+ * decryption of the next items), leases what refills the freed slots, and
+ * commits all of it at once (group commit, one fsync). Meanwhile the main
+ * thread keeps reading responses and sending requests. The two hand over
+ * like a fork and a join: the main thread touches the spool, the slots and
+ * the rest of the Drain only while no round is out (!busy), and the worker
+ * only during its round, so the mutex that passes the baton is the only
+ * synchronisation the state needs. New leases are started by the main
+ * thread after the round's commit, so a lease is on disk before a byte of
+ * its request is sent. */
+
+static void round_run(Drain *d)
+{
+    group_begin(d);
+    for (size_t i = 0; i < d->work.n; i++)
+        apply(d, &d->work.v[i]);
+    finished_clear(&d->work);
+    /* An outcome above may have paused the drain (401/403): then nothing
+     * more is leased. */
+    if (d->round_lease && d->error == 0 && d->paused_until_ms <= lv_now_ms())
+        fill(d, d->round_lease_now);
+    group_end(d);
+}
+
+static void *worker_main(void *arg)
+{
+    Drain *d = arg;
+    pthread_mutex_lock(&d->lock);
+    for (;;) {
+        while (!d->go && !d->quit)
+            pthread_cond_wait(&d->cond, &d->lock);
+        if (!d->go)
             break;
-        }
-        Slot *sl = &d->slots[k];
-        sl->used = true;
-        sl->lease = leases[i];
-        leases[i].body = NULL; /* the slot owns it now */
-        r = relay_submit(d->relay, k, sl->lease.event_id, sl->lease.body, sl->lease.body_len);
-        if (r < 0) {
-            slot_clear(sl);
-            fail(d, r);
-            break;
+        d->go = false;
+        pthread_mutex_unlock(&d->lock);
+        round_run(d);
+        pthread_mutex_lock(&d->lock);
+        d->round_done = true;
+        pthread_cond_broadcast(&d->cond);
+        uint64_t one = 1;
+        /* The main thread polls the eventfd next to libcurl's sockets. */
+        if (write(d->efd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+            log_warning("drain: eventfd: %s", strerror(errno));
+    }
+    pthread_mutex_unlock(&d->lock);
+    return NULL;
+}
+
+static int worker_start(Drain *d)
+{
+    d->efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (d->efd < 0)
+        return lv_error_set(-errno, "drain: eventfd: %s", strerror(errno));
+    d->go = d->quit = d->round_done = d->busy = false;
+    d->main_error = 0;
+    /* The worker must not take the signals the main thread reads from its
+     * signalfd: it inherits the blocked mask set up before. */
+    int e = pthread_create(&d->worker, NULL, worker_main, d);
+    if (e != 0) {
+        close(d->efd);
+        d->efd = -1;
+        return lv_error_set(-e, "drain: cannot start the spool worker: %s", strerror(e));
+    }
+    d->worker_started = true;
+    return 0;
+}
+
+static void worker_stop(Drain *d)
+{
+    if (d->worker_started) {
+        pthread_mutex_lock(&d->lock);
+        d->quit = true;
+        pthread_cond_broadcast(&d->cond);
+        pthread_mutex_unlock(&d->lock);
+        pthread_join(d->worker, NULL);
+        d->worker_started = false;
+    }
+    if (d->efd >= 0)
+        close(d->efd);
+    d->efd = -1;
+}
+
+/* Sends out a round: the results gathered since the last one, and whether
+ * to lease (due at lease_now) into the slots they free. */
+static void round_dispatch(Drain *d, bool lease, int64_t lease_now)
+{
+    FinishedList t = d->work;
+    d->work = d->fin;
+    d->fin = t;
+    d->round_lease = lease;
+    d->round_lease_now = lease_now;
+    d->want_heads = 0;
+    d->n_asks = 0;
+    if (lease) {
+        d->want_heads = slots_free(d);
+        for (size_t k = 0; k < d->n_slots; k++) {
+            Slot *sl = &d->slots[k];
+            if (!sl->used || sl->has_next || sl->next_asked || sl->next_none)
+                continue;
+            Ask *a = &d->asks[d->n_asks++];
+            *a = (Ask){.slot = k, .after_id = sl->lease.id};
+            snprintf(a->stream_id, sizeof(a->stream_id), "%s", sl->lease.stream_id);
+            sl->next_asked = true;
         }
     }
-    spool_leases_free(leases, n);
+    pthread_mutex_lock(&d->lock);
+    d->round_done = false;
+    d->go = true;
+    pthread_cond_signal(&d->cond);
+    pthread_mutex_unlock(&d->lock);
+    d->busy = true;
+}
+
+/* A lease that will not be sent goes back to queued with the next round. */
+static void give_back(Drain *d, SpoolLease *l)
+{
+    Finished *f = finished_add(&d->fin);
+    if (!f) {
+        /* It stays leased; the end of the run (or its expiry) returns it. */
+        free(l->body);
+        l->body = NULL;
+        return;
+    }
+    f->kind = OUT_NONE;
+    f->has_release = true;
+    f->release = *l;
+    l->body = NULL;
+}
+
+/* A failure of the main thread's own work (a round may be out: d->error is
+ * the worker's then); merged by round_collect. */
+static void main_error(Drain *d, int r)
+{
+    if (d->main_error == 0) {
+        d->main_error = r < 0 ? r : -EIO;
+        snprintf(d->main_detail, sizeof(d->main_detail), "%s", lv_error());
+    }
+}
+
+/* Starts slot k's lease (main thread). */
+static void start(Drain *d, Slot *sl, size_t k)
+{
+    sl->used = true;
+    sl->next_asked = false;
+    int r = relay_submit(d->relay, k, sl->lease.event_id, sl->lease.body, sl->lease.body_len);
+    if (r < 0) {
+        /* Still leased in the spool: the end of the run releases it. */
+        slot_clear(sl);
+        main_error(d, r);
+    }
+}
+
+/* Takes a finished round back (waiting for it with wait) and, with submit,
+ * starts the transfers of its leases; without, they stay leased and unsent
+ * (wind_down releases them). Returns false when the round is still out. */
+static bool round_collect(Drain *d, bool wait, bool submit)
+{
+    if (!d->busy) {
+        if (d->main_error && d->error == 0) {
+            d->error = d->main_error;
+            snprintf(d->error_detail, sizeof(d->error_detail), "%s", d->main_detail);
+        }
+        return true;
+    }
+    pthread_mutex_lock(&d->lock);
+    while (wait && !d->round_done)
+        pthread_cond_wait(&d->cond, &d->lock);
+    bool done = d->round_done;
+    pthread_mutex_unlock(&d->lock);
+    if (!done)
+        return false;
+    uint64_t v;
+    while (read(d->efd, &v, sizeof(v)) == (ssize_t)sizeof(v))
+        ;
+    d->busy = false;
+    if (d->main_error && d->error == 0) {
+        d->error = d->main_error;
+        snprintf(d->error_detail, sizeof(d->error_detail), "%s", d->main_detail);
+    }
+    /* Successors: kept by their slot while its item is still in flight;
+     * otherwise the stream moved on without them (or must not), so they
+     * go back to queued with the next round. */
+    for (size_t i = 0; i < d->n_asks; i++) {
+        Ask *a = &d->asks[i];
+        Slot *sl = &d->slots[a->slot];
+        bool same = sl->used && sl->lease.id == a->after_id;
+        if (same) {
+            sl->next_asked = false;
+            sl->next_none = !a->found;
+        }
+        if (!a->found)
+            continue;
+        bool go = d->error == 0 && !d->winding;
+        if (same && !sl->has_next && go) {
+            sl->next = a->lease;
+            sl->has_next = true;
+        } else if (!sl->used && !sl->has_next && sl->done_id == a->after_id && sl->done_moves_on &&
+                   go) {
+            /* Its predecessor finished meanwhile and the stream moves on. */
+            memset(sl, 0, sizeof(*sl));
+            sl->lease = a->lease;
+            start(d, sl, a->slot);
+        } else {
+            give_back(d, &a->lease);
+        }
+        a->lease.body = NULL;
+        a->found = false;
+    }
+    d->n_asks = 0;
+    /* New heads into free slots, started at once. */
+    size_t k = 0;
+    for (size_t i = 0; i < d->n_heads; i++) {
+        SpoolLease *l = &d->heads[i];
+        while (k < d->n_slots && (d->slots[k].used || d->slots[k].has_next))
+            k++;
+        if (k == d->n_slots || !submit || d->error || d->winding) {
+            give_back(d, l);
+            continue;
+        }
+        Slot *sl = &d->slots[k];
+        memset(sl, 0, sizeof(*sl));
+        sl->lease = *l;
+        l->body = NULL;
+        Ask *a = &d->head_next[i];
+        if (a->found) {
+            sl->next = a->lease;
+            sl->has_next = true;
+            a->lease.body = NULL;
+            a->found = false;
+        } else {
+            sl->next_none = true;
+        }
+        start(d, sl, k);
+    }
+    for (size_t i = 0; i < d->n_heads; i++) {
+        Ask *a = &d->head_next[i];
+        if (a->found)
+            give_back(d, &a->lease);
+        a->found = false;
+    }
+    spool_leases_free(d->heads, d->n_heads);
+    d->heads = NULL;
+    d->n_heads = 0;
+    return true;
+}
+
+/* One round, start to finish, from the main thread (wind-down). */
+static void round_sync(Drain *d)
+{
+    round_collect(d, true, false);
+    round_dispatch(d, false, 0);
+    round_collect(d, true, false);
+}
+
+/* A failure the main thread met: recorded once no round is out. */
+static void main_fail(Drain *d, int r)
+{
+    main_error(d, r);
+    round_collect(d, true, false);
+}
+
+/* The relay's callback (main thread): judges the attempt for the next
+ * round and, when the stream may move on (delivered, or dead-lettered),
+ * starts the successor leased ahead, if any; otherwise that one goes back.
+ * The outcome itself is made durable by the next round; should the process
+ * die first, the item is sent again and the receiver answers the replay
+ * with the same receipt (Idempotency-Key). */
+static void on_finished(void *userdata, const RelayResult *res)
+{
+    Drain *d = userdata;
+    if (res->tag >= d->n_slots || !d->slots[res->tag].used)
+        return;
+    Slot *sl = &d->slots[res->tag];
+    Finished *f = finished_add(&d->fin);
+    if (!f) {
+        /* Unrecorded, the lease is released at the end of the run. */
+        slot_clear(sl);
+        main_error(d, lv_error_set(-ENOMEM, "drain: out of memory"));
+        return;
+    }
+    f->has_lease = true;
+    f->lease = sl->lease;
+    sl->lease.body = NULL;
+    sl->used = false;
+    judge(f, res);
+    bool moves_on = f->kind == OUT_DELIVERED || f->kind == OUT_DEAD;
+    if (!sl->has_next) {
+        sl->done_id = f->lease.id;
+        sl->done_moves_on = moves_on;
+        return;
+    }
+    if (moves_on && !d->winding && d->main_error == 0) {
+        sl->lease = sl->next;
+        memset(&sl->next, 0, sizeof(sl->next));
+        sl->has_next = false;
+        start(d, sl, res->tag);
+    } else {
+        f->has_release = true;
+        f->release = sl->next;
+        memset(&sl->next, 0, sizeof(sl->next));
+        sl->has_next = false;
+    }
 }
 
 /* SIGTERM and SIGINT arrive through a signalfd so the loop sees them
@@ -390,25 +871,32 @@ static bool signal_pending(int fd)
     return got;
 }
 
-/* The end of a run: in-flight requests get the grace period, then the
- * rest is aborted and every lease this process holds goes back to queued. */
+/* The end of a run (main thread, no round out): in-flight requests get the
+ * grace period, then the rest is aborted and every lease this process holds
+ * goes back to queued, including leases a round took that were never sent. */
 static void wind_down(Drain *d, struct pollfd *fds, size_t nfds)
 {
+    d->winding = true;
     int64_t deadline = lv_mono_ms() + d->opt.stop_grace_ms;
     while (relay_in_flight(d->relay) > 0 && d->error == 0) {
         int64_t left = deadline - lv_mono_ms();
         if (left <= 0)
             break;
-        round_begin(d);
-        int r = relay_run(d->relay, (int)(left < 200 ? left : 200), fds, nfds, on_done, d);
+        int r = relay_run(d->relay, (int)(left < 200 ? left : 200), fds, nfds, on_finished, d);
         if (r < 0)
             fail(d, r);
-        round_end(d);
+        round_sync(d);
     }
-    relay_abort_all(d->relay, on_done, d);
+    relay_abort_all(d->relay, on_finished, d);
+    round_sync(d);
     int r = spool_release_leases(d->spool, d->owner);
     if (r < 0)
         fail(d, r);
+    /* Successors never sent: released above with the rest. */
+    for (size_t k = 0; k < d->n_slots; k++)
+        if (!d->slots[k].used)
+            slot_clear(&d->slots[k]);
+    d->winding = false;
 }
 
 static void sum_remaining(Drain *d)
@@ -450,28 +938,42 @@ int drain_once(Drain *d, DrainSummary *ret)
     int sfd = signals_open(&old);
     if (sfd < 0)
         return sfd;
-    struct pollfd fds[1] = {{.fd = sfd, .events = POLLIN}};
+    r = worker_start(d);
+    if (r < 0) {
+        signals_close(sfd, &old);
+        return r;
+    }
+    struct pollfd fds[2] = {{.fd = sfd, .events = POLLIN}, {.fd = d->efd, .events = POLLIN}};
     d->want_lease = true;
-    while (d->error == 0) {
-        if (!d->sum.paused && d->want_lease)
-            fill(d, start);
-        round_end(d);
-        if (d->error || relay_in_flight(d->relay) == 0)
+    for (;;) {
+        if (!d->busy) {
+            round_collect(d, false, true); /* takes in the main thread's failures */
+            if (d->error)
+                break;
+            bool lease = !d->sum.paused && d->want_lease && slots_free(d) > 0;
+            if (d->fin.n > 0 || lease)
+                round_dispatch(d, lease, start);
+            else if (relay_in_flight(d->relay) == 0)
+                break;
+        }
+        r = relay_run(d->relay, 1000, fds, 2, on_finished, d);
+        if (r < 0) {
+            main_fail(d, r);
             break;
-        round_begin(d);
-        r = relay_run(d->relay, 1000, fds, 1, on_done, d);
-        if (r < 0)
-            fail(d, r);
+        }
+        if (fds[1].revents & POLLIN)
+            round_collect(d, false, true);
         if ((fds[0].revents & POLLIN) && signal_pending(sfd)) {
             log_notice("drain-once: signal received, finishing what is in flight");
             break;
         }
     }
-    round_end(d);
+    round_collect(d, true, false);
     wind_down(d, fds, 1);
+    worker_stop(d);
     signals_close(sfd, &old);
     if (d->error < 0)
-        return d->error;
+        return lv_error_set(d->error, "%s", d->error_detail);
     sum_remaining(d);
     *ret = d->sum;
     return 0;
@@ -549,13 +1051,20 @@ int drain_loop(Drain *d)
     int sfd = signals_open(&old);
     if (sfd < 0)
         return sfd;
+    r = worker_start(d);
+    if (r < 0) {
+        signals_close(sfd, &old);
+        return r;
+    }
     char base[256];
     int wfd = watch_open(d->opt.spool_path, base, sizeof(base));
     if (wfd < 0)
         log_warning("cannot watch the spool directory (inotify); polling every %d ms",
                     NO_INOTIFY_POLL_MS);
-    struct pollfd fds[2] = {{.fd = sfd, .events = POLLIN}, {.fd = wfd, .events = POLLIN}};
-    size_t nfds = wfd >= 0 ? 2 : 1;
+    struct pollfd fds[3] = {{.fd = sfd, .events = POLLIN},
+                            {.fd = d->efd, .events = POLLIN},
+                            {.fd = wfd, .events = POLLIN}};
+    size_t nfds = wfd >= 0 ? 3 : 2;
 
     uint64_t wd_usec = 0;
     int64_t wd_every = 0, next_wd = 0;
@@ -569,30 +1078,40 @@ int drain_loop(Drain *d)
     int64_t last_status = lv_mono_ms(), next_recover = lv_mono_ms() + d->opt.idle_wake_ms;
     int64_t last_delivered = 0, last_retries = 0;
     bool was_paused = d->paused_until_ms > lv_now_ms();
+    bool poke = false; /* something may have become due (inotify, no inotify) */
     d->want_lease = true;
 
-    while (d->error == 0) {
+    for (;;) {
         int64_t now = lv_now_ms(), mono = lv_mono_ms();
-        bool paused = d->paused_until_ms > now;
-        if (!paused && d->next_wake_ms && now >= d->next_wake_ms) {
-            d->next_wake_ms = 0;
-            d->want_lease = true;
+        /* The Drain's state is the worker's while a round is out. */
+        bool paused = false;
+        if (!d->busy) {
+            round_collect(d, false, true); /* takes in the main thread's failures */
+            if (d->error)
+                break;
+            paused = d->paused_until_ms > now;
+            if (!paused && d->next_wake_ms && now >= d->next_wake_ms) {
+                d->next_wake_ms = 0;
+                d->want_lease = true;
+            }
+            if ((was_paused && !paused) || poke)
+                d->want_lease = true;
+            poke = false;
+            bool lease = !paused && d->want_lease && slots_free(d) > 0;
+            if (d->fin.n > 0 || lease)
+                round_dispatch(d, lease, now);
         }
-        if (was_paused && !paused)
-            d->want_lease = true;
-        if (!paused && d->want_lease)
-            fill(d, now);
-        round_end(d);
-        if (d->error)
-            break;
 
+        /* A round out wakes us through its eventfd. */
         int64_t wait = d->opt.idle_wake_ms;
         if (wfd < 0 && wait > NO_INOTIFY_POLL_MS)
             wait = NO_INOTIFY_POLL_MS;
-        if (paused && d->paused_until_ms - now < wait)
-            wait = d->paused_until_ms - now;
-        if (!paused && d->next_wake_ms && d->next_wake_ms - now < wait)
-            wait = d->next_wake_ms - now;
+        if (!d->busy) {
+            if (paused && d->paused_until_ms - now < wait)
+                wait = d->paused_until_ms - now;
+            if (!paused && d->next_wake_ms && d->next_wake_ms - now < wait)
+                wait = d->next_wake_ms - now;
+        }
         if (wd_every) {
             if (mono >= next_wd) {
                 sd_notify(0, "WATCHDOG=1");
@@ -605,22 +1124,25 @@ int drain_loop(Drain *d)
             wait = STATUS_EVERY_MS;
         if (wait < 0)
             wait = 0;
-        round_begin(d);
-        r = relay_run(d->relay, (int)wait, fds, nfds, on_done, d);
+        r = relay_run(d->relay, (int)wait, fds, nfds, on_finished, d);
         if (r < 0) {
-            fail(d, r);
+            main_fail(d, r);
             break;
         }
+        if (fds[1].revents & POLLIN)
+            round_collect(d, false, true);
         if ((fds[0].revents & POLLIN) && signal_pending(sfd)) {
             sd_notify(0, "STOPPING=1\nSTATUS=stopping: finishing in-flight requests");
             log_notice("drain-loop: stopping, %zu request(s) in flight", relay_in_flight(d->relay));
             d->stopping = true;
             break;
         }
-        if (nfds > 1 && (fds[1].revents & POLLIN) && watch_fired(wfd, base))
-            d->want_lease = true;
+        if (nfds > 2 && (fds[2].revents & POLLIN) && watch_fired(wfd, base))
+            poke = true;
         else if (wfd < 0)
-            d->want_lease = true;
+            poke = true;
+        if (d->busy)
+            continue;
 
         mono = lv_mono_ms();
         if (mono >= next_recover) {
@@ -646,13 +1168,15 @@ int drain_loop(Drain *d)
         }
         was_paused = paused;
     }
-    round_end(d);
+    round_collect(d, true, false);
     wind_down(d, fds, 1);
+    worker_stop(d);
     signals_close(sfd, &old);
     if (wfd >= 0)
         close(wfd);
     if (d->error < 0) {
-        sd_notifyf(0, "STATUS=failed: %s", lv_error());
+        lv_error_set(d->error, "%s", d->error_detail);
+        sd_notifyf(0, "STATUS=failed: %s", d->error_detail);
         return d->error;
     }
     notify_status(d, false);

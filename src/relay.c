@@ -418,8 +418,16 @@ int relay_run(Relay *r, int timeout_ms, struct pollfd *extra, size_t n_extra, re
     if (mc != CURLM_OK)
         return lv_error_set(-EIO, "relay: %s", curl_multi_strerror(mc));
     int n = collect(r, done, userdata);
-    if (n > 0)
+    if (n > 0) {
+        /* No wait, but the extra fds' revents are still due: under a steady
+         * stream of completions this path is the only one taken, and a
+         * caller that never saw its signalfd ready would never stop. */
+        for (size_t i = 0; i < n_extra; i++)
+            extra[i].revents = 0;
+        if (n_extra > 0 && poll(extra, n_extra, 0) < 0 && errno != EINTR)
+            return lv_error_set(-errno, "relay: poll: %s", strerror(errno));
         return n;
+    }
     struct curl_waitfd w[8];
     if (n_extra > ELEMENTSOF(w))
         return -EINVAL;

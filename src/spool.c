@@ -6,6 +6,7 @@
 
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -109,6 +110,9 @@ enum {
     ST_MARK_RECEIPTED,
     ST_MARK_RETRY,
     ST_MARK_DEAD,
+    ST_HELD,
+    ST_NEXT,
+    ST_RELEASE_ONE,
     ST__MAX
 };
 static const char *const stmt_sql[ST__MAX] = {
@@ -156,6 +160,12 @@ static const char *const stmt_sql[ST__MAX] = {
                       " lease_owner = NULL, lease_expires_at = NULL"
                       " WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2"
                       " RETURNING stream_id, event_id, state",
+    [ST_HELD] = "SELECT 1 FROM items WHERE id = ?1 AND state = 'relaying' AND lease_owner = ?2",
+    [ST_NEXT] = "SELECT id, state, next_attempt_at FROM items WHERE stream_id = ?1 AND id > ?2"
+                " AND state IN ('queued','relaying') ORDER BY id LIMIT 1",
+    [ST_RELEASE_ONE] = "UPDATE items SET state = 'queued', lease_owner = NULL,"
+                       " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
+                       " AND lease_owner = ?2 RETURNING stream_id",
     [ST_MARK_DEAD] = "UPDATE items SET state = 'dead_letter', attempts = attempts + 1,"
                      " last_attempt_at = ?3, last_error = ?4, lease_owner = NULL,"
                      " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
@@ -846,7 +856,40 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
 typedef struct Prepared {
     char *canon;
     size_t canon_len;
+    /* Built ahead by the signer thread (spool_enqueue) when signed: */
+    bool presign;
+    char *body;
+    size_t body_len;
+    char envelope_hash[65];
 } Prepared;
+
+static EnvelopeInput envelope_input(const Spool *s, const SpoolItemIn *it, const Prepared *p,
+                                    int64_t now)
+{
+    return (EnvelopeInput){
+        .installation_id = s->installation_id,
+        .stream_id = it->stream_id,
+        .source_ref = it->source_ref,
+        .event_type = it->event_type ? it->event_type : ENVELOPE_DEFAULT_EVENT_TYPE,
+        .payload_canon = p->canon,
+        .payload_len = p->canon_len,
+        .include_payload = s->include_payload,
+        .spooled_at_ms = now,
+    };
+}
+
+/* 1: an item with this event id is stored; 0: not; <0: error. */
+static int item_stored(Spool *s, const char *event_id)
+{
+    _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_FIND);
+    if (!st)
+        return -EIO;
+    sqlite3_bind_text(st, 1, event_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_ROW)
+        return 1;
+    return rc == SQLITE_DONE ? 0 : sql_err(s, rc, "look up item");
+}
 
 static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64_t now,
                        SpoolEnqueueResult *res)
@@ -895,23 +938,22 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
             return sql_err(s, rc, "look up item");
     }
 
-    EnvelopeInput ei = {
-        .installation_id = s->installation_id,
-        .stream_id = it->stream_id,
-        .source_ref = it->source_ref,
-        .event_type = event_type,
-        .payload_canon = p->canon,
-        .payload_len = p->canon_len,
-        .include_payload = s->include_payload,
-        .spooled_at_ms = now,
-    };
-    char *body = NULL;
-    size_t body_len = 0;
+    /* The signer thread built the envelope already, or we build it here. */
+    char *own_body = NULL;
+    const char *body = p->body;
+    size_t body_len = p->body_len;
     uint8_t *payload_row = NULL, *env_row = NULL;
     size_t payload_row_len = 0, env_row_len = 0;
-    int r = envelope_build(s->tok, &ei, &body, &body_len, res->envelope_hash);
-    if (r < 0)
-        goto done;
+    int r = 0;
+    if (body) {
+        memcpy(res->envelope_hash, p->envelope_hash, sizeof(res->envelope_hash));
+    } else {
+        EnvelopeInput ei = envelope_input(s, it, p, now);
+        r = envelope_build(s->tok, &ei, &own_body, &body_len, res->envelope_hash);
+        if (r < 0)
+            goto done;
+        body = own_body;
+    }
     r = seal(s, "payload", it->stream_id, it->source_ref, res->envelope_hash, p->canon,
              p->canon_len, &payload_row, &payload_row_len);
     if (r < 0)
@@ -966,10 +1008,119 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
     res->status = SPOOL_QUEUED;
     r = 0;
 done:
-    erase_and_free(body, body_len);
+    erase_and_free(own_body, body_len);
     free(payload_row);
     free(env_row);
     return r;
+}
+
+/* Pipelining a batch: the token's C_Sign is the slowest step of an item, so
+ * one thread does nothing but build and sign envelopes, in order, while the
+ * caller's thread seals and inserts the items already signed (the Token
+ * lends each thread its own session). Both run inside the batch's one
+ * transaction; nothing is committed before every item is stored. */
+#define SIGNER_MIN_ITEMS 2
+
+typedef struct Signer {
+    Spool *s;
+    const SpoolItemIn *items;
+    Prepared *prep;
+    size_t n;
+    int64_t now;
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    size_t done;       /* prep[0..done) are settled (built, or not to be built) */
+    int error;         /* the first failure; the signer stops there */
+    char detail[1024]; /* its lv_error(), which is thread-local */
+    bool stop;         /* the caller gave up: build nothing more */
+} Signer;
+
+static void *signer_main(void *arg)
+{
+    Signer *g = arg;
+    for (size_t i = 0; i < g->n; i++) {
+        Prepared *p = &g->prep[i];
+        int r = 0;
+        if (p->presign) {
+            pthread_mutex_lock(&g->lock);
+            bool stop = g->stop;
+            pthread_mutex_unlock(&g->lock);
+            if (stop)
+                break;
+            EnvelopeInput ei = envelope_input(g->s, &g->items[i], p, g->now);
+            r = envelope_build(g->s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
+        }
+        pthread_mutex_lock(&g->lock);
+        if (r < 0) {
+            g->error = r;
+            snprintf(g->detail, sizeof(g->detail), "%s", lv_error());
+        }
+        g->done = i + 1;
+        pthread_cond_signal(&g->cond);
+        pthread_mutex_unlock(&g->lock);
+        if (r < 0)
+            break;
+    }
+    return NULL;
+}
+
+/* Waits until item i is settled; the signer's error (with its detail) if it
+ * failed on the way. */
+static int signer_wait(Signer *g, size_t i)
+{
+    pthread_mutex_lock(&g->lock);
+    while (g->done <= i && g->error == 0)
+        pthread_cond_wait(&g->cond, &g->lock);
+    int r = g->error;
+    pthread_mutex_unlock(&g->lock);
+    if (r < 0)
+        return lv_error_set(r, "%s", g->detail);
+    return 0;
+}
+
+static size_t hash_ref(const char *v)
+{
+    size_t h = 1469598103934665603ULL;
+    for (; *v; v++)
+        h = (h ^ (unsigned char)*v) * 1099511628211ULL;
+    return h;
+}
+
+/* Marks the items the signer may build ahead: new to the spool and the
+ * first of their source_ref in the batch (a repeat must meet the stored
+ * first one: duplicate or conflict, never a second signature). Returns how
+ * many, or a negative error. */
+static int mark_presign(Spool *s, const SpoolItemIn *items, Prepared *prep, size_t n)
+{
+    size_t cap = 16;
+    while (cap < 2 * n)
+        cap *= 2;
+    const char **seen = calloc(cap, sizeof(*seen));
+    if (!seen)
+        return -ENOMEM;
+    int count = 0, r = 0;
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        const char *ref = items[i].source_ref;
+        size_t k = hash_ref(ref) & (cap - 1);
+        bool repeat = false;
+        for (; seen[k]; k = (k + 1) & (cap - 1))
+            if (strcmp(seen[k], ref) == 0) {
+                repeat = true;
+                break;
+            }
+        if (repeat)
+            continue;
+        seen[k] = ref;
+        char event_id[ENVELOPE_EVENT_ID_MAX];
+        envelope_event_id(s->installation_id, ref, event_id);
+        r = item_stored(s, event_id);
+        if (r == 0) {
+            prep[i].presign = true;
+            count++;
+        }
+    }
+    free(seen);
+    return r < 0 ? r : count;
 }
 
 int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results)
@@ -983,6 +1134,8 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     Prepared *prep = calloc(n, sizeof(*prep));
     if (!prep)
         return -ENOMEM;
+    Signer g = {.s = s, .items = items, .prep = prep, .n = n};
+    bool signer = false;
     int r = 0;
     /* Validate everything before the first write: one bad item, no rows. */
     for (size_t i = 0; i < n && r >= 0; i++)
@@ -993,17 +1146,48 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     if (r < 0)
         goto done;
     int64_t now = lv_now_ms();
-    for (size_t i = 0; i < n && r >= 0; i++) {
-        memset(&ret_results[i], 0, sizeof(ret_results[i]));
-        r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+    g.now = now;
+    r = mark_presign(s, items, prep, n);
+    if (r >= SIGNER_MIN_ITEMS) {
+        pthread_mutex_init(&g.lock, NULL);
+        pthread_cond_init(&g.cond, NULL);
+        pthread_t th;
+        int e = pthread_create(&th, NULL, signer_main, &g);
+        if (e == 0) {
+            signer = true;
+            for (size_t i = 0; i < n && r >= 0; i++) {
+                memset(&ret_results[i], 0, sizeof(ret_results[i]));
+                if (prep[i].presign)
+                    r = signer_wait(&g, i);
+                if (r >= 0)
+                    r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+            }
+            pthread_mutex_lock(&g.lock);
+            g.stop = true;
+            pthread_mutex_unlock(&g.lock);
+            pthread_join(th, NULL);
+        } else {
+            r = lv_error_set(-e, "enqueue: cannot start the signing thread: %s", strerror(e));
+        }
+    } else if (r >= 0) {
+        for (size_t i = 0; i < n && r >= 0; i++) {
+            memset(&ret_results[i], 0, sizeof(ret_results[i]));
+            r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+        }
     }
     if (r >= 0)
         r = commit(s);
     if (r < 0)
         rollback(s);
 done:
-    for (size_t i = 0; i < n; i++)
+    if (signer) {
+        pthread_cond_destroy(&g.cond);
+        pthread_mutex_destroy(&g.lock);
+    }
+    for (size_t i = 0; i < n; i++) {
         erase_and_free(prep[i].canon, prep[i].canon_len);
+        erase_and_free(prep[i].body, prep[i].body_len);
+    }
     free(prep);
     return r;
 }
@@ -1231,21 +1415,24 @@ typedef struct RowCheck {
     size_t body_len;
     char *payload; /* the verified plaintext, when asked for */
     size_t payload_len;
+    /* The row as read, until verified: */
+    bool sealed;
+    uint8_t *env, *prow;
+    size_t env_len, prow_len;
 } RowCheck;
 
 static void row_check_done(RowCheck *c)
 {
     erase_and_free(c->body, c->body_len);
     erase_and_free(c->payload, c->payload_len);
+    free(c->env);
+    free(c->prow);
     c->body = c->payload = NULL;
+    c->env = c->prow = NULL;
 }
 
-/* Proves that row id is what this spool wrote: the payload row decrypts
- * under AAD binding this spool, stream, source_ref and envelope hash (so the
- * GCM tag authenticates the envelope hash), the stored body hashes to that
- * envelope hash, the plaintext hashes to payload_hash and the body names the
- * same item. LV_ERR_CRYPTO (detail = reason) when any of it fails. */
-static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
+/* Reads row id's columns for verify_row (SQL only). */
+static int read_row(Spool *s, int64_t id, RowCheck *c)
 {
     _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_ROW);
     if (!st)
@@ -1256,80 +1443,103 @@ static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
         return lv_error_set(-ENOENT, "item %lld vanished", (long long)id);
     if (rc != SQLITE_ROW)
         return sql_err(s, rc, "read item");
-    RowCheck c = {0};
-    copy_col(st, 0, c.state, sizeof(c.state));
-    copy_col(st, 1, c.event_id, sizeof(c.event_id));
-    copy_col(st, 2, c.stream_id, sizeof(c.stream_id));
-    copy_col(st, 3, c.source_ref, sizeof(c.source_ref));
-    copy_col(st, 4, c.payload_hash, sizeof(c.payload_hash));
-    copy_col(st, 5, c.envelope_hash, sizeof(c.envelope_hash));
-    c.attempts = sqlite3_column_int(st, 9);
-    *rc_out = c;
-    if (!is_lower_hex(c.envelope_hash, 64) || !is_lower_hex(c.payload_hash, 64))
+    copy_col(st, 0, c->state, sizeof(c->state));
+    copy_col(st, 1, c->event_id, sizeof(c->event_id));
+    copy_col(st, 2, c->stream_id, sizeof(c->stream_id));
+    copy_col(st, 3, c->source_ref, sizeof(c->source_ref));
+    copy_col(st, 4, c->payload_hash, sizeof(c->payload_hash));
+    copy_col(st, 5, c->envelope_hash, sizeof(c->envelope_hash));
+    c->attempts = sqlite3_column_int(st, 9);
+    c->sealed = sqlite3_column_int(st, 6) != 0;
+    c->env_len = (size_t)sqlite3_column_bytes(st, 7);
+    c->prow_len = (size_t)sqlite3_column_bytes(st, 8);
+    c->env = malloc(c->env_len + 1);
+    c->prow = malloc(c->prow_len + 1);
+    if (!c->env || !c->prow)
+        return -ENOMEM;
+    if (c->env_len)
+        memcpy(c->env, sqlite3_column_blob(st, 7), c->env_len);
+    if (c->prow_len)
+        memcpy(c->prow, sqlite3_column_blob(st, 8), c->prow_len);
+    return 0;
+}
+
+/* Proves that a row read by read_row is what this spool wrote: the payload
+ * row decrypts under AAD binding this spool, stream, source_ref and envelope
+ * hash (so the GCM tag authenticates the envelope hash), the stored body
+ * hashes to that envelope hash, the plaintext hashes to payload_hash and the
+ * body names the same item. LV_ERR_CRYPTO (detail = reason) when any of it
+ * fails. No SQL: callable from any thread (the Token lends each its own
+ * session). */
+static int verify_row(Spool *s, bool want_payload, RowCheck *c)
+{
+    if (!is_lower_hex(c->envelope_hash, 64) || !is_lower_hex(c->payload_hash, 64))
         return lv_error_set(LV_ERR_CRYPTO, "row_format_invalid: stored hashes are malformed");
-
-    bool sealed = sqlite3_column_int(st, 6) != 0;
-    const uint8_t *env = sqlite3_column_blob(st, 7);
-    size_t env_len = (size_t)sqlite3_column_bytes(st, 7);
-    const uint8_t *prow = sqlite3_column_blob(st, 8);
-    size_t prow_len = (size_t)sqlite3_column_bytes(st, 8);
-
     char *body = NULL, *payload = NULL;
     size_t body_len = 0, payload_len = 0;
     int r;
-    if (sealed) {
-        r = unseal(s, "envelope", c.stream_id, c.source_ref, c.envelope_hash, env, env_len, &body,
-                   &body_len);
+    if (c->sealed) {
+        r = unseal(s, "envelope", c->stream_id, c->source_ref, c->envelope_hash, c->env, c->env_len,
+                   &body, &body_len);
         if (r < 0)
             goto done;
     } else {
-        body = malloc(env_len + 1);
+        body = malloc(c->env_len + 1);
         if (!body) {
             r = -ENOMEM;
             goto done;
         }
-        if (env_len)
-            memcpy(body, env, env_len);
-        body[env_len] = '\0';
-        body_len = env_len;
+        if (c->env_len)
+            memcpy(body, c->env, c->env_len);
+        body[c->env_len] = '\0';
+        body_len = c->env_len;
     }
     char h[65];
     lv_sha256_hex(body, body_len, h);
-    if (!lv_memeq(h, c.envelope_hash, 64)) {
+    if (!lv_memeq(h, c->envelope_hash, 64)) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "envelope_hash_mismatch: the stored envelope does not hash to the "
                          "item's envelope hash");
         goto done;
     }
-    r = unseal(s, "payload", c.stream_id, c.source_ref, c.envelope_hash, prow, prow_len, &payload,
-               &payload_len);
+    r = unseal(s, "payload", c->stream_id, c->source_ref, c->envelope_hash, c->prow, c->prow_len,
+               &payload, &payload_len);
     if (r < 0)
         goto done;
     lv_sha256_hex(payload, payload_len, h);
-    if (!lv_memeq(h, c.payload_hash, 64)) {
+    if (!lv_memeq(h, c->payload_hash, 64)) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "payload_hash_mismatch: the payload does not hash to the item's "
                          "payload hash");
         goto done;
     }
     EnvelopeFields f;
-    if (envelope_fields(body, body_len, &f) < 0 || strcmp(f.event_id, c.event_id) != 0 ||
-        strcmp(f.stream_id, c.stream_id) != 0 || strcmp(f.source_ref, c.source_ref) != 0 ||
-        strcmp(f.payload_hash, c.payload_hash) != 0) {
+    if (envelope_fields(body, body_len, &f) < 0 || strcmp(f.event_id, c->event_id) != 0 ||
+        strcmp(f.stream_id, c->stream_id) != 0 || strcmp(f.source_ref, c->source_ref) != 0 ||
+        strcmp(f.payload_hash, c->payload_hash) != 0) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "envelope_fields_mismatch: the envelope names another item");
         goto done;
     }
-    rc_out->body = TAKE_PTR(body);
-    rc_out->body_len = body_len;
+    c->body = TAKE_PTR(body);
+    c->body_len = body_len;
     if (want_payload) {
-        rc_out->payload = TAKE_PTR(payload);
-        rc_out->payload_len = payload_len;
+        c->payload = TAKE_PTR(payload);
+        c->payload_len = payload_len;
     }
     r = 0;
 done:
     erase_and_free(body, body_len);
     erase_and_free(payload, payload_len);
+    return r;
+}
+
+/* read_row and verify_row: the row's fields land in rc_out either way. */
+static int check_row(Spool *s, int64_t id, bool want_payload, RowCheck *rc_out)
+{
+    int r = read_row(s, id, rc_out);
+    if (r >= 0)
+        r = verify_row(s, want_payload, rc_out);
     return r;
 }
 
@@ -1469,14 +1679,17 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             }
             if (r == LV_ERR_CRYPTO) {
                 r = quarantine(s, cand[i].head, cand[i].stream_id, c.event_id, lv_error());
+                row_check_done(&c);
                 again = true;
                 continue;
             }
-            if (r < 0)
+            if (r < 0) {
+                row_check_done(&c);
                 break;
+            }
             _cleanup_reset_ sqlite3_stmt *up = stmt(s, ST_LEASE);
             if (!up) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = -EIO;
                 break;
             }
@@ -1485,20 +1698,20 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             sqlite3_bind_int64(up, 3, now_ms + lease_ms);
             int rc = sqlite3_step(up);
             if (rc != SQLITE_DONE) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = sql_err(s, rc, "lease item");
                 break;
             }
             _cleanup_reset_ sqlite3_stmt *busy = stmt(s, ST_STREAM_BUSY);
             if (!busy) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = -EIO;
                 break;
             }
             sqlite3_bind_text(busy, 1, cand[i].stream_id, -1, SQLITE_STATIC);
             rc = sqlite3_step(busy);
             if (rc != SQLITE_DONE) {
-                erase_and_free(c.body, c.body_len);
+                row_check_done(&c);
                 r = sql_err(s, rc, "mark stream busy");
                 break;
             }
@@ -1507,9 +1720,10 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
             snprintf(l->stream_id, sizeof(l->stream_id), "%s", c.stream_id);
             snprintf(l->event_id, sizeof(l->event_id), "%s", c.event_id);
             memcpy(l->envelope_hash, c.envelope_hash, sizeof(l->envelope_hash));
-            l->body = c.body;
+            l->body = TAKE_PTR(c.body);
             l->body_len = c.body_len;
             l->attempts = c.attempts;
+            row_check_done(&c);
         }
     }
     if (r >= 0)
@@ -1524,6 +1738,214 @@ int spool_lease_due(Spool *s, const char *owner, int64_t now_ms, int64_t lease_m
 done:
     spool_leases_free(out, n);
     free(cand);
+    return r;
+}
+
+/* Leases one checked row for owner (check_row's result in c). */
+static int lease_row(Spool *s, int64_t id, const char *owner, int64_t until, RowCheck *c,
+                     SpoolLease *ret)
+{
+    _cleanup_reset_ sqlite3_stmt *up = stmt(s, ST_LEASE);
+    if (!up)
+        return -EIO;
+    sqlite3_bind_int64(up, 1, id);
+    sqlite3_bind_text(up, 2, owner, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(up, 3, until);
+    int rc = sqlite3_step(up);
+    if (rc != SQLITE_DONE)
+        return sql_err(s, rc, "lease item");
+    *ret =
+        (SpoolLease){.id = id, .attempts = c->attempts, .body = c->body, .body_len = c->body_len};
+    snprintf(ret->stream_id, sizeof(ret->stream_id), "%s", c->stream_id);
+    snprintf(ret->event_id, sizeof(ret->event_id), "%s", c->event_id);
+    memcpy(ret->envelope_hash, c->envelope_hash, sizeof(ret->envelope_hash));
+    c->body = NULL;
+    return 0;
+}
+
+/* One successor being leased: its row as read, then as verified. */
+typedef struct NextRow {
+    int64_t id;
+    bool read;
+    RowCheck c;
+    int r;
+    char reason[512]; /* verify_row's detail (thread-local where it ran) */
+} NextRow;
+
+typedef struct Verifier {
+    Spool *s;
+    NextRow *rows;
+    size_t n;
+    size_t next; /* the next row to take, shared (atomic) */
+} Verifier;
+
+static void verify_some(Verifier *v)
+{
+    for (;;) {
+        size_t i = __atomic_fetch_add(&v->next, 1, __ATOMIC_RELAXED);
+        if (i >= v->n)
+            break;
+        NextRow *x = &v->rows[i];
+        if (!x->read)
+            continue;
+        x->r = verify_row(v->s, false, &x->c);
+        if (x->r < 0)
+            snprintf(x->reason, sizeof(x->reason), "%s", lv_error());
+    }
+}
+
+static void *verifier_main(void *arg)
+{
+    verify_some(arg);
+    return NULL;
+}
+
+/* Rows to verify before a second thread pays for itself. */
+#define VERIFY_PARALLEL_MIN 4
+
+int spool_lease_next_many(Spool *s, const char *owner, SpoolNext *req, size_t n, int64_t now_ms,
+                          int64_t lease_ms)
+{
+    if (!owner || !*owner || strlen(owner) > 128)
+        return lv_error_set(LV_ERR_INPUT, "lease: owner must be 1-128 bytes");
+    if (!s->have_dek)
+        return lv_error_set(LV_ERR_NOKEY, "lease: the spool was opened without the token");
+    for (size_t i = 0; i < n; i++)
+        req[i].found = false;
+    if (n == 0)
+        return 0;
+    NextRow *rows = calloc(n, sizeof(*rows));
+    if (!rows)
+        return -ENOMEM;
+    size_t n_read = 0;
+    int r = begin(s);
+    if (r < 0)
+        goto out;
+    /* 1. SQL: which successors are due, and their rows. */
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        {
+            /* Only behind an item this owner still holds: its lease is
+             * what keeps the stream to one sender. */
+            _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_HELD);
+            if (!st) {
+                r = -EIO;
+                break;
+            }
+            sqlite3_bind_int64(st, 1, req[i].after_id);
+            sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+            int rc = sqlite3_step(st);
+            if (rc == SQLITE_DONE)
+                continue;
+            if (rc != SQLITE_ROW) {
+                r = sql_err(s, rc, "lease held");
+                break;
+            }
+        }
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_NEXT);
+        if (!st) {
+            r = -EIO;
+            break;
+        }
+        sqlite3_bind_text(st, 1, req[i].stream_id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, req[i].after_id);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_DONE)
+            continue;
+        if (rc != SQLITE_ROW) {
+            r = sql_err(s, rc, "next item");
+            break;
+        }
+        int64_t id = sqlite3_column_int64(st, 0);
+        bool queued = strcmp((const char *)sqlite3_column_text(st, 1), "queued") == 0;
+        if (!queued || sqlite3_column_int64(st, 2) > now_ms)
+            continue;
+        stmt_resetp(&st);
+        rows[i].id = id;
+        r = read_row(s, id, &rows[i].c);
+        if (r >= 0) {
+            rows[i].read = true;
+            n_read++;
+        }
+    }
+    if (r < 0)
+        goto done;
+    /* 2. CPU: verify them (decryption on the token, hashes, the body's
+     * fields), on two threads when there are enough: the lease's main cost,
+     * and no SQL. */
+    Verifier v = {.s = s, .rows = rows, .n = n};
+    pthread_t th;
+    bool helper =
+        n_read >= VERIFY_PARALLEL_MIN && pthread_create(&th, NULL, verifier_main, &v) == 0;
+    verify_some(&v);
+    if (helper)
+        pthread_join(th, NULL);
+    /* 3. SQL: lease what verified; quarantine what did not (the stream goes
+     * on behind it later, from its head). */
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        NextRow *x = &rows[i];
+        if (!x->read)
+            continue;
+        if (x->r == 0) {
+            r = lease_row(s, x->id, owner, now_ms + lease_ms, &x->c, &req[i].lease);
+            if (r >= 0)
+                req[i].found = true;
+        } else if (x->r == LV_ERR_CRYPTO) {
+            r = quarantine(s, x->id, req[i].stream_id, x->c.event_id, x->reason);
+        } else {
+            r = lv_error_set(x->r, "%s", x->reason);
+        }
+    }
+done:
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0) {
+        rollback(s);
+        for (size_t i = 0; i < n; i++)
+            if (req[i].found) {
+                erase_and_free(req[i].lease.body, req[i].lease.body_len);
+                req[i].lease.body = NULL;
+                req[i].found = false;
+            }
+    }
+out:
+    for (size_t i = 0; i < n; i++)
+        row_check_done(&rows[i].c);
+    free(rows);
+    return r;
+}
+
+int spool_release_lease(Spool *s, int64_t id, const char *owner)
+{
+    if (!owner)
+        return lv_error_set(LV_ERR_INPUT, "release: owner missing");
+    int r = begin(s);
+    if (r < 0)
+        return r;
+    char stream_id[129] = "";
+    {
+        _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_RELEASE_ONE);
+        if (!st) {
+            r = -EIO;
+            goto done;
+        }
+        sqlite3_bind_int64(st, 1, id);
+        sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            copy_col(st, 0, stream_id, sizeof(stream_id));
+            rc = sqlite3_step(st);
+        }
+        if (rc != SQLITE_DONE)
+            r = sql_err(s, rc, "release lease");
+    }
+    /* Not held any more (expired and taken): nothing of ours to return. */
+    if (r >= 0 && stream_id[0])
+        r = stream_refresh(s, stream_id);
+done:
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0)
+        rollback(s);
     return r;
 }
 

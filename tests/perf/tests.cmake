@@ -1,0 +1,15 @@
+# SPDX-License-Identifier: Apache-2.0
+# Performance area: behaviour the benchmarks rely on (no timing assertions;
+# figures come from bench/run).
+lv_add_pytest(perf_drain_stop ${CMAKE_CURRENT_LIST_DIR}/test_drain_stop.py LABELS perf TIMEOUT 600)
+set_property(TEST perf_drain_stop APPEND PROPERTY ENVIRONMENT
+             "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
+lv_add_pytest(perf_enqueue_pipeline ${CMAKE_CURRENT_LIST_DIR}/test_enqueue_pipeline.py LABELS perf
+              TIMEOUT 600)
+# The benchmarks' ceiling programs, run with tiny counts to show they work.
+if(TARGET lv-witness-bench)
+  lv_add_pytest(perf_ceiling_witness_bench ${CMAKE_CURRENT_LIST_DIR}/test_ceiling_witness_bench.py
+                LABELS perf TIMEOUT 300)
+  set_property(TEST perf_ceiling_witness_bench APPEND PROPERTY ENVIRONMENT
+               "LV_WITNESS_BENCH=$<TARGET_FILE:lv-witness-bench>")
+endif()
