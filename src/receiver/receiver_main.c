@@ -186,8 +186,6 @@ static enum MHD_Result answer_fault(Server *srv, struct MHD_Connection *c, const
 {
     enum MHD_Result ret;
     char *alt = NULL;
-    fprintf(stderr, "receiver: fault %s (%s) for %s\n", fault_kind_name(f->kind), f->spec,
-            s->event);
     switch (f->kind) {
     case FAULT_STATUS: {
         char ra[64];
@@ -299,6 +297,11 @@ static enum MHD_Result handle_events(Server *srv, struct MHD_Connection *c, cons
     seen_from_body(body, rq->len, &seen);
     Fault f;
     bool faulty = faultset_pick(srv->faults, seen.stream, &f);
+    /* Logged when it fires, before any delay: tests wait for this line to
+     * know a request is in flight. */
+    if (faulty)
+        fprintf(stderr, "receiver: fault %s (%s) for %s\n", fault_kind_name(f.kind), f.spec,
+                seen.event);
     if (faulty && f.delay_ms > 0 && !f.after)
         usleep((useconds_t)f.delay_ms * 1000);
     if (faulty && !f.after)

@@ -1,6 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Fixtures for the relay tests: one throwaway PKI per session, a fresh token
 and spool per test, and receivers started on demand."""
+import os
+
 import pytest
 
 import lvtest
@@ -17,6 +19,17 @@ def vault(tmp_path):
     v = lvtest.Vault(tmp_path / "vault")
     v.pk = public_key_hex(v)
     return v
+
+
+@pytest.fixture
+def bare_env(tmp_path):
+    """An environment for refusals that happen before the token is opened:
+    no token is made, the spool path must stay untouched."""
+    env = dict(os.environ)
+    env["ATTESTO_LOCAL_VAULT_SPOOL_DB"] = str(tmp_path / "spool.sqlite3")
+    env["ATTESTO_LOCAL_VAULT_INSTALLATION_ID"] = "inst-test"
+    env["ATTESTO_LOCAL_VAULT_PKCS11_MODULE"] = "/nonexistent/module.so"
+    return env
 
 
 @pytest.fixture

@@ -151,6 +151,13 @@ class Receiver:
         with open(self.events_log) as f:
             return [json.loads(l) for l in f if l.strip()]
 
+    def event_count(self):
+        try:
+            with open(self.events_log, "rb") as f:
+                return f.read().count(b"\n")
+        except OSError:
+            return 0
+
     def stderr(self):
         try:
             with open(self.stderr_path) as f:
@@ -200,10 +207,18 @@ def drain_once(vault, *args, check=None):
 
 
 def items(vault, state=None):
-    """Every spool item as the CLI shows it (list --json, one object per line)."""
-    args = ["list", "--json"] + (["--state", state] if state else [])
-    out = vault.run(args, check=0).stdout
-    return [json.loads(l) for l in out.splitlines() if l.strip()]
+    """Every spool item as the CLI shows it (list --json, one object per
+    line, paged with --after)."""
+    got, after = [], 0
+    while True:
+        args = ["list", "--json", "--limit", "10000", "--after", str(after)]
+        args += ["--state", state] if state else []
+        out = vault.run(args, check=0).stdout
+        page = [json.loads(l) for l in out.splitlines() if l.strip()]
+        got += page
+        if len(page) < 10000:
+            return got
+        after = page[-1]["seq"]
 
 
 def show(vault, event_id):
@@ -211,7 +226,12 @@ def show(vault, event_id):
 
 
 def status(vault):
+    """status --json: {"counts":{state: n},"paused_until","pause_reason",...}"""
     return json.loads(vault.run(["status", "--json"], check=0).stdout)
+
+
+def counts(vault):
+    return status(vault)["counts"]
 
 
 def event_id(ref, inst="inst-test"):

@@ -9,32 +9,43 @@ import time
 import pytest
 
 import lvtest
-from relaylib import (assert_log_agrees, drain_once, enqueue, event_id, items, show, status,
+from relaylib import (assert_log_agrees, drain_once, enqueue, event_id, items, show, status, counts,
                       verify_receipt)
 
 
 # ---- refusals at start: exit 2, nothing touched ----
 
+# (These run without a token: the refusal must come before the token is
+# touched, and the module path given does not even exist.)
+
 @pytest.mark.parametrize("verb", ["drain-once", "drain-loop"])
-def test_plain_http_relay_url_is_refused_at_start(vault, verb):
-    vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "http://127.0.0.1:9/v2/local-vault/installations/inst-test/events"
-    p = vault.run([verb], check=2, timeout=20)
+def test_plain_http_relay_url_is_refused_at_start(bare_env, verb):
+    bare_env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "http://127.0.0.1:9/v2/local-vault/installations/inst-test/events"
+    p = lvtest.run([verb], env=bare_env, check=2, timeout=20)
     assert "--relay-url" in p.stderr and "https" in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
-    assert not os.path.exists(vault.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"])
+    assert not os.path.exists(bare_env["ATTESTO_LOCAL_VAULT_SPOOL_DB"])
+
+
+def test_plain_http_relay_url_is_refused_with_a_token(vault):
+    vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "http://127.0.0.1:9/x"
+    enqueue(vault, "s", "kept")
+    p = vault.run(["drain-once"], check=2)
+    assert "--relay-url" in p.stderr and "https" in p.stderr
+    assert show(vault, event_id("kept"))["attempts"] == 0
 
 
 @pytest.mark.parametrize("verb", ["drain-once", "drain-loop"])
-def test_missing_relay_url_is_refused(vault, verb):
-    vault.env.pop("ATTESTO_LOCAL_VAULT_RELAY_URL", None)
-    p = vault.run([verb], check=2)
+def test_missing_relay_url_is_refused(bare_env, verb):
+    bare_env.pop("ATTESTO_LOCAL_VAULT_RELAY_URL", None)
+    p = lvtest.run([verb], env=bare_env, check=2)
     assert "--relay-url: required" in p.stderr
 
 
-def test_unreadable_ca_file_is_refused(vault):
-    vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "https://127.0.0.1:9/x"
-    vault.env["ATTESTO_LOCAL_VAULT_CA_FILE"] = os.path.join(vault.dir, "no-such-ca.pem")
-    p = vault.run(["drain-once"], check=2)
+def test_unreadable_ca_file_is_refused(bare_env, tmp_path):
+    bare_env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "https://127.0.0.1:9/x"
+    bare_env["ATTESTO_LOCAL_VAULT_CA_FILE"] = str(tmp_path / "no-such-ca.pem")
+    p = lvtest.run(["drain-once"], env=bare_env, check=2)
     assert "--ca-file" in p.stderr and "no-such-ca.pem" in p.stderr
 
 
@@ -48,11 +59,11 @@ def test_unreadable_ca_file_is_refused(vault):
     (["--frobnicate"], "--frobnicate: unknown option"),
     (["extra"], "extra: unexpected argument"),
 ])
-def test_bad_drain_once_options_exit_2(vault, args, needle):
-    vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "https://127.0.0.1:9/x"
-    p = vault.run(["drain-once", *args], check=2)
+def test_bad_drain_once_options_exit_2(bare_env, args, needle):
+    bare_env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "https://127.0.0.1:9/x"
+    p = lvtest.run(["drain-once", *args], env=bare_env, check=2)
     assert needle in p.stderr
-    assert not os.path.exists(vault.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"])
+    assert not os.path.exists(bare_env["ATTESTO_LOCAL_VAULT_SPOOL_DB"])
 
 
 # ---- delivery ----
@@ -86,18 +97,10 @@ def test_one_pass_delivers_with_verified_receipts(vault, start_receiver):
     assert s == {"delivered": 0, "retry_scheduled": 0, "dead_lettered": 0, "remaining": 0}
 
 
-def test_empty_spool_pass_is_clean(vault, start_receiver):
-    start_receiver(vault)
-    enqueue(vault, "s", "only")
-    drain_once(vault, check=0)
-    p, s = drain_once(vault, check=0)
-    assert s["delivered"] == 0 and s["remaining"] == 0
-
-
 # ---- TLS: each failure is a failed attempt, the item stays queued ----
 
-def _assert_failed_attempt(vault, receiver, reason):
-    p, s = drain_once(vault)
+def _assert_failed_attempt(vault, receiver, reason, *args):
+    p, s = drain_once(vault, *args)
     assert p.returncode == 7, p.stderr
     assert s["delivered"] == 0 and s["retry_scheduled"] == 1 and s["remaining"] == 1
     item = show(vault, event_id("tls-1"))
@@ -130,7 +133,10 @@ def test_system_trust_store_does_not_trust_the_test_ca(vault, start_receiver):
     receiver = start_receiver(vault)
     vault.env.pop("ATTESTO_LOCAL_VAULT_CA_FILE")
     enqueue(vault, "s", "tls-1")
-    _assert_failed_attempt(vault, receiver, "tls_verify_failed")
+    # Loading the whole system bundle is slow under ASan on a busy machine;
+    # the connect timeout covers the handshake, so give it room.
+    _assert_failed_attempt(vault, receiver, "tls_verify_failed", "--connect-timeout-ms", "120000",
+                           "--timeout-ms", "150000")
 
 
 def test_pinned_public_key(vault, start_receiver, pki):
@@ -148,7 +154,9 @@ def test_pinned_public_key(vault, start_receiver, pki):
 
 @pytest.mark.parametrize("form", ["retry-after", "retry-after-date"])
 def test_retry_after_is_honoured(vault, start_receiver, form):
-    start_receiver(vault, faults=[f"503:{form}=3"])
+    # 8 s: long enough that the checks below run inside it even on a slow,
+    # busy machine (sanitizer builds), short enough for the suite.
+    start_receiver(vault, faults=[f"503:{form}=8"])
     enqueue(vault, "s", "ra")
     t0 = time.time()
     p, s = drain_once(vault)
@@ -160,15 +168,15 @@ def test_retry_after_is_honoured(vault, start_receiver, form):
     p, s = drain_once(vault)
     assert s == {"delivered": 0, "retry_scheduled": 0, "dead_lettered": 0, "remaining": 1}
     assert show(vault, event_id("ra"))["attempts"] == 1
-    # An HTTP-date has one-second resolution: at least 2 s must pass.
-    time.sleep(max(0.0, t0 + 2.0 - time.time()))
+    # An HTTP-date has one-second resolution: at least 6 s must pass.
+    time.sleep(max(0.0, t0 + 6.0 - time.time()))
     p, s = drain_once(vault)
-    while s["delivered"] == 0 and time.time() < t0 + 6:
+    while s["delivered"] == 0 and time.time() < t0 + 20:
         assert show(vault, event_id("ra"))["attempts"] == 1
         time.sleep(0.2)
         p, s = drain_once(vault)
     assert s["delivered"] == 1
-    assert time.time() - t0 >= 2.0
+    assert time.time() - t0 >= 6.0
 
 
 def test_max_attempts_gives_dead_letter(vault, start_receiver):
@@ -187,7 +195,7 @@ def test_max_attempts_gives_dead_letter(vault, start_receiver):
     item = show(vault, event_id("doomed"))
     assert item["state"] == "dead_letter" and item["attempts"] == 3
     assert item["last_error"] == "http_500"
-    assert status(vault)["dead_letter"] == 1
+    assert counts(vault)["dead_letter"] == 1
 
 
 def test_409_dead_letters_with_receiver_conflict(vault, start_receiver):
@@ -229,7 +237,9 @@ def test_changed_envelope_for_a_known_event_is_a_receiver_conflict(vault, start_
 @pytest.mark.parametrize("code", [401, 403])
 def test_unauthorised_pauses_all_streams_without_burning_attempts(vault, start_receiver, code):
     receiver = start_receiver(vault)
-    receiver.set_faults(f"{code}:count=inf")
+    # Retry-After stretches the pause (1 s at least otherwise) so that the
+    # checks below run inside it even on a slow, busy machine.
+    receiver.set_faults(f"{code}:count=inf:retry-after=6")
     for i in range(4):
         enqueue(vault, f"s{i}", f"p{i}")
     p, s = drain_once(vault, "--max-in-flight", "1")
@@ -241,14 +251,14 @@ def test_unauthorised_pauses_all_streams_without_burning_attempts(vault, start_r
     assert len(tried) == 1 and tried[0]["last_error"] == f"http_{code}"
     assert all(i["attempts"] == 0 and i["state"] == "queued" for i in items(vault))
     st = status(vault)
-    assert st["paused"]["reason"] == f"http_{code}"
+    assert st["pause_reason"] == f"http_{code}" and st["paused_until"]
     # a pass during the pause sends nothing
     p, s = drain_once(vault)
     assert p.returncode == 7 and s["paused"] and s["delivered"] == 0
     assert receiver.events() == []
     # the receiver authorises us again; after the pause everything goes
     receiver.set_faults()
-    deadline = time.time() + 10
+    deadline = time.time() + 30
     while True:
         p, s = drain_once(vault)
         if not s.get("paused") or time.time() > deadline:
@@ -257,7 +267,7 @@ def test_unauthorised_pauses_all_streams_without_burning_attempts(vault, start_r
     assert p.returncode == 0, p.stdout + p.stderr
     assert s["delivered"] == 4 and s["remaining"] == 0
     assert all(i["attempts"] == 1 for i in items(vault))  # only the delivering attempt
-    assert "paused" not in status(vault) or not status(vault)["paused"]
+    assert status(vault)["pause_reason"] is None
     assert_log_agrees(vault, receiver, vault.pk)
 
 

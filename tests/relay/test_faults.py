@@ -34,7 +34,12 @@ FAULTS = [
 ]
 
 
-@pytest.mark.parametrize("spec,reason", FAULTS, ids=[f[0] for f in FAULTS])
+# Timing and connection faults, each on a fresh connection, plus a few
+# others; every kind but slow and drop also runs in the one-spool test below.
+SINGLE = [f for f in FAULTS if f[0].split(":")[0] in ("slow", "drop", "truncated", "big", "503")]
+
+
+@pytest.mark.parametrize("spec,reason", SINGLE, ids=[f[0] for f in SINGLE])
 def test_fault_fails_attempt_then_delivers(vault, start_receiver, spec, reason):
     receiver = start_receiver(vault, faults=[spec])  # count=1: fires once
     enqueue(vault, "str_1", "ref-1")
@@ -64,7 +69,12 @@ def test_fault_fails_attempt_then_delivers(vault, start_receiver, spec, reason):
 def test_every_fault_in_one_spool_then_all_delivered(vault, start_receiver):
     """All kinds one after the other on one stream each; the spool and the
     log agree after every pass, not only at the end."""
-    specs = [f for f, _ in FAULTS if "slow" not in f]
+    # No slow (time) and no drop: libcurl resends a request once, by itself,
+    # when a reused keep-alive connection closes before any byte of an answer
+    # (a stale connection). That is safe with an idempotent receiver, but it
+    # makes a drop on a reused connection invisible; the fresh-connection
+    # drop above shows the recorded failure.
+    specs = [f for f, _ in FAULTS if "slow" not in f and "drop" not in f]
     receiver = start_receiver(vault)
     receiver.set_faults(*[f"{spec}:stream=s{i}" for i, spec in enumerate(specs)])
     for i in range(len(specs)):

@@ -10,7 +10,9 @@ import subprocess
 
 import pytest
 
-from relaylib import (RECEIVER_BIN, Receiver, drain_once, enqueue, event_id, verify_receipt)
+import lvtest
+from relaylib import (RECEIVER_BIN, Receiver, drain_once, enqueue, event_id, public_key_hex,
+                      relay_env, verify_receipt)
 
 PROTO = "ATTESTO-LOCAL-VAULT-RELAY/1"
 
@@ -31,9 +33,33 @@ def post(receiver, pki, body, inst="inst-test", headers=None, method="POST", pat
     return r.status, data
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, pki):
+    """One genuine envelope, accepted by a receiver, shared by the checks
+    below that only post to the receiver (they never touch the token, and
+    none of them changes what the receiver accepted)."""
+    tmp = tmp_path_factory.mktemp("receiver-shared")
+    vault = lvtest.Vault(tmp / "vault")
+    vault.pk = public_key_hex(vault)
+    receiver = Receiver(tmp / "receiver", pki, register=[("inst-test", vault.pk)])
+    relay_env(vault, receiver, pki)
+    enqueue(vault, "str_1", "e1")
+    drain_once(vault, check=0)
+    [entry] = receiver.events()
+    yield vault, receiver, entry
+    receiver.stop()
+
+
 @pytest.fixture
-def delivered(vault, start_receiver):
-    """A receiver that accepted one real envelope (ref e1, stream str_1)."""
+def delivered(shared):
+    vault, receiver, entry = shared
+    yield receiver, entry
+    assert receiver.events() == [entry]  # nothing a check did was recorded
+
+
+@pytest.fixture
+def own(vault, start_receiver):
+    """A fresh token and receiver, for the checks that change state."""
     receiver = start_receiver(vault)
     enqueue(vault, "str_1", "e1")
     drain_once(vault, check=0)
@@ -64,8 +90,8 @@ def test_ack_and_receipt_are_well_formed_and_signed(delivered):
         verify_receipt(rc, receiver)  # a forged receipt does not verify
 
 
-def test_changed_envelope_for_known_event_is_409(vault, delivered, pki, tmp_path):
-    receiver, entry = delivered
+def test_changed_envelope_for_known_event_is_409(vault, own, pki, tmp_path):
+    receiver, entry = own
     vault.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"] = str(tmp_path / "other.sqlite3")
     vault.env["ATTESTO_LOCAL_VAULT_RELAY_URL"] = "https://127.0.0.1:9/unused"
     enqueue(vault, "str_1", "e1", payload={"changed": True})
@@ -138,8 +164,8 @@ def test_seq_no_counts_per_stream(vault, start_receiver):
     assert seq[event_id("b1")] == ("b", 1) and seq[event_id("b2")] == ("b", 2)
 
 
-def test_restart_keeps_idempotency_from_the_events_log(delivered, pki, vault, tmp_path):
-    receiver, entry = delivered
+def test_restart_keeps_idempotency_from_the_events_log(own, pki, vault, tmp_path):
+    receiver, entry = own
     receiver.stop()
     again = Receiver(receiver.dir, pki, register=[("inst-test", vault.pk)])
     try:
