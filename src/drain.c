@@ -182,18 +182,20 @@ int drain_new(Spool *s, Relay *r, const DrainOptions *opt, Drain **ret)
     return 0;
 }
 
+/* Lease bodies hold the payload when an installation opted in to relaying
+ * it: wiped like any plaintext. */
 static void slot_clear(Slot *sl)
 {
-    free(sl->lease.body);
-    free(sl->next.body);
+    erase_and_free(sl->lease.body, sl->lease.body_len);
+    erase_and_free(sl->next.body, sl->next.body_len);
     memset(sl, 0, sizeof(*sl));
 }
 
 static void finished_clear(FinishedList *l)
 {
     for (size_t i = 0; i < l->n; i++) {
-        free(l->v[i].lease.body);
-        free(l->v[i].release.body);
+        erase_and_free(l->v[i].lease.body, l->v[i].lease.body_len);
+        erase_and_free(l->v[i].release.body, l->v[i].release.body_len);
         free(l->v[i].receipt);
     }
     l->n = 0;
@@ -232,9 +234,9 @@ Drain *drain_free(Drain *d)
     free(d->work.v);
     spool_leases_free(d->heads, d->n_heads);
     for (size_t i = 0; i < d->n_asks; i++)
-        free(d->asks[i].lease.body);
+        erase_and_free(d->asks[i].lease.body, d->asks[i].lease.body_len);
     for (size_t i = 0; i < d->n_heads; i++)
-        free(d->head_next[i].lease.body);
+        erase_and_free(d->head_next[i].lease.body, d->head_next[i].lease.body_len);
     free(d->asks);
     free(d->head_next);
     free(d->nexts);
@@ -670,7 +672,7 @@ static void give_back(Drain *d, SpoolLease *l)
     Finished *f = finished_add(&d->fin);
     if (!f) {
         /* It stays leased; the end of the run (or its expiry) returns it. */
-        free(l->body);
+        erase_and_free(l->body, l->body_len);
         l->body = NULL;
         return;
     }
