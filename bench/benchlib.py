@@ -6,6 +6,8 @@ import json
 import os
 import resource
 import shlex
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -127,3 +129,98 @@ def run_json(args, env=None, timeout=None):
     if p.returncode != 0:
         raise RuntimeError(f"{' '.join(args)}: exit {p.returncode}\n{p.stderr[-2000:]}")
     return json.loads(p.stdout)
+
+
+class Notify:
+    """Our own NOTIFY_SOCKET: what the service would tell systemd."""
+
+    def __init__(self, path):
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.2)
+
+    def wait_for(self, key, proc, deadline):
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                msg = self.sock.recv(4096).decode(errors="replace")
+            except socket.timeout:
+                continue
+            if key in msg.split("\n"):
+                return time.monotonic()
+        raise RuntimeError(f"drain-loop did not report {key}")
+
+    def flush(self):
+        try:
+            while True:
+                self.sock.recv(4096)
+        except socket.timeout:
+            pass
+
+    def close(self):
+        self.sock.close()
+
+
+def _child_of(pid, deadline):
+    """The one child of pid (the program /usr/bin/time runs)."""
+    path = f"/proc/{pid}/task/{pid}/children"
+    while time.monotonic() < deadline:
+        try:
+            with open(path) as f:
+                kids = f.read().split()
+            if kids:
+                return int(kids[0])
+        except OSError:
+            pass
+        time.sleep(0.002)
+    raise RuntimeError("drain-loop did not start")
+
+
+def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()):
+    """Runs `drain-loop` until the receiver (accepted: its EventsLog) took k
+    more envelopes; times that from READY=1. Returns (seconds, CPU seconds
+    of the whole process, peak RSS in MiB, stderr).
+
+    The peak RSS comes from /usr/bin/time (the child's ru_maxrss, the
+    kernel's VmHWM over its whole life, wind-down included). Not from our
+    own wait4(): a child forked by this Python process starts with Python's
+    RSS as its high-water mark, which would inflate the figure."""
+    env = dict(env, NOTIFY_SOCKET=notify.path)
+    start = accepted.poll()
+    rusage = errpath + ".time"
+    with open(errpath, "wb") as errf:
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", rusage, lv,
+                                 "drain-loop", "--max-in-flight", "64", *args], env=env,
+                                stdout=subprocess.DEVNULL, stderr=errf)
+    deadline = time.monotonic() + timeout
+    child = None
+    try:
+        child = _child_of(proc.pid, deadline)
+        ready = notify.wait_for("READY=1", proc, deadline)
+        while accepted.poll() - start < k:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise RuntimeError(f"drain-loop: {accepted.poll() - start} of {k} accepted")
+            time.sleep(0.005)
+        done = time.monotonic()
+    finally:
+        if child and proc.poll() is None:
+            try:
+                os.kill(child, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        elif proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        notify.flush()
+    with open(errpath, errors="replace") as f:
+        err = f.read()
+    if proc.returncode != 0:
+        raise RuntimeError(f"drain-loop exited {proc.returncode}: {err[-1000:]}")
+    # Every attempt must have been a delivery: a refusal or a retry would
+    # make the figure meaningless.
+    bad = [line for line in err.splitlines() if "REASON=" in line and "REASON=delivered" not in line]
+    if bad:
+        raise RuntimeError(f"drain-loop: {len(bad)} failed attempt(s), first: {bad[0]}")
+    with open(rusage) as f:
+        kib, user, system = f.read().split()[-3:]
+    return done - ready, float(user) + float(system), int(kib) / 1024.0, err

@@ -185,18 +185,20 @@ int drain_new(Spool *s, Relay *r, const DrainOptions *opt, Drain **ret)
     return 0;
 }
 
+/* Lease bodies hold the payload when an installation opted in to relaying
+ * it: wiped like any plaintext. */
 static void slot_clear(Slot *sl)
 {
-    free(sl->lease.body);
-    free(sl->next.body);
+    erase_and_free(sl->lease.body, sl->lease.body_len);
+    erase_and_free(sl->next.body, sl->next.body_len);
     memset(sl, 0, sizeof(*sl));
 }
 
 static void finished_clear(FinishedList *l)
 {
     for (size_t i = 0; i < l->n; i++) {
-        free(l->v[i].lease.body);
-        free(l->v[i].release.body);
+        erase_and_free(l->v[i].lease.body, l->v[i].lease.body_len);
+        erase_and_free(l->v[i].release.body, l->v[i].release.body_len);
         free(l->v[i].receipt);
     }
     l->n = 0;
@@ -235,9 +237,9 @@ Drain *drain_free(Drain *d)
     free(d->work.v);
     spool_leases_free(d->heads, d->n_heads);
     for (size_t i = 0; i < d->n_asks; i++)
-        free(d->asks[i].lease.body);
+        erase_and_free(d->asks[i].lease.body, d->asks[i].lease.body_len);
     for (size_t i = 0; i < d->n_heads; i++)
-        free(d->head_next[i].lease.body);
+        erase_and_free(d->head_next[i].lease.body, d->head_next[i].lease.body_len);
     free(d->asks);
     free(d->head_next);
     free(d->nexts);
@@ -294,6 +296,13 @@ static void log_attempt(int level, const SpoolLease *l, const char *reason, cons
     log_fields(level, fields, "%s: %s", l->event_id, msg);
 }
 
+/* The lease expired while the request was in flight, and the item went
+ * back to the queue (any spool_open recovers expired leases): its outcome
+ * is no longer this process's to record. Nothing is lost and nothing is
+ * marked: the item is sent again and the receiver, idempotent, answers with
+ * the same acknowledgement. Any other failure to record ends the run. */
+static void outcome_failed(Drain *d, const SpoolLease *l, int r);
+
 static void schedule_retry(Drain *d, SpoolLease *l, const char *reason, int64_t retry_after_ms)
 {
     int attempts = l->attempts + 1;
@@ -302,7 +311,7 @@ static void schedule_retry(Drain *d, SpoolLease *l, const char *reason, int64_t 
     bool dead = false;
     int r = spool_mark_retry(d->spool, l->id, d->owner, reason, next, true, &dead);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     metrics_failure(d->opt.metrics, reason);
@@ -326,7 +335,7 @@ static void dead_letter(Drain *d, SpoolLease *l, const char *reason)
 {
     int r = spool_mark_dead(d->spool, l->id, d->owner, reason);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     metrics_failure(d->opt.metrics, reason);
@@ -361,7 +370,7 @@ static void pause_all(Drain *d, SpoolLease *l, const char *reason, int64_t retry
     bool dead = false;
     int r = spool_mark_retry(d->spool, l->id, d->owner, reason, d->paused_until_ms, false, &dead);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     metrics_failure(d->opt.metrics, reason);
@@ -377,7 +386,7 @@ static void delivered(Drain *d, SpoolLease *l, const char *receipt)
 {
     int r = spool_mark_receipted(d->spool, l->id, d->owner, receipt);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     d->sum.delivered++;
@@ -393,6 +402,18 @@ static void delivered(Drain *d, SpoolLease *l, const char *receipt)
         log_notice("drain resumed: the receiver accepts this installation again");
     }
     log_attempt(LV_LOG_DEBUG, l, NULL, "delivered");
+}
+
+static void outcome_failed(Drain *d, const SpoolLease *l, int r)
+{
+    if (r != -ESTALE) {
+        fail(d, r);
+        return;
+    }
+    lv_error_clear();
+    log_attempt(LV_LOG_WARNING, l, "lease_lost",
+                "the lease expired before the outcome was recorded; the item is queued again and "
+                "will be sent again");
 }
 
 /* What an attempt's result means (DESIGN §5.4, §5.5), judged by the main
@@ -664,7 +685,7 @@ static void give_back(Drain *d, SpoolLease *l)
     Finished *f = finished_add(&d->fin);
     if (!f) {
         /* It stays leased; the end of the run (or its expiry) returns it. */
-        free(l->body);
+        erase_and_free(l->body, l->body_len);
         l->body = NULL;
         return;
     }

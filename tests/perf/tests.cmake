@@ -13,3 +13,16 @@ if(TARGET lv-witness-bench)
   set_property(TEST perf_ceiling_witness_bench APPEND PROPERTY ENVIRONMENT
                "LV_WITNESS_BENCH=$<TARGET_FILE:lv-witness-bench>")
 endif()
+if(TARGET lv-bench-sign)
+  lv_add_pytest(perf_ceiling_sign ${CMAKE_CURRENT_LIST_DIR}/test_ceiling_sign.py LABELS perf
+                TIMEOUT 300)
+  set_property(TEST perf_ceiling_sign APPEND PROPERTY ENVIRONMENT
+               "LV_BENCH_SIGN=$<TARGET_FILE:lv-bench-sign>")
+endif()
+if(TARGET https_post_ceiling)
+  lv_add_pytest(perf_ceiling_post ${CMAKE_CURRENT_LIST_DIR}/test_ceiling_post.py LABELS perf
+                TIMEOUT 300)
+  set_property(TEST perf_ceiling_post APPEND PROPERTY ENVIRONMENT
+               "LV_POST_CEILING=$<TARGET_FILE:https_post_ceiling>"
+               "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
+endif()

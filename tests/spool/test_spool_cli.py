@@ -8,6 +8,7 @@ import hashlib
 import json
 import os
 import pty
+import shutil
 import signal
 import sqlite3
 import stat
@@ -32,6 +33,24 @@ DOMAIN = b"attesto.local-vault.relay-envelope.v1\n"
 @pytest.fixture(scope="module")
 def token_vault(tmp_path_factory):
     return Vault(tmp_path_factory.mktemp("token"))
+
+
+@pytest.fixture(scope="module")
+def seed_spool(token_vault, tmp_path_factory):
+    """A spool holding one item ("existing"), made once and copied by the
+    tests that only need something already stored."""
+    t = copy.copy(token_vault)
+    t.env = dict(token_vault.env)
+    path = str(tmp_path_factory.mktemp("seed") / "spool.sqlite3")
+    t.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"] = path
+    t.run(["enqueue", "--stream-id", "str_1", "--source-ref", "existing", "--payload-file", "-"],
+          input='{"n":0}', check=0)
+    assert not os.path.exists(path + "-wal")  # checkpointed into the main file at exit
+    return path
+
+
+def seeded(v, seed_spool):
+    shutil.copy2(seed_spool, spool_path(v))
 
 
 @pytest.fixture
@@ -451,8 +470,9 @@ BAD_LINES = [
 
 
 @pytest.mark.parametrize("name,line,needle", BAD_LINES, ids=[b[0] for b in BAD_LINES])
-def test_bad_batch_line_exit_2_names_line_and_field_nothing_written(v, name, line, needle):
-    enqueue(v, "existing", {"n": 0})
+def test_bad_batch_line_exit_2_names_line_and_field_nothing_written(v, seed_spool, name, line,
+                                                                    needle):
+    seeded(v, seed_spool)
     before = rows(v, "SELECT * FROM items"), rows(v, "SELECT * FROM conflicts")
     p, res = batch(v, ['{"stream_id":"s","source_ref":"ok-1","payload":{}}', line,
                        '{"stream_id":"s","source_ref":"ok-2","payload":{}}'], check=2)
@@ -490,8 +510,8 @@ BAD_SINGLE = [
 
 
 @pytest.mark.parametrize("name,args,payload,needle", BAD_SINGLE, ids=[b[0] for b in BAD_SINGLE])
-def test_bad_single_item_exit_2_nothing_written(v, name, args, payload, needle):
-    enqueue(v, "existing", {"n": 0})
+def test_bad_single_item_exit_2_nothing_written(v, seed_spool, name, args, payload, needle):
+    seeded(v, seed_spool)
     before = rows(v, "SELECT * FROM items")
     extra = ["--payload-file", "-"] if payload is not None else []
     p = v.run(["enqueue", *args, *extra], input=payload, check=2)
