@@ -1353,6 +1353,18 @@ int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
 
 /* ---- AES-GCM ------------------------------------------------------------ */
 
+/* A failure on a DEK, a session key this process unwrapped: a handle no
+ * longer valid means the session or the login that held it is gone (a
+ * logout or a lost session destroys session objects), an outage that a
+ * reopen cures, not a key missing from the configuration. */
+static int dek_rv_error(CK_RV rv, const char *what)
+{
+    if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID)
+        return lv_error_set(LV_ERR_TOKEN, "%s: %s (0x%lx): the data key's session object is gone",
+                            what, token_rv_name(rv), (unsigned long)rv);
+    return rv_error(rv, what);
+}
+
 /* slot < 0: the DEK of token_dek_load; else a DEK of token_dek_load_slot. */
 static int gcm_slot(Token *t, int slot, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN],
                     const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
@@ -1387,14 +1399,14 @@ static int gcm_slot(Token *t, int slot, bool encrypt, const uint8_t iv[TOKEN_GCM
         if (rv == CKR_OK)
             rv = t->module->C_Encrypt(s, (CK_BYTE *)in, in_len, out, &n);
         if (rv != CKR_OK)
-            r = rv_error(rv, "C_Encrypt(CKM_AES_GCM)");
+            r = dek_rv_error(rv, "C_Encrypt(CKM_AES_GCM)");
         else if (n != out_len)
             r = lv_error_set(LV_ERR_TOKEN, "C_Encrypt(CKM_AES_GCM): %lu bytes (expected %zu)",
                              (unsigned long)n, out_len);
     } else {
         rv = t->module->C_DecryptInit(s, &mech, key);
         if (rv != CKR_OK)
-            r = rv_error(rv, "C_DecryptInit(CKM_AES_GCM)");
+            r = dek_rv_error(rv, "C_DecryptInit(CKM_AES_GCM)");
         else {
             /* SoftHSM sizes GCM output by the whole input (ciphertext and
              * tag) and answers CKR_BUFFER_TOO_SMALL otherwise, which would
@@ -1407,7 +1419,7 @@ static int gcm_slot(Token *t, int slot, bool encrypt, const uint8_t iv[TOKEN_GCM
             else
                 rv = t->module->C_Decrypt(s, (CK_BYTE *)in, in_len, tmp, &n);
             if (rv != CKR_OK && rv_is_outage(rv))
-                r = rv_error(rv, "C_Decrypt(CKM_AES_GCM)");
+                r = dek_rv_error(rv, "C_Decrypt(CKM_AES_GCM)");
             else if (rv != CKR_OK)
                 /* SoftHSM reports a tag or AAD mismatch as CKR_GENERAL_ERROR:
                  * this ciphertext is rejected; the token is fine. */
