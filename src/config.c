@@ -13,7 +13,10 @@ typedef struct Option {
     const char *help;
 } Option;
 
-#define OPT(f, e, field, h) {f, "ATTESTO_LOCAL_VAULT_" e, offsetof(Config, field), h}
+#define OPT(f, e, field, h)                                                                        \
+    {                                                                                              \
+        f, "ATTESTO_LOCAL_VAULT_" e, offsetof(Config, field), h                                    \
+    }
 static const Option options[] = {
     OPT("spool-db", "SPOOL_DB", spool_db, "spool database path"),
     OPT("witness-db", "WITNESS_DB", witness_db, "witness database path"),
