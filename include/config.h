@@ -16,8 +16,8 @@ typedef struct Config {
     const char *pkcs11_module;
     const char *pin_file;
     const char *ca_file;
-    const char
-        *pinned_public_key; /* CURLOPT_PINNEDPUBLICKEY: sha256//BASE64[;...] or a PEM/DER file */
+    /* CURLOPT_PINNEDPUBLICKEY: sha256//BASE64[;...] or a PEM/DER file */
+    const char *pinned_public_key;
     const char *log_level;
     bool json; /* --json given globally */
 } Config;
