@@ -60,6 +60,30 @@ static int bad_option(const char *verb, char **argv)
     return usage_error(verb, "%s: unknown option or missing value (see --help)", argv[optind - 1]);
 }
 
+/* --help: the verb's usage on stdout, exit 0 (the man page has the rest). */
+static int print_help(const char *usage)
+{
+    printf("%s", usage);
+    return LV_EXIT_OK;
+}
+
+#define HELP_OPTION                                                                                \
+    {                                                                                              \
+        "help", no_argument, NULL, 'h'                                                             \
+    }
+#define USAGE_PREFIX "Usage: attesto-local-vault [GLOBAL OPTIONS] "
+static const char status_usage[] = USAGE_PREFIX "status [--json]\n";
+static const char list_usage[] =
+    USAGE_PREFIX "list [--state S] [--stream-id ID] [--limit N] [--after SEQ] [--json]\n";
+static const char show_usage[] = USAGE_PREFIX "show EVENT_ID [--json] [--payload]\n";
+static const char dead_letter_usage[] = USAGE_PREFIX
+    "dead-letter list [--stream-id ID] [--limit N] [--after SEQ] [--json]\n"
+    "       attesto-local-vault [GLOBAL OPTIONS] dead-letter requeue (EVENT_ID|--all)\n";
+static const char purge_usage[] =
+    USAGE_PREFIX "purge --receipted-before YYYY-MM-DD|YYYY-MM-DDTHH:MM:SSZ\n";
+static const char verify_usage[] =
+    USAGE_PREFIX "verify FILE|- --public-key HEX|PEMFILE|JSONFILE [--public-key ...] [--json]\n";
+
 /* Opens the spool; with want_token also the token (KEK, DEK). Returns 0 or
  * the exit code after reporting. */
 static int open_spool(const char *verb, const Config *cfg, bool want_token, bool include_payload,
@@ -580,10 +604,12 @@ int status_main(const Config *cfg, int argc, char **argv)
 {
     const char *verb = argv[0];
     bool json = false;
-    static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, {0}};
+    static const struct option opts[] = {{"json", no_argument, NULL, 'J'}, HELP_OPTION, {0}};
     optind = 0;
     int c;
     while ((c = VERB_GETOPT(argc, argv, "", opts)) != -1) {
+        if (c == 'h')
+            return print_help(status_usage);
         if (c != 'J')
             return bad_option(verb, argv);
         json = true;
@@ -753,9 +779,13 @@ int list_main(const Config *cfg, int argc, char **argv)
     int64_t after = 0;
     bool json = false;
     static const struct option opts[] = {
-        {"state", required_argument, NULL, 's'}, {"stream-id", required_argument, NULL, 'S'},
-        {"limit", required_argument, NULL, 'l'}, {"after", required_argument, NULL, 'a'},
-        {"json", no_argument, NULL, 'J'},        {0},
+        {"state", required_argument, NULL, 's'},
+        {"stream-id", required_argument, NULL, 'S'},
+        {"limit", required_argument, NULL, 'l'},
+        {"after", required_argument, NULL, 'a'},
+        {"json", no_argument, NULL, 'J'},
+        HELP_OPTION,
+        {0},
     };
     optind = 0;
     int c;
@@ -782,6 +812,8 @@ int list_main(const Config *cfg, int argc, char **argv)
         case 'J':
             json = true;
             break;
+        case 'h':
+            return print_help(list_usage);
         default:
             return bad_option(verb, argv);
         }
@@ -798,7 +830,7 @@ int show_main(const Config *cfg, int argc, char **argv)
     const char *verb = argv[0];
     bool json = false, want_payload = false;
     static const struct option opts[] = {
-        {"json", no_argument, NULL, 'J'}, {"payload", no_argument, NULL, 'P'}, {0}};
+        {"json", no_argument, NULL, 'J'}, {"payload", no_argument, NULL, 'P'}, HELP_OPTION, {0}};
     optind = 0;
     int c;
     while ((c = VERB_GETOPT(argc, argv, "", opts)) != -1) {
@@ -806,6 +838,8 @@ int show_main(const Config *cfg, int argc, char **argv)
             json = true;
         else if (c == 'P')
             want_payload = true;
+        else if (c == 'h')
+            return print_help(show_usage);
         else
             return bad_option(verb, argv);
     }
@@ -884,6 +918,9 @@ int dead_letter_main(const Config *cfg, int argc, char **argv)
         return usage_error(verb, "usage: dead-letter list [--limit N] [--stream-id S] | "
                                  "dead-letter requeue (EVENT_ID|--all)");
     const char *sub = argv[1];
+    if (strcmp(sub, "--help") == 0 ||
+        (argc == 3 && strcmp(argv[2], "--help") == 0 && strcmp(sub, "requeue") == 0))
+        return print_help(dead_letter_usage);
     if (strcmp(sub, "list") == 0) {
         const char *stream_id = NULL;
         size_t limit = LIST_DEFAULT;
@@ -893,6 +930,7 @@ int dead_letter_main(const Config *cfg, int argc, char **argv)
                                              {"limit", required_argument, NULL, 'l'},
                                              {"after", required_argument, NULL, 'a'},
                                              {"json", no_argument, NULL, 'J'},
+                                             HELP_OPTION,
                                              {0}};
         optind = 0;
         int c;
@@ -910,6 +948,8 @@ int dead_letter_main(const Config *cfg, int argc, char **argv)
                     return usage_error(verb, "--after: %s: must be a sequence number", optarg);
             } else if (c == 'J')
                 json = true;
+            else if (c == 'h')
+                return print_help(dead_letter_usage);
             else
                 return bad_option(verb, argv + 1);
         }
@@ -946,10 +986,13 @@ int dead_letter_main(const Config *cfg, int argc, char **argv)
 int purge_main(const Config *cfg, int argc, char **argv)
 {
     const char *verb = argv[0], *before = NULL;
-    static const struct option opts[] = {{"receipted-before", required_argument, NULL, 'b'}, {0}};
+    static const struct option opts[] = {
+        {"receipted-before", required_argument, NULL, 'b'}, HELP_OPTION, {0}};
     optind = 0;
     int c;
     while ((c = VERB_GETOPT(argc, argv, "", opts)) != -1) {
+        if (c == 'h')
+            return print_help(purge_usage);
         if (c != 'b')
             return bad_option(verb, argv);
         before = optarg;
@@ -1109,8 +1152,10 @@ int verify_main(const Config *cfg, int argc, char **argv)
     const char *verb = argv[0], *key_args[VERIFY_MAX_KEYS];
     size_t n_args = 0;
     bool json = false;
-    static const struct option opts[] = {
-        {"public-key", required_argument, NULL, 'k'}, {"json", no_argument, NULL, 'J'}, {0}};
+    static const struct option opts[] = {{"public-key", required_argument, NULL, 'k'},
+                                         {"json", no_argument, NULL, 'J'},
+                                         HELP_OPTION,
+                                         {0}};
     optind = 0;
     int c;
     while ((c = VERB_GETOPT(argc, argv, "", opts)) != -1) {
@@ -1120,6 +1165,8 @@ int verify_main(const Config *cfg, int argc, char **argv)
             key_args[n_args++] = optarg;
         } else if (c == 'J')
             json = true;
+        else if (c == 'h')
+            return print_help(verify_usage);
         else
             return bad_option(verb, argv);
     }

@@ -20,13 +20,13 @@ _attesto_local_vault_verb_options() {
     keys) echo "--help" ;;
     public-key) echo "--format --help" ;;
     enqueue) echo "--stream-id --source-ref --event-type --payload-file --jsonl --include-payload --help" ;;
-    status) echo "--json" ;;
-    list) echo "--state --stream-id --limit --after --json" ;;
-    show) echo "--json --payload" ;;
-    "dead-letter list") echo "--stream-id --limit --after --json" ;;
-    "dead-letter requeue") echo "--all" ;;
-    purge) echo "--receipted-before" ;;
-    verify) echo "--public-key --json" ;;
+    status) echo "--json --help" ;;
+    list) echo "--state --stream-id --limit --after --json --help" ;;
+    show) echo "--json --payload --help" ;;
+    "dead-letter list") echo "--stream-id --limit --after --json --help" ;;
+    "dead-letter requeue") echo "--all --help" ;;
+    purge) echo "--receipted-before --help" ;;
+    verify) echo "--public-key --json --help" ;;
     drain-once) echo "--max-in-flight --max-attempts --timeout-ms --connect-timeout-ms --lease-ms
         --backoff-base-ms --json --help" ;;
     drain-loop) echo "--max-in-flight --max-attempts --timeout-ms --connect-timeout-ms --lease-ms

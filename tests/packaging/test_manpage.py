@@ -38,6 +38,35 @@ def test_every_global_option_and_its_variable_is_documented():
         assert flag in text
 
 
+def verb_section(text, verb):
+    """The text of a verb's .SS section, up to the next .SS or .SH."""
+    m = re.search(rf'^\.SS "?{re.escape(verb)}\b', text, re.M)
+    assert m, f"verb {verb} has no .SS section"
+    end = re.search(r"^\.S[SH] ", text[m.end():], re.M)
+    return text[m.start():m.end() + (end.start() if end else len(text))]
+
+
+def test_every_option_of_a_verbs_usage_is_in_its_section():
+    """What `VERB --help` names, the verb's own section documents (global
+    options mentioned in a usage's prose are covered by the test above)."""
+    main = open(os.path.join(lvtest.SOURCE_DIR, "src", "main.c")).read()
+    table = main[main.index("static const Verb verbs[]"):]
+    verbs = re.findall(r'^\s*\{"([a-z0-9-]+)",', table[:table.index("};")], re.M)
+    config = open(os.path.join(lvtest.SOURCE_DIR, "src", "config.c")).read()
+    globals_ = {"--" + o for o in re.findall(r'OPT\("([a-z0-9-]+)"', config)}
+    text = man_text()
+    missing = []
+    for verb in verbs:
+        p = lvtest.run([verb, "--help"], check=0)
+        section = verb_section(text, verb)
+        if verb == "drain-loop":  # its "drain options" are drain-once's
+            section += verb_section(text, "drain-once")
+        for opt in sorted(set(re.findall(r"(--[a-z][a-z-]*)", p.stdout)) - {"--help"} - globals_):
+            if not re.search(rf"{re.escape(opt)}\b", section):
+                missing.append(f"{verb} {opt}")
+    assert not missing, f"options in a verb's usage but not in its man page section: {missing}"
+
+
 def test_every_exit_code_is_documented():
     lv_h = open(os.path.join(lvtest.SOURCE_DIR, "include", "lv.h")).read()
     codes = sorted(set(int(c) for c in re.findall(r"LV_EXIT_\w+ = (\d+)", lv_h)))

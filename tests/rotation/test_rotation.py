@@ -8,6 +8,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import time
 
 import lvtest
 from relaylib import Receiver, drain_once, enqueue, event_id, relay_env, show, verify_envelope
@@ -245,3 +246,73 @@ def test_usage_errors(tmp_path):
     assert "only for rekey" in v.run(["spool", "deks", "--batch", "5"], check=2).stderr
     assert "unexpected argument" in v.run(["spool", "deks", "extra"], check=2).stderr
     assert not os.path.exists(v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"])
+
+
+def enqueue_opt_in(vault, items):
+    """Items with the payload relayed (opt-in): their envelopes are sealed
+    too, so delivering them decrypts rows under their own DEK."""
+    lines = "".join(json.dumps({"stream_id": s, "source_ref": r, "payload": p}) + "\n"
+                    for s, r, p in items)
+    vault.run(["enqueue", "--jsonl", "-", "--include-payload"], input=lines, check=0)
+
+
+def receipted(vault):
+    return json.loads(vault.run(["status", "--json"], check=0).stdout)["counts"]["receipted"]
+
+
+def test_rotations_under_a_running_drain_loop(tmp_path, pki):
+    """drain-loop keeps running across a signing key switch and two DEK
+    rotations made by other processes: rows sealed under DEKs 1, 2 and 3
+    (one of them made after the service opened the spool) are all opened,
+    delivered with their payload, and each envelope verifies under its kid."""
+    v = lvtest.Vault(tmp_path / "v")
+    key_a = public_keys(v)
+    enqueue_opt_in(v, [("s1", "a1", {"e": "a", "n": 1}), ("s2", "a2", {"e": "a", "n": 2})])
+    lvtest.run(["keys", "init"], env=dict(v.env, ATTESTO_LOCAL_VAULT_SIGNING_KEY=SIGNING_B),
+               check=0)
+    v.env["ATTESTO_LOCAL_VAULT_SIGNING_KEY"] = SIGNING_B
+    assert json.loads(v.run(["spool", "rotate-dek", "--json"], check=0).stdout) == \
+        {"current_dek": 2}
+    enqueue_opt_in(v, [("s1", "b1", {"e": "b", "n": 1}), ("s3", "b2", {"e": "b", "n": 2})])
+    keys = public_keys(v)
+    keys_file = tmp_path / "keys.json"
+    keys_file.write_text(json.dumps(keys))
+    rcv = Receiver(tmp_path / "rcv", pki, register=[("inst-test", f"@{keys_file}")])
+    relay_env(v, rcv, pki)
+    loop = subprocess.Popen([lvtest.LV_BIN, "drain-loop", "--metrics-file", "none",
+                             "--max-in-flight", "4"], env=v.env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        wait_until(lambda: receipted(v) == 4, 60, "the first four delivered", loop)
+        # A DEK made while the service runs: its rows are opened too.
+        assert json.loads(v.run(["spool", "rotate-dek", "--json"], check=0).stdout) == \
+            {"current_dek": 3}
+        enqueue_opt_in(v, [("s1", "c1", {"e": "b", "n": 3}), ("s4", "c2", {"e": "b", "n": 4})])
+        assert [(d["id"], d["rows"]) for d in deks(v)] == [(1, 2), (2, 2), (3, 2)]
+        wait_until(lambda: receipted(v) == 6, 60, "all six delivered", loop)
+    finally:
+        loop.terminate()
+        _, err = loop.communicate(timeout=30)
+        events = {e["event_id"]: e for e in rcv.events()}
+        rcv.stop()
+    assert loop.returncode == 0, err
+    counts = json.loads(v.run(["status", "--json"], check=0).stdout)["counts"]
+    assert counts["quarantined"] == 0 and counts["dead_letter"] == 0, counts
+    kids = by_kid(keys)
+    want = {"a1": (key_a["kid"], {"e": "a", "n": 1}), "a2": (key_a["kid"], {"e": "a", "n": 2}),
+            "b1": (keys["kid"], {"e": "b", "n": 1}), "b2": (keys["kid"], {"e": "b", "n": 2}),
+            "c1": (keys["kid"], {"e": "b", "n": 3}), "c2": (keys["kid"], {"e": "b", "n": 4})}
+    for ref, (kid, pl) in want.items():
+        body = events[event_id(ref)]["body"]
+        env = json.loads(body)
+        assert env["local_signature"]["kid"] == kid, ref
+        assert env["payload"] == pl, ref
+        verify_envelope(body, kids[kid])
+
+
+def wait_until(cond, timeout, what, proc):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert proc.poll() is None, f"drain-loop exited: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"timed out: {what}"
+        time.sleep(0.2)
