@@ -856,11 +856,13 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
 typedef struct Prepared {
     char *canon;
     size_t canon_len;
-    /* Built ahead by the signer thread (spool_enqueue) when signed: */
+    /* Built ahead by the signer thread (spool_enqueue) when presign: */
     bool presign;
     char *body;
     size_t body_len;
     char envelope_hash[65];
+    uint8_t *payload_row, *env_row; /* sealed */
+    size_t payload_row_len, env_row_len;
 } Prepared;
 
 static EnvelopeInput envelope_input(const Spool *s, const SpoolItemIn *it, const Prepared *p,
@@ -889,6 +891,32 @@ static int item_stored(Spool *s, const char *event_id)
     if (rc == SQLITE_ROW)
         return 1;
     return rc == SQLITE_DONE ? 0 : sql_err(s, rc, "look up item");
+}
+
+/* Everything of a new item that needs the token: the envelope and its
+ * signature, the sealed payload (and the sealed body, with the opt-in
+ * payload). No SQL, so the signer thread can run it. */
+static int build_item(Spool *s, const SpoolItemIn *it, Prepared *p, int64_t now)
+{
+    EnvelopeInput ei = envelope_input(s, it, p, now);
+    int r = envelope_build(s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
+    if (r >= 0)
+        r = seal(s, "payload", it->stream_id, it->source_ref, p->envelope_hash, p->canon,
+                 p->canon_len, &p->payload_row, &p->payload_row_len);
+    /* With the opt-in payload the body holds the plaintext: seal it too. */
+    if (r >= 0 && s->include_payload)
+        r = seal(s, "envelope", it->stream_id, it->source_ref, p->envelope_hash, p->body,
+                 p->body_len, &p->env_row, &p->env_row_len);
+    return r;
+}
+
+static void prepared_done(Prepared *p)
+{
+    erase_and_free(p->body, p->body_len);
+    free(p->payload_row);
+    free(p->env_row);
+    p->body = NULL;
+    p->payload_row = p->env_row = NULL;
 }
 
 static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64_t now,
@@ -938,33 +966,17 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
             return sql_err(s, rc, "look up item");
     }
 
-    /* The signer thread built the envelope already, or we build it here. */
-    char *own_body = NULL;
-    const char *body = p->body;
-    size_t body_len = p->body_len;
-    uint8_t *payload_row = NULL, *env_row = NULL;
-    size_t payload_row_len = 0, env_row_len = 0;
+    /* The signer thread built the item already, or we build it here. */
+    Prepared own = {.canon = p->canon, .canon_len = p->canon_len};
+    const Prepared *b = p;
     int r = 0;
-    if (body) {
-        memcpy(res->envelope_hash, p->envelope_hash, sizeof(res->envelope_hash));
-    } else {
-        EnvelopeInput ei = envelope_input(s, it, p, now);
-        r = envelope_build(s->tok, &ei, &own_body, &body_len, res->envelope_hash);
+    if (!p->body) {
+        r = build_item(s, it, &own, now);
         if (r < 0)
             goto done;
-        body = own_body;
+        b = &own;
     }
-    r = seal(s, "payload", it->stream_id, it->source_ref, res->envelope_hash, p->canon,
-             p->canon_len, &payload_row, &payload_row_len);
-    if (r < 0)
-        goto done;
-    /* With the opt-in payload the body holds the plaintext: seal it too. */
-    if (s->include_payload) {
-        r = seal(s, "envelope", it->stream_id, it->source_ref, res->envelope_hash, body, body_len,
-                 &env_row, &env_row_len);
-        if (r < 0)
-            goto done;
-    }
+    memcpy(res->envelope_hash, b->envelope_hash, sizeof(res->envelope_hash));
     {
         _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_INSERT);
         if (!st) {
@@ -977,12 +989,12 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
         sqlite3_bind_text(st, 4, event_type, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 5, payload_hash, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, res->envelope_hash, -1, SQLITE_STATIC);
-        sqlite3_bind_int(st, 7, env_row ? 1 : 0);
-        if (env_row)
-            sqlite3_bind_blob(st, 8, env_row, (int)env_row_len, SQLITE_STATIC);
+        sqlite3_bind_int(st, 7, b->env_row ? 1 : 0);
+        if (b->env_row)
+            sqlite3_bind_blob(st, 8, b->env_row, (int)b->env_row_len, SQLITE_STATIC);
         else
-            sqlite3_bind_blob(st, 8, body, (int)body_len, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 9, payload_row, (int)payload_row_len, SQLITE_STATIC);
+            sqlite3_bind_blob(st, 8, b->body, (int)b->body_len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 9, b->payload_row, (int)b->payload_row_len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 10, now);
         int rc = sqlite3_step(st);
         if (rc != SQLITE_DONE) {
@@ -1008,16 +1020,16 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
     res->status = SPOOL_QUEUED;
     r = 0;
 done:
-    erase_and_free(own_body, body_len);
-    free(payload_row);
-    free(env_row);
+    prepared_done(&own);
     return r;
 }
 
 /* Pipelining a batch: the token's C_Sign is the slowest step of an item, so
- * one thread does nothing but build and sign envelopes, in order, while the
- * caller's thread seals and inserts the items already signed (the Token
- * lends each thread its own session). Both run inside the batch's one
+ * one thread does all of an item's token work (build and sign the envelope,
+ * seal the rows), in order, while the caller's thread inserts the items
+ * already built. All token calls stay on one thread: SoftHSM and OpenSSL 3
+ * serialise concurrent operations on internal locks, so splitting them
+ * across threads only adds contention. Both run inside the batch's one
  * transaction; nothing is committed before every item is stored. */
 #define SIGNER_MIN_ITEMS 2
 
@@ -1047,8 +1059,7 @@ static void *signer_main(void *arg)
             pthread_mutex_unlock(&g->lock);
             if (stop)
                 break;
-            EnvelopeInput ei = envelope_input(g->s, &g->items[i], p, g->now);
-            r = envelope_build(g->s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
+            r = build_item(g->s, &g->items[i], p, g->now);
         }
         pthread_mutex_lock(&g->lock);
         if (r < 0) {
@@ -1186,7 +1197,7 @@ done:
     }
     for (size_t i = 0; i < n; i++) {
         erase_and_free(prep[i].canon, prep[i].canon_len);
-        erase_and_free(prep[i].body, prep[i].body_len);
+        prepared_done(&prep[i]);
     }
     free(prep);
     return r;
