@@ -16,14 +16,15 @@ typedef struct Config {
     const char *pkcs11_module;
     const char *pin_file;
     const char *ca_file;
-    const char *pinned_public_key; /* CURLOPT_PINNEDPUBLICKEY: sha256//BASE64[;...] or a PEM/DER file */
+    /* CURLOPT_PINNEDPUBLICKEY: sha256//BASE64[;...] or a PEM/DER file */
+    const char *pinned_public_key;
     const char *log_level;
-    bool json;    /* --json given globally */
+    bool json; /* --json given globally */
 } Config;
 
-#define LV_DEFAULT_SPOOL_DB   "/var/lib/attesto/local-vault.sqlite3"
-#define LV_DEFAULT_WITNESS_DB "/var/lib/attesto/local-vault-witness.sqlite3"
-#define LV_DEFAULT_SIGNING_KEY "pkcs11:token=attesto;object=lv-signing;type=private"
+#define LV_DEFAULT_SPOOL_DB       "/var/lib/attesto/local-vault.sqlite3"
+#define LV_DEFAULT_WITNESS_DB     "/var/lib/attesto/local-vault-witness.sqlite3"
+#define LV_DEFAULT_SIGNING_KEY    "pkcs11:token=attesto;object=lv-signing;type=private"
 #define LV_DEFAULT_ENCRYPTION_KEY "pkcs11:token=attesto;object=lv-spool-kek;type=secret-key"
 
 /* Parses the global options that stand before the verb, fills in the

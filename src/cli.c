@@ -30,17 +30,31 @@ void cli_token_config(const Config *cfg, TokenConfig *ret)
     };
 }
 
+/* A token found absent at start is looked for again for this long: SoftHSM's
+ * file store rewrites token.object when another process logs in, and a
+ * process starting at that moment sees no token at all (enqueue racing the
+ * drain-loop); a USB token re-enumerating looks the same. */
+#define CLI_TOKEN_ABSENT_WAIT_MS 3000
+
 int cli_open_token(const char *verb, const Config *cfg, bool want_kek, Token **ret)
 {
     TokenConfig tc;
     Token *t = NULL;
     cli_token_config(cfg, &tc);
-    lv_error_clear();
-    int r = token_open(&tc, &t);
-    if (r >= 0)
-        r = token_check_signing_key(t);
-    if (r >= 0 && want_kek)
-        r = token_check_kek(t);
+    int64_t deadline = lv_mono_ms() + CLI_TOKEN_ABSENT_WAIT_MS;
+    int r;
+    for (unsigned delay_ms = 20;; delay_ms = delay_ms < 320 ? delay_ms * 2 : 320) {
+        lv_error_clear();
+        r = token_open(&tc, &t);
+        if (r >= 0)
+            r = token_check_signing_key(t);
+        if (r >= 0 && want_kek)
+            r = token_check_kek(t);
+        if (r >= 0 || r != LV_ERR_NOTOKEN || lv_mono_ms() + delay_ms > deadline)
+            break;
+        t = token_close(t);
+        usleep(delay_ms * 1000);
+    }
     if (r < 0) {
         token_close(t);
         return cli_fail(verb, r);

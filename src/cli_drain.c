@@ -2,7 +2,10 @@
 /* drain-once and drain-loop: check the relay configuration, open the token
  * and the spool, then run one pass or the service loop. */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
+#include <systemd/sd-daemon.h>
+#include <time.h>
 
 #include "cli.h"
 #include "drain.h"
@@ -230,6 +233,70 @@ int drain_once_main(const Config *cfg, int argc, char **argv)
     return failed ? LV_EXIT_DELIVERY : LV_EXIT_OK;
 }
 
+/* A token outage: the token stopped answering (lost session or login, a
+ * pulled device, a failing operation), as opposed to a configuration or
+ * key problem (PIN refused, key missing or wrong, module missing). */
+static bool token_outage(int r)
+{
+    return r == LV_ERR_TOKEN || r == LV_ERR_NOTOKEN;
+}
+
+/* Opens the token, the spool and the drain again after an outage: a new
+ * session, a new login, the DEK unwrapped again. Quiet: the caller reports. */
+static int reopen(const Config *cfg, const DrainArgs *a, Run *run)
+{
+    TokenConfig tc;
+    cli_token_config(cfg, &tc);
+    lv_error_clear();
+    int r = token_open(&tc, &run->tok);
+    if (r >= 0)
+        r = token_check_signing_key(run->tok);
+    if (r >= 0)
+        r = token_check_kek(run->tok);
+    SpoolOptions so = {
+        .path = cfg->spool_db,
+        .installation_id = cfg->installation_id,
+        .max_attempts = (int)a->max_attempts,
+    };
+    if (r >= 0)
+        r = spool_open(&so, run->tok, &run->spool);
+    DrainOptions dopt = {
+        .max_in_flight = (unsigned)a->max_in_flight,
+        .lease_ms = a->lease_ms,
+        .backoff_base_ms = a->backoff_base_ms,
+        .stop_grace_ms = a->stop_grace_ms,
+        .spool_path = cfg->spool_db,
+    };
+    if (r >= 0)
+        r = drain_new(run->spool, run->relay, &dopt, &run->drain);
+    if (r < 0) {
+        run->drain = drain_free(run->drain);
+        run->spool = spool_close(run->spool);
+        run->tok = token_close(run->tok);
+    }
+    return r;
+}
+
+/* Waits ms, or less if SIGTERM/SIGINT arrives: true when one did. */
+static bool wait_or_signal(int64_t ms)
+{
+    sigset_t set, old;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    sigprocmask(SIG_BLOCK, &set, &old);
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000};
+    int sig;
+    do
+        sig = sigtimedwait(&set, NULL, &ts);
+    while (sig < 0 && errno == EINTR);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    return sig > 0;
+}
+
+#define REOPEN_FIRST_MS 1000
+#define REOPEN_MAX_MS   30000
+
 int drain_loop_main(const Config *cfg, int argc, char **argv)
 {
     const char *verb = argv[0];
@@ -244,10 +311,57 @@ int drain_loop_main(const Config *cfg, int argc, char **argv)
         run_done(&run);
         return code;
     }
-    lv_error_clear();
-    int r = drain_loop(run.drain);
-    if (r < 0)
+    /* The token layer never logs in again behind its callers' backs
+     * (docs/token.md), and the unit does not restart exit 5, which also
+     * means a refused PIN. So an outage is handled here: the leases are
+     * released (drain_loop does that), the spool and the Token closed, and
+     * both opened again with backoff, STATUS saying so, until the token
+     * answers or a reopen meets a problem that waiting cannot fix. */
+    int r;
+    for (;;) {
+        lv_error_clear();
+        r = drain_loop(run.drain);
+        if (r >= 0 || !token_outage(r))
+            break;
+        char why[600];
+        snprintf(why, sizeof(why), "%s", lv_error());
+        run.drain = drain_free(run.drain);
+        run.spool = spool_close(run.spool);
+        run.tok = token_close(run.tok);
+        bool stop = false;
+        for (int64_t wait = REOPEN_FIRST_MS;;
+             wait = wait * 2 > REOPEN_MAX_MS ? REOPEN_MAX_MS : wait * 2) {
+            log_warning(
+                "token unavailable (%s); the drain stopped taking work, reopening the token "
+                "in %lld s",
+                why, (long long)(wait / 1000));
+            sd_notifyf(0, "STATUS=token unavailable: %s; not taking work, reopening in %lld s", why,
+                       (long long)(wait / 1000));
+            if (wait_or_signal(wait)) {
+                sd_notify(0, "STOPPING=1\nSTATUS=stopping (token unavailable)");
+                stop = true;
+                break;
+            }
+            r = reopen(cfg, &a, &run);
+            if (r >= 0) {
+                log_notice("token reopened after an outage; the drain takes work again");
+                break;
+            }
+            if (!token_outage(r))
+                break;
+            snprintf(why, sizeof(why), "%s", lv_error());
+        }
+        if (stop) {
+            r = 0;
+            break;
+        }
+        if (r < 0)
+            break;
+    }
+    if (r < 0) {
+        sd_notifyf(0, "STATUS=failed: %s", lv_error());
         code = cli_fail(verb, r);
+    }
     run_done(&run);
     return code;
 }

@@ -13,7 +13,9 @@ typedef struct Option {
     const char *help;
 } Option;
 
+/* clang-format off */
 #define OPT(f, e, field, h) {f, "ATTESTO_LOCAL_VAULT_" e, offsetof(Config, field), h}
+/* clang-format on */
 static const Option options[] = {
     OPT("spool-db", "SPOOL_DB", spool_db, "spool database path"),
     OPT("witness-db", "WITNESS_DB", witness_db, "witness database path"),

@@ -291,6 +291,13 @@ static void log_attempt(int level, const SpoolLease *l, const char *reason, cons
     log_fields(level, fields, "%s: %s", l->event_id, msg);
 }
 
+/* The lease expired while the request was in flight, and the item went
+ * back to the queue (any spool_open recovers expired leases): its outcome
+ * is no longer this process's to record. Nothing is lost and nothing is
+ * marked: the item is sent again and the receiver, idempotent, answers with
+ * the same acknowledgement. Any other failure to record ends the run. */
+static void outcome_failed(Drain *d, const SpoolLease *l, int r);
+
 static void schedule_retry(Drain *d, SpoolLease *l, const char *reason, int64_t retry_after_ms)
 {
     int attempts = l->attempts + 1;
@@ -299,7 +306,7 @@ static void schedule_retry(Drain *d, SpoolLease *l, const char *reason, int64_t 
     bool dead = false;
     int r = spool_mark_retry(d->spool, l->id, d->owner, reason, next, true, &dead);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     if (dead) {
@@ -321,7 +328,7 @@ static void dead_letter(Drain *d, SpoolLease *l, const char *reason)
 {
     int r = spool_mark_dead(d->spool, l->id, d->owner, reason);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     d->sum.dead_lettered++;
@@ -354,7 +361,7 @@ static void pause_all(Drain *d, SpoolLease *l, const char *reason, int64_t retry
     bool dead = false;
     int r = spool_mark_retry(d->spool, l->id, d->owner, reason, d->paused_until_ms, false, &dead);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     d->sum.retry_scheduled++;
@@ -368,7 +375,7 @@ static void delivered(Drain *d, SpoolLease *l, const char *receipt)
 {
     int r = spool_mark_receipted(d->spool, l->id, d->owner, receipt);
     if (r < 0) {
-        fail(d, r);
+        outcome_failed(d, l, r);
         return;
     }
     d->sum.delivered++;
@@ -382,6 +389,18 @@ static void delivered(Drain *d, SpoolLease *l, const char *receipt)
         log_notice("drain resumed: the receiver accepts this installation again");
     }
     log_attempt(LV_LOG_DEBUG, l, NULL, "delivered");
+}
+
+static void outcome_failed(Drain *d, const SpoolLease *l, int r)
+{
+    if (r != -ESTALE) {
+        fail(d, r);
+        return;
+    }
+    lv_error_clear();
+    log_attempt(LV_LOG_WARNING, l, "lease_lost",
+                "the lease expired before the outcome was recorded; the item is queued again and "
+                "will be sent again");
 }
 
 /* What an attempt's result means (DESIGN §5.4, §5.5), judged by the main

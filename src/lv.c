@@ -14,10 +14,15 @@ static _Thread_local char error_detail[1024];
 
 int lv_error_set(int r, const char *fmt, ...)
 {
+    /* Formatted aside, then copied: callers wrap the detail they already
+     * have ("payload: %s", lv_error()), and vsnprintf into a buffer that is
+     * also an argument is undefined (glibc garbled the path it quoted). */
+    char tmp[sizeof(error_detail)];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(error_detail, sizeof(error_detail), fmt, ap);
+    vsnprintf(tmp, sizeof(tmp), fmt, ap);
     va_end(ap);
+    memcpy(error_detail, tmp, sizeof(tmp));
     /* One line: an error message never carries a newline from its input. */
     for (char *p = error_detail; *p; p++)
         if (*p == '\n' || *p == '\r')

@@ -22,7 +22,8 @@ static void mdctx_freep(EVP_MD_CTX **p)
 
 int pubkey_to_pem(const uint8_t pk[32], char **ret)
 {
-    _cleanup_(pkey_freep) EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pk, 32);
+    _cleanup_(pkey_freep) EVP_PKEY *key =
+        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pk, 32);
     _cleanup_(bio_freep) BIO *bio = BIO_new(BIO_s_mem());
     if (!key || !bio || PEM_write_bio_PUBKEY(bio, key) != 1)
         return -ENOMEM;
@@ -64,7 +65,8 @@ int pubkey_parse(const char *text, uint8_t ret_pk[32])
 
 int pubkey_verify(const uint8_t pk[32], const uint8_t *msg, size_t len, const uint8_t sig[64])
 {
-    _cleanup_(pkey_freep) EVP_PKEY *key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pk, 32);
+    _cleanup_(pkey_freep) EVP_PKEY *key =
+        EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, pk, 32);
     _cleanup_(mdctx_freep) EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     if (!key || !ctx)
         return LV_ERR_CRYPTO; /* an unusable key verifies nothing */

@@ -237,7 +237,10 @@ static int prepare_file(const char *path, bool readonly)
                                 "witness database %s: does not exist (nothing witnessed "
                                 "yet?)",
                                 path);
-        return lv_error_set(-e, "witness database %s: %s", path, strerror(e));
+        /* -EACCES is the PIN class (exit 5); a database the service user
+         * may not open is a file problem (exit 1). */
+        return lv_error_set(e == EACCES ? -EPERM : -e, "witness database %s: %s", path,
+                            strerror(e));
     }
     struct stat st;
     if (fstat(fd, &st) < 0)

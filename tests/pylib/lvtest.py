@@ -53,3 +53,29 @@ class Vault:
     def run(self, args, **kw):
         kw.setdefault("env", self.env)
         return run(args, **kw)
+
+
+# ---- valgrind: LV_VALGRIND=1 runs every vault process under memcheck ---------
+# LV_BIN becomes a wrapper that execs valgrind (logs in LV_VALGRIND_LOGS, one
+# file per process); a memory error or a definite leak makes the process
+# exit 99, which fails the test that ran it. scripts/valgrind runs the system
+# tests this way and summarizes the logs (docs/reliability.md).
+if os.environ.get("LV_VALGRIND") == "1":
+    _vg_logs = os.environ.get("LV_VALGRIND_LOGS") or tempfile.mkdtemp(prefix="lv-valgrind.")
+    _vg_bin = os.path.join(_vg_logs, "bin")
+    os.makedirs(_vg_bin, exist_ok=True)
+    _real = os.environ.get("LV_VALGRIND_REAL_BIN", LV_BIN)
+    _wrapper = os.path.join(_vg_bin, "attesto-local-vault")
+    _script = ("#!/bin/sh\n"
+               "exec valgrind --quiet --error-exitcode=99 --leak-check=full"
+               " --errors-for-leak-kinds=definite --show-leak-kinds=definite"
+               f" --suppressions={shlex.quote(os.path.join(SOURCE_DIR, 'tests/sanitizers/valgrind.supp'))}"
+               f" --log-file={shlex.quote(_vg_logs)}/vg.%p.log {shlex.quote(_real)} \"$@\"\n")
+    _tmp = f"{_wrapper}.{os.getpid()}"
+    with open(_tmp, "w") as _f:
+        _f.write(_script)
+    os.chmod(_tmp, 0o755)
+    os.rename(_tmp, _wrapper)
+    os.environ["LV_VALGRIND_REAL_BIN"] = _real
+    os.environ["LV_VALGRIND_LOGS"] = _vg_logs
+    LV_BIN = os.environ["LV_BIN"] = _wrapper

@@ -10,12 +10,17 @@ import subprocess
 import pytest
 
 import lvtest
-from faultlib import fill, remount, spool_rows, tmpfs
+from faultlib import ClonedVault, fill, remount, spool_rows, tmpfs
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return lvtest.Vault(tmp_path_factory.mktemp("template"))
 
 
 @pytest.fixture
-def vault(tmp_path):
-    v = lvtest.Vault(tmp_path / "vault")
+def vault(tmp_path, template):
+    v = ClonedVault(template, tmp_path / "vault")
     v.mnt = str(tmp_path / "mnt")
     v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"] = os.path.join(v.mnt, "spool.sqlite3")
     v.db = v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"]
@@ -166,8 +171,26 @@ def test_spool_the_service_user_cannot_open_is_exit_1_not_a_token_problem(vault,
     p = lvtest.run(["--spool-db", vault.db, "status"],
                    env={"PATH": "/usr/bin:/bin"}, check=None)
     assert p.returncode == 0, p.stderr
+    # The binary itself (not the LV_VALGRIND wrapper, whose log directory
+    # nobody may not write).
+    binary = os.environ.get("LV_VALGRIND_REAL_BIN", lvtest.LV_BIN)
     p = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
-                        lvtest.LV_BIN, "--spool-db", vault.db, "status"],
+                        binary, "--spool-db", vault.db, "status"],
                        env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
     assert p.returncode == 1, p.stderr
     assert p.stderr.strip().splitlines() == [f"status: spool {vault.db}: Permission denied"]
+
+
+def test_witness_database_the_service_user_cannot_open_is_exit_1(tmp_path):
+    # Regression: the same EACCES-as-PIN-error class as the spool's.
+    d = tmp_path / "private"
+    d.mkdir(mode=0o700)
+    db = d / "witness.sqlite3"
+    db.write_bytes(b"")
+    db.chmod(0o600)
+    binary = os.environ.get("LV_VALGRIND_REAL_BIN", lvtest.LV_BIN)
+    p = subprocess.run(["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups",
+                        binary, "--witness-db", str(db), "witness-forks"],
+                       env={"PATH": "/usr/bin:/bin"}, capture_output=True, text=True)
+    assert p.returncode == 1, p.stderr
+    assert p.stderr.strip() == f"witness-forks: witness database {db}: Permission denied"

@@ -110,6 +110,12 @@ static const Code codes[] = {
 #undef C
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+/* Calls into the real module hold it shared; an effect that closes sessions
+ * or logs out holds it exclusively, so that it never runs while another
+ * thread is inside the module with one of those sessions: SoftHSM frees a
+ * session that C_CloseAllSessions closes even while another thread signs
+ * with it (a crash no real device removal causes in the host). */
+static pthread_rwlock_t calls = PTHREAD_RWLOCK_INITIALIZER;
 static CK_FUNCTION_LIST *real;
 static CK_FUNCTION_LIST shim;
 static Rule rules[MAX_RULES];
@@ -283,6 +289,9 @@ static bool wildcard_ok(const char *func)
 static void apply_effect(Effect e, bool has_session, CK_SESSION_HANDLE session, bool has_slot,
                          CK_SLOT_ID slot)
 {
+    if (e == EFFECT_NONE)
+        return;
+    pthread_rwlock_wrlock(&calls);
     switch (e) {
     case EFFECT_CLOSE_SESSION:
         if (has_session)
@@ -317,7 +326,17 @@ static void apply_effect(Effect e, bool has_session, CK_SESSION_HANDLE session, 
     default:
         break;
     }
+    pthread_rwlock_unlock(&calls);
 }
+
+/* The real call, shared with other threads' real calls (see calls). */
+#define REAL(expr)                                                                                 \
+    ({                                                                                             \
+        pthread_rwlock_rdlock(&calls);                                                             \
+        CK_RV rv_real_ = (expr);                                                                   \
+        pthread_rwlock_unlock(&calls);                                                             \
+        rv_real_;                                                                                  \
+    })
 
 /* true when the call must fail with *ret_rv instead of reaching the module. */
 static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session, bool has_slot,
@@ -368,13 +387,13 @@ static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session
     static CK_RV w_##name params                                                                   \
     {                                                                                              \
         FAULT_SESSION(name, s);                                                                    \
-        return real->name args;                                                                    \
+        return REAL(real->name args);                                                              \
     }
 #define W_SLOT(name, params, args)                                                                 \
     static CK_RV w_##name params                                                                   \
     {                                                                                              \
         FAULT_SLOT(name, sl);                                                                      \
-        return real->name args;                                                                    \
+        return REAL(real->name args);                                                              \
     }
 static void wipe(CK_BYTE *out, CK_ULONG *len)
 {
@@ -391,8 +410,8 @@ static void wipe(CK_BYTE *out, CK_ULONG *len)
     {                                                                                              \
         CK_RV rv_;                                                                                 \
         if (!inject(#name, true, s, false, 0, &rv_))                                               \
-            return real->name args;                                                                \
-        if (real->name args == CKR_OK)                                                             \
+            return REAL(real->name args);                                                          \
+        if (REAL(real->name args) == CKR_OK)                                                       \
             wipe((out), (outlen));                                                                 \
         return rv_;                                                                                \
     }
@@ -400,7 +419,7 @@ static void wipe(CK_BYTE *out, CK_ULONG *len)
     static CK_RV w_##name params                                                                   \
     {                                                                                              \
         FAULT_NONE(name);                                                                          \
-        return real->name args;                                                                    \
+        return REAL(real->name args);                                                              \
     }
 
 W_NONE(C_Initialize, (void *a), (a))
@@ -518,7 +537,7 @@ static CK_RV w_C_OpenSession(CK_SLOT_ID sl, CK_FLAGS a, void *b, CK_NOTIFY c, CK
     last_slot = sl;
     have_slot = true;
     pthread_mutex_unlock(&lock);
-    return real->C_OpenSession(sl, a, b, c, d);
+    return REAL(real->C_OpenSession(sl, a, b, c, d));
 }
 
 static CK_RV load_real(void)

@@ -4,6 +4,7 @@
  * name, it re-reads its rules mid-run, and the token is left in the state the
  * fault describes (session closed, logged out, all sessions gone). */
 #include <dlfcn.h>
+#include <pthread.h>
 #include <p11-kit/pkcs11.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -298,6 +299,43 @@ static void wildcard_spares_teardown_and_bad_rules_are_reported(void **state)
     assert_int_equal(rv, CKR_SESSION_HANDLE_INVALID);
 }
 
+static void *signer(void *arg)
+{
+    /* Signs on its own session until that session is gone. */
+    CK_SESSION_HANDLE h = *(CK_SESSION_HANDLE *)arg;
+    CK_MECHANISM m = {CKM_EDDSA, NULL, 0};
+    CK_OBJECT_HANDLE key = *((CK_OBJECT_HANDLE *)arg + 1);
+    for (int i = 0; i < 20000; i++) {
+        uint8_t sig[64];
+        CK_ULONG sl = 64;
+        if (f->C_SignInit(h, &m, key) != CKR_OK ||
+            f->C_Sign(h, (CK_BYTE *)"message", 7, sig, &sl) != CKR_OK)
+            break;
+    }
+    return NULL;
+}
+
+/* Regression: the close-all effect ran while another thread was inside
+ * SoftHSM's C_Sign on a session it closed, and SoftHSM crashed (found by
+ * the relay soak once enqueue signed and sealed on two threads). */
+static void close_all_waits_for_calls_in_flight(void **state)
+{
+    CK_SESSION_HANDLE h1 = open_session(), h2 = open_session();
+    login(h1);
+    CK_ULONG arg[2] = {h2, find_key(h2, CKO_PRIVATE_KEY)};
+    CK_ULONG arg1[2] = {h1, find_key(h1, CKO_PRIVATE_KEY)};
+    write_rules("C_Sign CKR_DEVICE_REMOVED after=200 times=1\n");
+    /* Both threads sign until the "removal" closes their sessions. */
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, signer, arg), 0);
+    signer(arg1);
+    pthread_join(th, NULL);
+    assert_int_equal(log_count(" C_Sign CKR_DEVICE_REMOVED close-all"), 1);
+    CK_RV rv;
+    session_state(h2, &rv);
+    assert_int_equal(rv, CKR_SESSION_HANDLE_INVALID);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -309,6 +347,7 @@ int main(void)
         cmocka_unit_test_teardown(user_not_logged_in_really_logs_out, test_teardown),
         cmocka_unit_test_teardown(wildcard_spares_teardown_and_bad_rules_are_reported,
                                   test_teardown),
+        cmocka_unit_test_teardown(close_all_waits_for_calls_in_flight, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -7,6 +7,6 @@ target_link_libraries(p11shim PRIVATE PkgConfig::P11KIT Threads::Threads ${CMAKE
 set(LV_SHIM_ENV "LV_SHIM=$<TARGET_FILE:p11shim>")
 
 lv_add_cmocka(shim ${CMAKE_CURRENT_LIST_DIR}/test_shim.c LABELS reliability)
-target_link_libraries(shim PRIVATE ${CMAKE_DL_LIBS})
+target_link_libraries(shim PRIVATE ${CMAKE_DL_LIBS} Threads::Threads)
 add_dependencies(shim p11shim)
 set_property(TEST shim APPEND PROPERTY ENVIRONMENT "${LV_SHIM_ENV}")
