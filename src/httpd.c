@@ -46,8 +46,28 @@ typedef struct Bucket {
     int64_t last_ms;
 } Bucket;
 
+/* A checkpoint request waiting for the committer. */
+typedef struct Pending {
+    WitnessJob job;
+    bool done;
+    struct Pending *next;
+} Pending;
+
+#define BATCH_MAX 64 /* decisions per transaction at most */
+
 typedef struct Server {
     const HttpdConfig *cfg;
+
+    /* Group commit: request threads queue their checkpoints; one committer
+     * thread decides every pending one in order inside one transaction,
+     * COMMITs once (one fsync), and only then wakes their threads to answer. */
+    pthread_mutex_t queue_lock;
+    pthread_cond_t queue_cond; /* work queued, or stop */
+    pthread_cond_t done_cond;  /* a batch was answered */
+    Pending *queue_head, **queue_tail;
+    bool queue_stop;
+    pthread_t committer;
+    bool committer_started;
 
     /* lock serializes the witness database connection and every use of the
      * token: a PKCS#11 session runs one operation at a time, and one
@@ -232,6 +252,100 @@ static enum MHD_Result send_document(Server *s, struct MHD_Connection *c, unsign
     return send_body(s, c, code, "application/json", body, len + 1, headers);
 }
 
+/* ---- group commit ---------------------------------------------------------------------------- */
+
+/* Under s->lock: the batch's token failures, as one request at a time would
+ * have seen them. The first drops the token; the later ones say it is
+ * unavailable and why. */
+static void settle_token_errors(Server *s, Pending **batch, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        WitnessJob *j = &batch[i]->job;
+        if (j->r >= 0 || !lv_is_token_error(j->r))
+            continue;
+        if (s->token)
+            drop_token(s, j->detail);
+        else if (s->token_error[0])
+            snprintf(j->detail, sizeof(j->detail), "token unavailable: %s", s->token_error);
+    }
+}
+
+static void *committer_main(void *arg)
+{
+    Server *s = arg;
+    Pending *batch[BATCH_MAX];
+    WitnessJob jobs[BATCH_MAX];
+    pthread_mutex_lock(&s->queue_lock);
+    for (;;) {
+        while (!s->queue_head && !s->queue_stop)
+            pthread_cond_wait(&s->queue_cond, &s->queue_lock);
+        if (!s->queue_head)
+            break;
+        size_t n = 0;
+        while (s->queue_head && n < BATCH_MAX) {
+            batch[n++] = s->queue_head;
+            s->queue_head = s->queue_head->next;
+        }
+        if (!s->queue_head)
+            s->queue_tail = &s->queue_head;
+        pthread_mutex_unlock(&s->queue_lock);
+
+        for (size_t i = 0; i < n; i++)
+            jobs[i] = (WitnessJob){.req = batch[i]->job.req};
+        pthread_mutex_lock(&s->lock);
+        ensure_token(s);
+        witness_submit_batch(s->w, s->token, s->cfg->witness_id, jobs, n);
+        for (size_t i = 0; i < n; i++)
+            batch[i]->job = jobs[i];
+        settle_token_errors(s, batch, n);
+        pthread_mutex_unlock(&s->lock);
+
+        /* After COMMIT (or its failure) only: the answers go out. */
+        pthread_mutex_lock(&s->queue_lock);
+        for (size_t i = 0; i < n; i++)
+            batch[i]->done = true;
+        pthread_cond_broadcast(&s->done_cond);
+    }
+    pthread_mutex_unlock(&s->queue_lock);
+    return NULL;
+}
+
+/* Queues one checkpoint and waits for its batch to be committed. */
+static void submit(Server *s, Pending *p)
+{
+    pthread_mutex_lock(&s->queue_lock);
+    p->next = NULL;
+    *s->queue_tail = p;
+    s->queue_tail = &p->next;
+    pthread_cond_signal(&s->queue_cond);
+    while (!p->done)
+        pthread_cond_wait(&s->done_cond, &s->queue_lock);
+    pthread_mutex_unlock(&s->queue_lock);
+}
+
+static int start_committer(Server *s)
+{
+    int e = pthread_create(&s->committer, NULL, committer_main, s);
+    if (e != 0)
+        return lv_error_set(-e, "witness-serve: cannot start the committer thread: %s",
+                            strerror(e));
+    s->committer_started = true;
+    return 0;
+}
+
+/* After the daemons stopped: no request waits any more. */
+static void stop_committer(Server *s)
+{
+    if (!s->committer_started)
+        return;
+    pthread_mutex_lock(&s->queue_lock);
+    s->queue_stop = true;
+    pthread_cond_signal(&s->queue_cond);
+    pthread_mutex_unlock(&s->queue_lock);
+    pthread_join(s->committer, NULL);
+    s->committer_started = false;
+}
+
 /* ---- routes --------------------------------------------------------------------------------- */
 
 static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req *q)
@@ -256,18 +370,11 @@ static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req 
         return send_error(s, c, 429, "rate_limited", msg, NULL, h);
     }
 
-    WitnessOutcome out = {0};
-    pthread_mutex_lock(&s->lock);
-    ensure_token(s);
-    lv_error_clear();
-    r = witness_submit(s->w, s->token, s->cfg->witness_id, &req, &out);
-    char detail[1024];
-    snprintf(detail, sizeof(detail), "%s", *lv_error() ? lv_error() : strerror(-r));
-    if (r < 0 && lv_is_token_error(r) && s->token)
-        drop_token(s, detail);
-    else if (r < 0 && lv_is_token_error(r) && s->token_error[0])
-        snprintf(detail, sizeof(detail), "token unavailable: %s", s->token_error);
-    pthread_mutex_unlock(&s->lock);
+    Pending p = {.job = {.req = &req}};
+    submit(s, &p);
+    r = p.job.r;
+    WitnessOutcome out = p.job.out;
+    const char *detail = p.job.detail;
     cJSON_Delete(tree);
 
     if (r < 0) {
@@ -734,6 +841,10 @@ int httpd_run(const HttpdConfig *cfg)
         s->fds[i] = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->rate_lock, NULL);
+    pthread_mutex_init(&s->queue_lock, NULL);
+    pthread_cond_init(&s->queue_cond, NULL);
+    pthread_cond_init(&s->done_cond, NULL);
+    s->queue_tail = &s->queue_head;
     atomic_store(&s->last_activity, lv_mono_ms());
 
     /* Every thread started below inherits this mask, so SIGTERM and SIGINT
@@ -753,7 +864,7 @@ int httpd_run(const HttpdConfig *cfg)
         r = lv_error_set(LV_ERR_PIN, "%s", s->token_error);
         goto done;
     }
-    if ((r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
+    if ((r = start_committer(s)) < 0 || (r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
         goto done;
 
     sd_notifyf(0, "READY=1\nSTATUS=witness %s serving %zu socket(s)", cfg->witness_id, s->n_fds);
@@ -776,6 +887,7 @@ int httpd_run(const HttpdConfig *cfg)
     r = 0;
 done:
     stop_daemons(s);
+    stop_committer(s);
     for (size_t i = 0; i < HTTPD_MAX_LISTEN; i++)
         s->daemons[i] = NULL;
     s->token = token_close(s->token);
@@ -783,5 +895,8 @@ done:
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->rate_lock);
+    pthread_cond_destroy(&s->done_cond);
+    pthread_cond_destroy(&s->queue_cond);
+    pthread_mutex_destroy(&s->queue_lock);
     return r;
 }
