@@ -1079,8 +1079,11 @@ typedef struct Signer {
     int64_t now;
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    size_t ready; /* prep[0..ready) are checked and marked: the signer may start */
+    pthread_cond_t ready_cond;
     size_t done;       /* prep[0..done) are settled (built, or not to be built) */
     int error;         /* the first failure; the signer stops there */
+    size_t failed_at;  /* the item that failed */
     char detail[1024]; /* its lv_error(), which is thread-local */
     bool stop;         /* the caller gave up: build nothing more */
 } Signer;
@@ -1091,17 +1094,19 @@ static void *signer_main(void *arg)
     for (size_t i = 0; i < g->n; i++) {
         Prepared *p = &g->prep[i];
         int r = 0;
-        if (p->presign) {
-            pthread_mutex_lock(&g->lock);
-            bool stop = g->stop;
-            pthread_mutex_unlock(&g->lock);
-            if (stop)
-                break;
+        pthread_mutex_lock(&g->lock);
+        while (g->ready <= i && !g->stop)
+            pthread_cond_wait(&g->ready_cond, &g->lock);
+        bool stop = g->stop, presign = p->presign;
+        pthread_mutex_unlock(&g->lock);
+        if (stop)
+            break;
+        if (presign)
             r = build_item(g->s, &g->items[i], p, g->now);
-        }
         pthread_mutex_lock(&g->lock);
         if (r < 0) {
             g->error = r;
+            g->failed_at = i;
             snprintf(g->detail, sizeof(g->detail), "%s", lv_error());
         }
         g->done = i + 1;
@@ -1114,13 +1119,14 @@ static void *signer_main(void *arg)
 }
 
 /* Waits until item i is settled; the signer's error (with its detail) if it
- * failed on the way. */
+ * failed at i or before. A failure further ahead (in a later group) is not
+ * item i's: its group still commits. */
 static int signer_wait(Signer *g, size_t i)
 {
     pthread_mutex_lock(&g->lock);
     while (g->done <= i && g->error == 0)
         pthread_cond_wait(&g->cond, &g->lock);
-    int r = g->error;
+    int r = g->error < 0 && i >= g->failed_at ? g->error : 0;
     pthread_mutex_unlock(&g->lock);
     if (r < 0)
         return lv_error_set(r, "%s", g->detail);
@@ -1135,44 +1141,64 @@ static size_t hash_ref(const char *v)
     return h;
 }
 
-/* Marks the items the signer may build ahead: new to the spool and the
- * first of their source_ref in the batch (a repeat must meet the stored
- * first one: duplicate or conflict, never a second signature). Returns how
- * many, or a negative error. */
-static int mark_presign(Spool *s, const SpoolItemIn *items, Prepared *prep, size_t n)
+/* The source_refs met so far in one call, to tell repeats. */
+typedef struct Seen {
+    const char **refs;
+    size_t cap;
+} Seen;
+
+static int seen_init(Seen *seen, size_t n)
 {
-    size_t cap = 16;
-    while (cap < 2 * n)
-        cap *= 2;
-    const char **seen = calloc(cap, sizeof(*seen));
-    if (!seen)
-        return -ENOMEM;
-    int count = 0, r = 0;
-    for (size_t i = 0; i < n && r >= 0; i++) {
-        const char *ref = items[i].source_ref;
-        size_t k = hash_ref(ref) & (cap - 1);
-        bool repeat = false;
-        for (; seen[k]; k = (k + 1) & (cap - 1))
-            if (strcmp(seen[k], ref) == 0) {
-                repeat = true;
-                break;
-            }
-        if (repeat)
-            continue;
-        seen[k] = ref;
-        char event_id[ENVELOPE_EVENT_ID_MAX];
-        envelope_event_id(s->installation_id, ref, event_id);
-        r = item_stored(s, event_id);
-        if (r == 0) {
-            prep[i].presign = true;
-            count++;
-        }
-    }
-    free(seen);
-    return r < 0 ? r : count;
+    seen->cap = 16;
+    while (seen->cap < 2 * n)
+        seen->cap *= 2;
+    seen->refs = calloc(seen->cap, sizeof(*seen->refs));
+    return seen->refs ? 0 : -ENOMEM;
 }
 
-int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results)
+/* Marks item i for the signer when it is new to the spool and the first of
+ * its source_ref in the call (a repeat must meet the stored first one:
+ * duplicate or conflict, never a second signature). */
+static int mark_presign(Spool *s, Seen *seen, const SpoolItemIn *items, Prepared *prep, size_t i)
+{
+    const char *ref = items[i].source_ref;
+    size_t k = hash_ref(ref) & (seen->cap - 1);
+    for (; seen->refs[k]; k = (k + 1) & (seen->cap - 1))
+        if (strcmp(seen->refs[k], ref) == 0)
+            return 0;
+    seen->refs[k] = ref;
+    char event_id[ENVELOPE_EVENT_ID_MAX];
+    envelope_event_id(s->installation_id, ref, event_id);
+    int r = item_stored(s, event_id);
+    if (r < 0)
+        return r;
+    prep[i].presign = r == 0;
+    return 0;
+}
+
+/* Inserts items [from, to) as the signer settles them; stops at the first
+ * error. */
+static int insert_range(Spool *s, Signer *g, const SpoolItemIn *items, Prepared *prep, size_t from,
+                        size_t to, int64_t now, SpoolEnqueueResult *ret_results)
+{
+    int r = 0;
+    for (size_t i = from; i < to && r >= 0; i++) {
+        memset(&ret_results[i], 0, sizeof(ret_results[i]));
+        if (g && prep[i].presign)
+            r = signer_wait(g, i);
+        if (r >= 0)
+            r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+        /* Stored (or refused): what the signer built for it is not needed. */
+        prepared_done(&prep[i]);
+    }
+    return r;
+}
+
+/* The items in groups of `group`, each committed on its own (then done() is
+ * called), the signer running ahead across the groups. */
+static int enqueue_run(Spool *s, const SpoolItemIn *items, size_t n,
+                       SpoolEnqueueResult *ret_results, size_t group, spool_group_done_fn done,
+                       void *userdata)
 {
     if (!s->have_dek)
         return lv_error_set(LV_ERR_NOKEY, "enqueue: the spool was opened without the token");
@@ -1181,55 +1207,75 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     if (n == 0)
         return 0;
     Prepared *prep = calloc(n, sizeof(*prep));
-    if (!prep)
+    Seen seen = {0};
+    if (!prep || seen_init(&seen, n) < 0) {
+        free(prep);
         return -ENOMEM;
+    }
     Signer g = {.s = s, .items = items, .prep = prep, .n = n};
-    bool signer = false;
-    int r = 0;
-    /* Validate everything before the first write: one bad item, no rows. */
-    for (size_t i = 0; i < n && r >= 0; i++)
-        r = spool_item_check(&items[i], &prep[i].canon, &prep[i].canon_len);
+    bool signer = false, open = false;
+    pthread_t th;
+    int r = begin(s);
     if (r < 0)
         goto done;
-    r = begin(s);
-    if (r < 0)
-        goto done;
+    open = true;
     int64_t now = lv_now_ms();
     g.now = now;
-    r = mark_presign(s, items, prep, n);
-    if (r >= SIGNER_MIN_ITEMS) {
+    if (n >= SIGNER_MIN_ITEMS) {
         pthread_mutex_init(&g.lock, NULL);
         pthread_cond_init(&g.cond, NULL);
-        pthread_t th;
+        pthread_cond_init(&g.ready_cond, NULL);
         int e = pthread_create(&th, NULL, signer_main, &g);
-        if (e == 0) {
-            signer = true;
-            for (size_t i = 0; i < n && r >= 0; i++) {
-                memset(&ret_results[i], 0, sizeof(ret_results[i]));
-                if (prep[i].presign)
-                    r = signer_wait(&g, i);
-                if (r >= 0)
-                    r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
-            }
-            pthread_mutex_lock(&g.lock);
-            g.stop = true;
-            pthread_mutex_unlock(&g.lock);
-            pthread_join(th, NULL);
-        } else {
+        if (e != 0) {
+            pthread_cond_destroy(&g.ready_cond);
+            pthread_cond_destroy(&g.cond);
+            pthread_mutex_destroy(&g.lock);
             r = lv_error_set(-e, "enqueue: cannot start the signing thread: %s", strerror(e));
+            goto done;
         }
-    } else if (r >= 0) {
-        for (size_t i = 0; i < n && r >= 0; i++) {
-            memset(&ret_results[i], 0, sizeof(ret_results[i]));
-            r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+        signer = true;
+    }
+    /* Every item validated before the first write (one bad item, no rows),
+     * and handed to the signer as soon as it is: the token starts on the
+     * first item while the rest are checked. Marked inside the first group's
+     * transaction: what is stored now is seen, and what the groups of this
+     * call store is a repeat, never signed twice. */
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        r = spool_item_check(&items[i], &prep[i].canon, &prep[i].canon_len);
+        if (r >= 0)
+            r = mark_presign(s, &seen, items, prep, i);
+        if (r >= 0 && signer) {
+            pthread_mutex_lock(&g.lock);
+            g.ready = i + 1;
+            pthread_cond_signal(&g.ready_cond);
+            pthread_mutex_unlock(&g.lock);
         }
     }
-    if (r >= 0)
-        r = commit(s);
-    if (r < 0)
-        rollback(s);
+    for (size_t first = 0; first < n && r >= 0; first += group) {
+        size_t count = n - first < group ? n - first : group;
+        if (!open && (r = begin(s)) < 0)
+            break;
+        open = true;
+        r = insert_range(s, signer ? &g : NULL, items, prep, first, first + count, now,
+                         ret_results);
+        if (r >= 0)
+            r = commit(s);
+        if (r < 0)
+            break;
+        open = false;
+        if (done)
+            r = done(userdata, first, count);
+    }
 done:
+    if (r < 0 && open)
+        rollback(s);
     if (signer) {
+        pthread_mutex_lock(&g.lock);
+        g.stop = true;
+        pthread_cond_signal(&g.ready_cond);
+        pthread_mutex_unlock(&g.lock);
+        pthread_join(th, NULL);
+        pthread_cond_destroy(&g.ready_cond);
         pthread_cond_destroy(&g.cond);
         pthread_mutex_destroy(&g.lock);
     }
@@ -1238,7 +1284,20 @@ done:
         prepared_done(&prep[i]);
     }
     free(prep);
+    free(seen.refs);
     return r;
+}
+
+int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results)
+{
+    /* One transaction for all n. */
+    return enqueue_run(s, items, n, ret_results, n ? n : 1, NULL, NULL);
+}
+
+int spool_enqueue_groups(Spool *s, const SpoolItemIn *items, size_t n,
+                         SpoolEnqueueResult *ret_results, spool_group_done_fn done, void *userdata)
+{
+    return enqueue_run(s, items, n, ret_results, SPOOL_BATCH_GROUP, done, userdata);
 }
 
 /* ---------- the JSONL line ---------- */

@@ -28,3 +28,5 @@ if(TARGET https_post_ceiling)
 endif()
 # Group commit of the witness endpoint (witness_submit_batch).
 lv_add_cmocka(perf_witness_batch ${CMAKE_CURRENT_LIST_DIR}/test_witness_batch.c LABELS perf)
+# Batched enqueue pipelined across its commit groups (spool_enqueue_groups).
+lv_add_cmocka(perf_enqueue_groups ${CMAKE_CURRENT_LIST_DIR}/test_enqueue_groups.c LABELS perf)
