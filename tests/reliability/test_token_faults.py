@@ -211,6 +211,9 @@ def run_until_receipted(v, tmp_path, args=(), timeout=90):
     d = DrainLoop(v, tmp_path, *args)
     try:
         wait_receipted(v, N_DRAIN, timeout, d.proc)
+    except AssertionError as e:
+        d.stop()
+        raise AssertionError(f"{e}\ndrain-loop exit {d.proc.returncode}: {d.stderr()}") from e
     finally:
         rc = d.stop()
     return rc, d.notify.fields("STATUS"), d.stderr()
@@ -237,6 +240,26 @@ def test_drain_loop_recovers_from_a_decrypt_fault_and_marks_nothing_wrongly(
         assert outage and names_fault(outage[0], fault) and "reopening" in outage[0], status
     c = counts(v)
     # A fault of the token never condemns a row.
+    assert c["quarantined"] == 0 and c["dead_letter"] == 0 and c["receipted"] == N_DRAIN, c
+    assert_log_agrees(v, v.receiver, v.pk)
+
+
+def test_drain_loop_recovers_when_the_login_is_lost_between_calls(relay_vault, tmp_path):
+    """Regression: a login lost between two calls (the shim logs out, the call
+    itself passes) is revealed only by the next C_DecryptInit, which SoftHSM
+    answers CKR_OBJECT_HANDLE_INVALID (the DEK was an object of the login).
+    drain-loop took that for a missing key and exited 5, which the unit does
+    not restart: relaying stopped. It is an outage like the others."""
+    v = relay_vault
+    v.shim.set_rules("C_DecryptInit CKR_OK effect=logout after=12 times=1")
+    rc, status, err = run_until_receipted(v, tmp_path, ["--max-in-flight", "4"])
+    assert len(v.shim.injected(" C_DecryptInit CKR_OK logout")) == 1
+    assert rc == 0, err
+    outage = [x for x in status if x.startswith("token unavailable: ")]
+    assert outage and "reopening" in outage[0], status
+    assert "CKR_OBJECT_HANDLE_INVALID" in outage[0] or "CKR_KEY_HANDLE_INVALID" in outage[0] \
+        or "CKR_USER_NOT_LOGGED_IN" in outage[0], outage[0]
+    c = counts(v)
     assert c["quarantined"] == 0 and c["dead_letter"] == 0 and c["receipted"] == N_DRAIN, c
     assert_log_agrees(v, v.receiver, v.pk)
 

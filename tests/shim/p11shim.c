@@ -33,6 +33,9 @@
  *                  destroys all session objects, as when a device is pulled
  *                  (default for CKR_DEVICE_REMOVED, CKR_DEVICE_ERROR and
  *                  CKR_TOKEN_NOT_PRESENT)
+ * RV CKR_OK makes a rule an effect without a fault: the effect happens, then
+ * the call reaches the real module and answers what it answers (a login lost
+ * between two calls, which only the next call reveals).
  * A malformed line is reported on stderr and in the log ("BADRULE") and
  * ignored. */
 #include <dlfcn.h>
@@ -353,7 +356,8 @@ static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session
         if (r->seen <= r->after || (r->times != 0 && r->fired >= r->times))
             continue;
         r->fired++;
-        fire = true;
+        /* CKR_OK: the effect only; the call then goes to the real module. */
+        fire = r->rv != CKR_OK;
         *ret_rv = r->rv;
         apply_effect(r->effect, has_session, session, has_slot, slot);
         log_line("%d %s %s %s\n", (int)getpid(), func, code_name(r->rv), effect_names[r->effect]);

@@ -281,6 +281,26 @@ static void user_not_logged_in_really_logs_out(void **state)
     assert_int_equal(sign(h, sig), CKR_OK);
 }
 
+/* RV CKR_OK: the login is lost without the call failing; the real module
+ * then answers the call as it stands (the key handle of the login is gone). */
+static void effect_without_fault_reaches_the_real_module(void **state)
+{
+    CK_SESSION_HANDLE h = open_session();
+    login(h);
+    CK_OBJECT_HANDLE key = find_key(h, CKO_PRIVATE_KEY);
+    write_rules("C_SignInit CKR_OK effect=logout\n");
+    CK_MECHANISM m = {CKM_EDDSA, NULL, 0};
+    assert_int_equal(f->C_SignInit(h, &m, key), CKR_OBJECT_HANDLE_INVALID);
+    assert_int_equal(log_count(" C_SignInit CKR_OK logout"), 1);
+    CK_RV rv;
+    assert_int_equal(session_state(h, &rv), CKS_RO_PUBLIC_SESSION);
+    /* times=1 by default: the next call is not touched. */
+    login(h);
+    uint8_t sig[64];
+    assert_int_equal(sign(h, sig), CKR_OK);
+    assert_int_equal(log_count(" C_SignInit"), 1);
+}
+
 static void wildcard_spares_teardown_and_bad_rules_are_reported(void **state)
 {
     CK_SESSION_HANDLE h = open_session();
@@ -345,6 +365,7 @@ int main(void)
         cmocka_unit_test_teardown(device_removed_closes_every_session_and_logs_out, test_teardown),
         cmocka_unit_test_teardown(session_handle_invalid_closes_only_that_session, test_teardown),
         cmocka_unit_test_teardown(user_not_logged_in_really_logs_out, test_teardown),
+        cmocka_unit_test_teardown(effect_without_fault_reaches_the_real_module, test_teardown),
         cmocka_unit_test_teardown(wildcard_spares_teardown_and_bad_rules_are_reported,
                                   test_teardown),
         cmocka_unit_test_teardown(close_all_waits_for_calls_in_flight, test_teardown),

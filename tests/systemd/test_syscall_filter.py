@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import pytest
@@ -130,6 +131,50 @@ def as_service_user(tree):
     return ["-u", "nobody"]
 
 
+def stderr_of(f):
+    f.seek(0)
+    return f.read()
+
+
+class NotifySocket:
+    """The NOTIFY_SOCKET, read for the whole life of the service, as systemd
+    reads it: a datagram socket nobody reads fills up, and sd_notify() (the
+    watchdog pings, STATUS=) then blocks the service itself."""
+
+    def __init__(self, path):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        os.chmod(path, 0o777)
+        self.sock.settimeout(0.2)
+        self.messages = []
+        self.cond = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self):
+        while not self.stopped:
+            try:
+                m = self.sock.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.cond:
+                self.messages.append(m)
+                self.cond.notify_all()
+
+    def wait_for(self, needle, timeout):
+        with self.cond:
+            ok = self.cond.wait_for(lambda: any(needle in m for m in self.messages), timeout)
+        assert ok, f"no {needle!r} on the notify socket within {timeout} s: {self.messages}"
+
+    def close(self):
+        self.stopped = True
+        self.thread.join()
+        self.sock.close()
+
+
 @pytest.fixture
 def work():
     """A directory the unprivileged user can reach (pytest's own temp
@@ -158,31 +203,30 @@ def test_relay_service_calls_only_what_its_filter_allows(work):
         relaylib.relay_env(vault, receiver, pki)
         relaylib.enqueue(vault, "str_1", "ref-1")
         runas = as_service_user(tmp_path / "vault")
-        notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        notify.bind(str(tmp_path / "notify.sock"))
-        os.chmod(tmp_path / "notify.sock", 0o777)
-        notify.settimeout(30)
+        notify = NotifySocket(str(tmp_path / "notify.sock"))
         env = dict(vault.env, NOTIFY_SOCKET=str(tmp_path / "notify.sock"), WATCHDOG_USEC="2000000")
         trace = str(tmp_path / "trace")
         argv = shlex.split(unit_settings("attesto-local-vault.service")["ExecStart"][0])
+        # Its stderr goes to a file, not a pipe that nobody reads while it
+        # runs (a full pipe would block the service as a full socket would).
+        errf = open(tmp_path / "stderr", "w+")
         tracer = subprocess.Popen(["strace", "-f", "-qq", "-o", trace] + runas
                                   + [lvtest.LV_BIN] + argv[1:],
-                                  env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                                  env=env, stdout=subprocess.DEVNULL, stderr=errf)
         vault_pid = traced_child(tracer.pid, lvtest.LV_BIN)
-        got = b""
-        while b"READY=1" not in got:
-            got = notify.recv(4096)
+        notify.wait_for(b"READY=1", 60)
         # Delivered: seen on the receiver's side, so that nothing but the
         # service itself touches the spool while it runs.
         deadline = time.time() + 60
         while not receiver.events():
-            assert time.time() < deadline and tracer.poll() is None, tracer.stderr.read()
+            assert time.time() < deadline and tracer.poll() is None, stderr_of(errf)
             time.sleep(0.1)
         # Its acknowledgement recorded, the service goes idle and is stopped as
         # systemd stops it; it finishes and exits 0.
         time.sleep(1)
         os.kill(vault_pid, signal.SIGTERM)
-        assert tracer.wait(timeout=60) == 0, tracer.stderr.read()
+        assert tracer.wait(timeout=60) == 0, stderr_of(errf)
+        notify.wait_for(b"STOPPING=1", 5)
         notify.close()
     finally:
         receiver.stop()

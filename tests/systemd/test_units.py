@@ -154,10 +154,18 @@ def test_tmpfiles_makes_the_state_directory(tmp_path):
     # The same directory, mode and owner as StateDirectory= gives it.
     assert (kind, path) == ("d", "/var/lib/" + svc["StateDirectory"][0])
     assert mode == svc["StateDirectoryMode"][0] and (user, group) == (svc["User"][0], svc["Group"][0])
+    # A root of its own with no accounts but what sysusers.d makes: nothing
+    # read from this machine's /etc/passwd and /etc/group, which another
+    # suite's package install (packaging_deb_install, in any worktree) may be
+    # rewriting at that moment.
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
-    shutil.copy("/etc/passwd", root / "etc/passwd")
-    shutil.copy("/etc/group", root / "etc/group")
+    p = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create",
+                        os.path.join(UNIT_DIR, "attesto-local-vault.tmpfiles")],
+                       capture_output=True, text=True)
+    # No account yet: tmpfiles says so rather than make the directory with a
+    # wrong owner.
+    assert p.returncode != 0 and "attesto" in p.stderr, p.stderr
     subprocess.run(["systemd-sysusers", f"--root={root}",
                     os.path.join(UNIT_DIR, "attesto-local-vault.sysusers")], check=True)
     p = subprocess.run(["systemd-tmpfiles", f"--root={root}", "--create",
@@ -166,3 +174,7 @@ def test_tmpfiles_makes_the_state_directory(tmp_path):
     assert p.returncode == 0, p.stderr
     st = os.stat(root / "var/lib/attesto")
     assert oct(st.st_mode & 0o7777) == "0o750"
+    # Owned by the account and group sysusers.d made in that root.
+    passwd = {l.split(":")[0]: l.split(":") for l in (root / "etc/passwd").read_text().splitlines()}
+    groups = {l.split(":")[0]: l.split(":") for l in (root / "etc/group").read_text().splitlines()}
+    assert (st.st_uid, st.st_gid) == (int(passwd[user][2]), int(groups[group][2]))
