@@ -34,6 +34,9 @@ void metrics_dead_lettered(Metrics *m, const char *reason);
 /* A token or key operation failed (LV_ERR_* of lv_is_token_error). */
 void metrics_token_error(Metrics *m);
 void metrics_set_paused(Metrics *m, bool paused);
+/* false while drain-loop has the token closed after an outage and is
+ * reopening it (the default is true). */
+void metrics_set_token_up(Metrics *m, bool up);
 
 /* The whole exposition: the counters above, and the spool's figures from st
  * (NULL: left out). Returns a malloc'd NUL-terminated text. */

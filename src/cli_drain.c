@@ -375,6 +375,22 @@ static bool wait_or_signal(int64_t ms)
     return sig > 0;
 }
 
+/* The textfile during an outage: the counters and attesto_relay_token_up 0,
+ * without the spool's figures (the spool is closed until the reopen). A
+ * failure to write is left to the drain's own warning once it runs again. */
+static void outage_metrics(const DrainArgs *a, Metrics *m)
+{
+    if (!m || !a->metrics_file)
+        return;
+    metrics_set_token_up(m, false);
+    char *text = NULL;
+    size_t len = 0;
+    if (metrics_format(m, NULL, lv_now_ms(), &text, &len) >= 0)
+        (void)metrics_write_file(a->metrics_file, text, len);
+    free(text);
+    lv_error_clear();
+}
+
 #define REOPEN_FIRST_MS 1000
 #define REOPEN_MAX_MS   30000
 
@@ -418,6 +434,7 @@ int drain_loop_main(const Config *cfg, int argc, char **argv)
                 why, (long long)(wait / 1000));
             sd_notifyf(0, "STATUS=token unavailable: %s; not taking work, reopening in %lld s", why,
                        (long long)(wait / 1000));
+            outage_metrics(&a, run.metrics);
             if (wait_or_signal(wait)) {
                 sd_notify(0, "STOPPING=1\nSTATUS=stopping (token unavailable)");
                 stop = true;
@@ -427,6 +444,7 @@ int drain_loop_main(const Config *cfg, int argc, char **argv)
             if (r < 0 && token_outage(r))
                 metrics_token_error(run.metrics);
             if (r >= 0) {
+                metrics_set_token_up(run.metrics, true);
                 log_notice("token reopened after an outage; the drain takes work again");
                 break;
             }

@@ -31,6 +31,7 @@ struct Metrics {
     Reason reasons[METRICS_MAX_REASONS + 1]; /* the last is "other" */
     size_t n_reasons;
     bool paused;
+    bool token_down; /* zeroed: up */
     int64_t started_ms;
 };
 
@@ -137,6 +138,15 @@ void metrics_set_paused(Metrics *m, bool paused)
     pthread_mutex_unlock(&m->lock);
 }
 
+void metrics_set_token_up(Metrics *m, bool up)
+{
+    if (!m)
+        return;
+    pthread_mutex_lock(&m->lock);
+    m->token_down = !up;
+    pthread_mutex_unlock(&m->lock);
+}
+
 static void header(FILE *f, const char *name, const char *type, const char *help)
 {
     fprintf(f, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
@@ -210,6 +220,9 @@ int metrics_format(Metrics *m, const SpoolStats *st, int64_t now_ms, char **ret,
     header(f, "attesto_relay_token_errors_total", "counter",
            "Token or key operations of the drain that failed.");
     fprintf(f, "attesto_relay_token_errors_total %" PRIu64 "\n", m->token_errors);
+    header(f, "attesto_relay_token_up", "gauge",
+           "0 while the drain has lost the token and is reopening it, else 1.");
+    fprintf(f, "attesto_relay_token_up %d\n", m->token_down ? 0 : 1);
     header(f, "attesto_relay_paused", "gauge",
            "1 while the drain is paused because the receiver answered 401/403.");
     fprintf(f, "attesto_relay_paused %d\n", m->paused ? 1 : 0);

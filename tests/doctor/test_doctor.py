@@ -8,11 +8,15 @@ import pty
 import socket
 import sqlite3
 import subprocess
+import sys
 
 import pytest
 
 import lvtest
 from relaylib import enqueue
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
+from faultlib import Shim  # noqa: E402  (the fault-injecting PKCS#11 shim)
 
 # Every check, in the order doctor runs them.
 CHECKS = ["module", "token", "pin", "signing_key", "encryption_key", "spool_db", "witness_db",
@@ -352,3 +356,21 @@ def test_spool_of_another_installation(shared):
 def test_usage_errors_exit_2(shared, args, needle):
     p = shared.run(["doctor", *args], check=2)
     assert needle in p.stderr and p.stdout == ""
+
+
+def test_at_most_one_login(vault, receiver):
+    """The PIN check logs in once and every later check uses that login; a
+    refused PIN is tried once (a PIN retry counter is never spent twice)."""
+    populate(vault)
+    shim = Shim(vault)
+    # The first C_Login of the process passes, any second one would fail.
+    shim.set_rules("C_Login CKR_PIN_LOCKED after=1 times=0 effect=none")
+    checks, _ = doctor(vault, check=0)
+    assert failed(checks) == [] and checks["dek"]["status"] == "pass"
+    assert shim.injected("C_Login") == [], "a second login was attempted"
+    # Every C_Login refused: one attempt, the PIN check fails, keys skipped.
+    shim.set_rules("C_Login CKR_PIN_INCORRECT times=0 effect=none")
+    checks, _ = doctor(vault, check=1)
+    assert checks["pin"]["status"] == "fail" and "CKR_PIN_INCORRECT" in checks["pin"]["detail"]
+    assert checks["signing_key"]["status"] == "skip"
+    assert len(shim.injected(" C_Login CKR_PIN_INCORRECT")) == 1

@@ -83,6 +83,14 @@ static void spool_figures_and_the_file(void **state)
     assert_non_null(strstr(t, "attesto_relay_deliveries_total 1\n"));
     assert_non_null(strstr(t, "attesto_relay_token_errors_total 1\n"));
     assert_non_null(strstr(t, "attesto_relay_paused 1\n"));
+    assert_non_null(strstr(t, "attesto_relay_token_up 1\n"));
+    free(t);
+    /* an outage: the gauge goes to 0, and without the spool's figures */
+    metrics_set_token_up(m, false);
+    t = format(m, NULL);
+    assert_non_null(strstr(t, "attesto_relay_token_up 0\n"));
+    assert_null(strstr(t, "attesto_relay_items"));
+    assert_non_null(strstr(t, "attesto_relay_token_errors_total 1\n"));
 
     char dir[] = "/tmp/lv-metrics-XXXXXX";
     assert_non_null(mkdtemp(dir));

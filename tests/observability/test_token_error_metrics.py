@@ -88,3 +88,39 @@ def test_witness_endpoint_counts_a_token_failure(vault):
     assert s["attesto_witness_token_failures_total"][""] == 1
     assert s["attesto_witness_token_up"][""] == 1
     assert s["attesto_witness_decisions_total"]['{result="accepted"}'] == 1
+
+
+def test_textfile_is_written_during_a_token_outage(vault, receiver, tmp_path):
+    n = 4
+    lines = "".join(json.dumps({"stream_id": f"s{i}", "source_ref": f"o{i}",
+                                "payload": {"i": i}}) + "\n" for i in range(n))
+    vault.run(["enqueue", "--jsonl", "-", "--include-payload"], input=lines, check=0)
+    shim = Shim(vault)
+    # Every decrypt after the second fails: each reopen succeeds (it only
+    # unwraps the DEK) and the next lease fails again, until the rule goes.
+    shim.set_rules("C_Decrypt CKR_DEVICE_REMOVED after=2 times=0")
+    path = str(tmp_path / "m.prom")
+    proc = start_loop(vault, "--metrics-file", path, "--max-in-flight", "2")
+    try:
+        wait_for(lambda: samples(read(path)).get("attesto_relay_token_up", {}).get("") == 0, 30,
+                 what="attesto_relay_token_up 0 in the metrics file")
+        text = read(path)
+        promtool_check(text)
+        s = samples(text)
+        assert s["attesto_relay_token_errors_total"][""] >= 1
+        # The spool is closed during the outage: its figures are left out.
+        assert "attesto_relay_items" not in s
+        assert proc.poll() is None, "the service stays up while the token is gone"
+        shim.clear()  # the token is back
+        wait_for(lambda: samples(read(path)).get("attesto_relay_deliveries_total", {}).get("") == n
+                 and samples(read(path)).get("attesto_relay_token_up", {}).get("") == 1, 90,
+                 what=f"{n} deliveries and the token up again")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    text = read(path)
+    promtool_check(text)
+    s = samples(text)
+    assert s["attesto_relay_items"]['{state="receipted"}'] == n
+    assert s["attesto_relay_token_up"][""] == 1
