@@ -24,6 +24,7 @@ int witness_checkpoint_main(const Config *cfg, int argc, char **argv);
 int witness_serve_main(const Config *cfg, int argc, char **argv);
 int witness_forks_main(const Config *cfg, int argc, char **argv);
 int doctor_main(const Config *cfg, int argc, char **argv);
+int spool_main(const Config *cfg, int argc, char **argv);
 
 /* Shared by the verbs. */
 /* The TokenConfig named by the global options. */

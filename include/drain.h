@@ -13,13 +13,15 @@
 typedef struct Drain Drain;
 
 typedef struct DrainOptions {
-    const char *owner;       /* lease owner; NULL: "drain:<host>:<pid>:<random>" */
-    unsigned max_in_flight;  /* 0: 64 */
-    int64_t lease_ms;        /* 0: 120 s */
-    int64_t backoff_base_ms; /* 0: 1000; scales the whole backoff schedule (tests) */
-    int64_t stop_grace_ms;   /* bound for in-flight requests at SIGTERM; 0: 10 s */
-    int64_t idle_wake_ms;    /* drain-loop safety wake-up; 0: 30 s */
-    const char *spool_path;  /* drain-loop: watched (inotify) for enqueues by others */
+    const char *owner;        /* lease owner; NULL: "drain:<host>:<pid>:<random>" */
+    unsigned max_in_flight;   /* 0: 64 */
+    int64_t lease_ms;         /* 0: 120 s */
+    int64_t backoff_base_ms;  /* 0: 1000; scales the whole backoff schedule (tests) */
+    int64_t stop_grace_ms;    /* bound for in-flight requests at SIGTERM; 0: 10 s */
+    int64_t idle_wake_ms;     /* drain-loop safety wake-up; 0: 30 s */
+    const char *spool_path;   /* drain-loop: watched (inotify) for enqueues by others */
+    struct Metrics *metrics;  /* NULL: none; counts each attempt's outcome (metrics.h) */
+    const char *metrics_file; /* drain-loop: written atomically every few seconds and at exit */
 } DrainOptions;
 
 typedef struct DrainSummary {

@@ -68,3 +68,22 @@ void relay_abort_all(Relay *r, relay_done_fn done, void *userdata);
 int relay_parse_retry_after(const char *value, int64_t now_ms, int64_t *ret_ms);
 /* The failure reason for a libcurl result code (exposed for the tests). */
 const char *relay_reason_for_curl(int curl_code);
+
+/* One synchronous round trip for `doctor`: OPTIONS <url> with the same TLS,
+ * protocol, proxy and timeout settings as a relayed POST, nothing sent in
+ * the body. stage says how far it got: "dns", "tcp", "tls" (the handshake or
+ * the certificate check failed) or "http" (a response, or a failure after
+ * the handshake). transport_reason uses relay_reason_for_curl's words and is
+ * NULL when a complete response arrived (then http_status is set). */
+typedef struct RelayProbe {
+    const char *transport_reason;
+    const char *stage;
+    char detail[256];
+    long http_status;
+    char allow[128];  /* the Allow header, if any */
+    bool protocol_ok; /* X-Attesto-Protocol: ATTESTO-LOCAL-VAULT-RELAY/1 came back */
+    int64_t elapsed_ms;
+} RelayProbe;
+/* Returns 0 after a round trip was attempted (whatever its outcome, see
+ * *ret), or LV_ERR_INPUT for bad options (as relay_new). */
+int relay_probe(const RelayOptions *opt, RelayProbe *ret);

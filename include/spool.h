@@ -207,3 +207,50 @@ int spool_purge(Spool *s, int64_t before_ms, size_t *ret_n);
  * `status` and the next drain process see it; until_ms 0 clears it. Shown by
  * spool_stats as paused_until_ms/pause_reason while until_ms is ahead. */
 int spool_set_pause(Spool *s, int64_t until_ms, const char *reason);
+
+/* The user_version this program writes (doctor compares a spool with it). */
+int spool_schema_version(void);
+
+/* ---- key rotation (docs/operations.md, "Key rotation") ---- */
+
+/* Makes a new DEK (generated and wrapped on the token) the current one: rows
+ * enqueued from now on are sealed with it; older rows stay readable under
+ * theirs. Refused while TOKEN_DEK_SLOTS DEKs are in use. */
+int spool_rotate_dek(Spool *s, int64_t *ret_id);
+
+typedef struct SpoolDek {
+    int64_t id;
+    bool current;
+    int64_t rows; /* items sealed with it */
+    int64_t created_ms;
+} SpoolDek;
+int spool_dek_list(Spool *s, SpoolDek **ret, size_t *ret_n);
+
+typedef void (*spool_progress_fn)(void *userdata, int64_t done, int64_t total);
+typedef struct SpoolRekeyResult {
+    int64_t total;        /* rows under an older DEK when it started */
+    int64_t rekeyed;      /* re-sealed under the current DEK */
+    int64_t unreadable;   /* left as they were: they do not open under their DEK */
+    int64_t retired_deks; /* DEKs deleted because no row names them */
+    int64_t deks_left;
+} SpoolRekeyResult;
+/* Re-seals every row under an older DEK with the current one, batch rows
+ * per transaction (0: SPOOL_BATCH_GROUP), calling progress after each; then
+ * retires the DEKs no row names. Safe to stop and run again. */
+int spool_rekey(Spool *s, size_t batch, spool_progress_fn progress, void *userdata,
+                SpoolRekeyResult *ret);
+
+/* KEK rotation: rewraps every DEK of the spool (the current one and those
+ * rows still need) under the KEK named by new_kek_uri, all in one
+ * transaction. Afterwards the spool opens only with the new KEK. */
+int spool_rewrap_kek(Spool *s, const char *new_kek_uri, size_t *ret_n);
+
+/* The signing keys that signed this spool's items (kid, raw public key),
+ * oldest first, read from the file read-only without the token. A missing
+ * spool is -ENOENT; one from before rotation has an empty list. */
+typedef struct SpoolKey {
+    char kid[129];
+    uint8_t pk[32];
+    int64_t first_used_ms, last_used_ms;
+} SpoolKey;
+int spool_signing_keys(const char *path, SpoolKey **ret, size_t *ret_n);

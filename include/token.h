@@ -10,11 +10,11 @@
 typedef struct Token Token;
 
 typedef struct TokenConfig {
-    const char *module_path;    /* NULL: the URI's module-path, else p11-kit's registered modules */
-    const char *signing_uri;    /* pkcs11: URI of the Ed25519 private key (may be NULL) */
-    const char *kek_uri;        /* pkcs11: URI of the AES-256 KEK (may be NULL) */
-    const char *pin_file;       /* NULL: $CREDENTIALS_DIRECTORY/pkcs11-pin, then pin-source= */
-    const char *key_id;         /* NULL: "lv-" + 16 hex of SHA-256(public key) */
+    const char *module_path; /* NULL: the URI's module-path, else p11-kit's registered modules */
+    const char *signing_uri; /* pkcs11: URI of the Ed25519 private key (may be NULL) */
+    const char *kek_uri;     /* pkcs11: URI of the AES-256 KEK (may be NULL) */
+    const char *pin_file;    /* NULL: $CREDENTIALS_DIRECTORY/pkcs11-pin, then pin-source= */
+    const char *key_id;      /* NULL: "lv-" + 16 hex of SHA-256(public key) */
 } TokenConfig;
 
 #define TOKEN_ED25519_PK_LEN  32
@@ -81,3 +81,31 @@ int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek);
 
 /* A readable name for a CK_RV value ("CKR_PIN_INCORRECT"). */
 const char *token_rv_name(unsigned long rv);
+
+/* For doctor: the label of the token in use, and where the PIN that logged
+ * in came from (a path, or "(no login required)"). */
+const char *token_label(Token *t);
+const char *token_pin_source(Token *t);
+
+/* Key rotation (docs/operations.md, "Key rotation").
+ *
+ * A spool whose DEK was rotated holds rows under several DEKs at once: each
+ * is unwrapped into one of TOKEN_DEK_SLOTS slots (sensitive, never
+ * extractable session keys, like the DEK of token_dek_load, which is
+ * separate from these slots) and used by the _slot AEAD calls. */
+#define TOKEN_DEK_SLOTS 8
+int token_dek_load_slot(Token *t, unsigned slot, const uint8_t *wrapped, size_t wrapped_len);
+void token_dek_unload_slot(Token *t, unsigned slot);
+int token_aead_encrypt_slot(Token *t, unsigned slot, const uint8_t iv[TOKEN_GCM_IV_LEN],
+                            const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                            uint8_t *out);
+int token_aead_decrypt_slot(Token *t, unsigned slot, const uint8_t iv[TOKEN_GCM_IV_LEN],
+                            const uint8_t *aad, size_t aad_len, const uint8_t *ct_tag,
+                            size_t ct_tag_len, uint8_t *out);
+
+/* KEK rotation: unwraps a wrapped DEK under the configured KEK and wraps it
+ * under the KEK named by new_kek_uri (same token, same checks as the
+ * configured KEK, not the same object), then proves the new blob unwraps.
+ * The DEK exists outside the token only wrapped. For one thread. */
+int token_dek_rewrap(Token *t, const char *new_kek_uri, const uint8_t *wrapped, size_t wrapped_len,
+                     uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN]);

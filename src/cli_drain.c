@@ -2,6 +2,7 @@
 /* drain-once and drain-loop: check the relay configuration, open the token
  * and the spool, then run one pass or the service loop. */
 #include <getopt.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <systemd/sd-daemon.h>
@@ -11,6 +12,7 @@
 #include "drain.h"
 #include "log.h"
 #include "lv.h"
+#include "metrics.h"
 #include "relay.h"
 #include "spool.h"
 
@@ -18,6 +20,7 @@ typedef struct DrainArgs {
     long max_in_flight, backoff_base_ms, timeout_ms, connect_timeout_ms, lease_ms, stop_grace_ms,
         max_attempts;
     bool json;
+    const char *metrics_file; /* drain-loop: NULL when none is written */
 } DrainArgs;
 
 static int parse_num(const char *verb, const char *opt, const char *v, long lo, long hi, long *ret)
@@ -40,15 +43,66 @@ static void usage(FILE *f, const char *verb, bool loop)
         "Usage: attesto-local-vault [GLOBAL OPTIONS] %s [--max-in-flight N] [--max-attempts N]\n"
         "         [--timeout-ms MS] [--connect-timeout-ms MS] [--lease-ms MS]\n"
         "         [--backoff-base-ms MS]%s [--json]\n",
-        verb, loop ? " [--stop-grace-ms MS]" : "");
+        verb, loop ? " [--stop-grace-ms MS]\n         [--metrics-file PATH|none]" : "");
+}
+
+/* drain-loop's textfile (docs/observability.md): --metrics-file, else
+ * ATTESTO_LOCAL_VAULT_METRICS_FILE, else the default when its directory
+ * exists; "none" turns it off. A path given explicitly must be writable. */
+static int check_metrics_file(const char *verb, DrainArgs *a)
+{
+    const char *opt = "--metrics-file";
+    if (!a->metrics_file) {
+        a->metrics_file = getenv("ATTESTO_LOCAL_VAULT_METRICS_FILE");
+        opt = "ATTESTO_LOCAL_VAULT_METRICS_FILE";
+    }
+    if (a->metrics_file && !*a->metrics_file)
+        a->metrics_file = NULL;
+    bool explicit = a->metrics_file != NULL;
+    if (!explicit)
+        a->metrics_file = LV_DEFAULT_METRICS_FILE;
+    if (strcmp(a->metrics_file, "none") == 0) {
+        a->metrics_file = NULL;
+        return 0;
+    }
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", a->metrics_file);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir)
+        dir[1] = '\0';
+    else if (slash)
+        *slash = '\0';
+    else
+        snprintf(dir, sizeof(dir), ".");
+    if (access(dir, W_OK | X_OK) == 0)
+        return 0;
+    if (!explicit) {
+        a->metrics_file = NULL; /* the default directory was not made: no file */
+        return 0;
+    }
+    fprintf(stderr, "%s: %s: %s: directory %s: %s\n", verb, opt, a->metrics_file, dir,
+            strerror(errno));
+    return -1;
 }
 
 /* Returns -1 after printing a usage error, 1 after --help, 0 otherwise. */
 static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainArgs *a)
 {
-    enum { O_MIF = 256, O_BASE, O_TIMEOUT, O_CTIMEOUT, O_LEASE, O_GRACE, O_MAXATT, O_JSON, O_HELP };
-    /* --stop-grace-ms exists for drain-loop only: drain-once has no table
-     * entry for it, so getopt reports it as unknown. */
+    enum {
+        O_MIF = 256,
+        O_BASE,
+        O_TIMEOUT,
+        O_CTIMEOUT,
+        O_LEASE,
+        O_GRACE,
+        O_MAXATT,
+        O_JSON,
+        O_HELP,
+        O_METRICS
+    };
+    /* --stop-grace-ms and --metrics-file exist for drain-loop only:
+     * drain-once has no table entry for them, so getopt reports them as
+     * unknown. */
     // clang-format off
 #define DRAIN_OPTS                                                         \
     {"max-in-flight", required_argument, NULL, O_MIF},                     \
@@ -61,8 +115,10 @@ static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainA
     {"help", no_argument, NULL, O_HELP}
     // clang-format on
     static const struct option once_opts[] = {DRAIN_OPTS, {0}};
-    static const struct option loop_opts[] = {
-        DRAIN_OPTS, {"stop-grace-ms", required_argument, NULL, O_GRACE}, {0}};
+    static const struct option loop_opts[] = {DRAIN_OPTS,
+                                              {"stop-grace-ms", required_argument, NULL, O_GRACE},
+                                              {"metrics-file", required_argument, NULL, O_METRICS},
+                                              {0}};
 #undef DRAIN_OPTS
     const struct option *opts = loop ? loop_opts : once_opts;
     *a = (DrainArgs){.max_in_flight = 64,
@@ -101,6 +157,9 @@ static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainA
         case O_JSON:
             a->json = true;
             break;
+        case O_METRICS:
+            a->metrics_file = optarg;
+            break;
         case O_HELP:
             usage(stdout, verb, loop);
             return 1;
@@ -116,6 +175,8 @@ static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainA
         fprintf(stderr, "%s: %s: unexpected argument\n", verb, argv[optind]);
         return -1;
     }
+    if (loop && check_metrics_file(verb, a) < 0)
+        return -1;
     /* A lease must outlive the longest request it covers. */
     if (!a->lease_ms)
         a->lease_ms = a->timeout_ms * 2 > 120000 ? a->timeout_ms * 2 : 120000;
@@ -128,6 +189,7 @@ static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainA
 }
 
 typedef struct Run {
+    Metrics *metrics;
     Token *tok;
     Spool *spool;
     Relay *relay;
@@ -140,6 +202,7 @@ static void run_done(Run *run)
     run->spool = spool_close(run->spool);
     run->relay = relay_free(run->relay);
     run->tok = token_close(run->tok);
+    run->metrics = metrics_free(run->metrics);
 }
 
 /* Everything a drain needs, in the order that reports a usage error before
@@ -180,7 +243,14 @@ static int setup(const char *verb, const Config *cfg, const DrainArgs *a, bool l
         .backoff_base_ms = a->backoff_base_ms,
         .stop_grace_ms = a->stop_grace_ms,
         .spool_path = loop ? cfg->spool_db : NULL,
+        .metrics_file = loop ? a->metrics_file : NULL,
     };
+    if (loop && a->metrics_file) {
+        r = metrics_new(&run->metrics);
+        if (r < 0)
+            return cli_fail(verb, r);
+        dopt.metrics = run->metrics;
+    }
     r = drain_new(run->spool, run->relay, &dopt, &run->drain);
     if (r < 0)
         return cli_fail(verb, r);
@@ -275,6 +345,8 @@ static int reopen(const Config *cfg, const DrainArgs *a, Run *run)
         .backoff_base_ms = a->backoff_base_ms,
         .stop_grace_ms = a->stop_grace_ms,
         .spool_path = cfg->spool_db,
+        .metrics_file = a->metrics_file,
+        .metrics = run->metrics, /* the counters go on across the outage */
     };
     if (r >= 0)
         r = drain_new(run->spool, run->relay, &dopt, &run->drain);
@@ -352,6 +424,8 @@ int drain_loop_main(const Config *cfg, int argc, char **argv)
                 break;
             }
             r = reopen(cfg, &a, &run);
+            if (r < 0 && token_outage(r))
+                metrics_token_error(run.metrics);
             if (r >= 0) {
                 log_notice("token reopened after an outage; the drain takes work again");
                 break;

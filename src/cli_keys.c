@@ -7,6 +7,7 @@
 #include "cli.h"
 #include "lv.h"
 #include "pubkey.h"
+#include "spool.h"
 
 static int print_json(cJSON *j)
 {
@@ -87,6 +88,35 @@ int keys_main(const Config *cfg, int argc, char **argv)
     return LV_EXIT_USAGE;
 }
 
+/* After a signing key rotation the spool remembers the keys that signed its
+ * items: they are listed under "previous" (newest first) so that receivers
+ * and `verify` can check each item under its own kid. */
+static int add_previous_keys(const Config *cfg, const char *kid, cJSON *j)
+{
+    SpoolKey *keys = NULL;
+    size_t n = 0;
+    int r = spool_signing_keys(cfg->spool_db, &keys, &n);
+    if (r == -ENOENT)
+        r = 0;
+    cJSON *prev = r >= 0 ? cJSON_AddArrayToObject(j, "previous") : NULL;
+    for (size_t i = n; r >= 0 && i-- > 0;) {
+        if (strcmp(keys[i].kid, kid) == 0)
+            continue;
+        cJSON *k = NULL;
+        r = pubkey_json(keys[i].pk, keys[i].kid, &k);
+        if (r < 0)
+            break;
+        char first[32], last[32];
+        lv_format_time(keys[i].first_used_ms, first);
+        lv_format_time(keys[i].last_used_ms, last);
+        cJSON_AddStringToObject(k, "first_used_at", first);
+        cJSON_AddStringToObject(k, "last_used_at", last);
+        cJSON_AddItemToArray(prev, k);
+    }
+    free(keys);
+    return r;
+}
+
 int public_key_main(const Config *cfg, int argc, char **argv)
 {
     const char *format = "json";
@@ -135,6 +165,8 @@ int public_key_main(const Config *cfg, int argc, char **argv)
     } else {
         cJSON *j = NULL;
         r = pubkey_json(pk, token_key_id(t), &j);
+        if (r >= 0)
+            r = add_previous_keys(cfg, token_key_id(t), j);
         if (r < 0)
             code = cli_fail("public-key", r);
         else

@@ -1043,29 +1043,97 @@ static int read_public_key(const char *arg, uint8_t pk[32])
     return 0;
 }
 
+/* Keys for verify after a signing key rotation: each --public-key may be
+ * repeated, and may be the JSON of `public-key` (current key and
+ * "previous" ones, each with its kid). */
+#define VERIFY_MAX_KEYS 32
+typedef struct VerifyKey {
+    char kid[129]; /* "" when the key came without one (hex, PEM) */
+    uint8_t pk[32];
+} VerifyKey;
+
+static int add_json_key(const char *arg, const cJSON *o, VerifyKey *keys, size_t *n)
+{
+    const cJSON *hex = cJSON_GetObjectItemCaseSensitive(o, "public_key_hex");
+    const cJSON *kid = cJSON_GetObjectItemCaseSensitive(o, "kid");
+    if (*n == VERIFY_MAX_KEYS)
+        return lv_error_set(LV_ERR_INPUT, "--public-key: at most %d keys", VERIFY_MAX_KEYS);
+    if (!cJSON_IsString(hex) || hex_decode(hex->valuestring, keys[*n].pk, 32) < 0 ||
+        !cJSON_IsString(kid) || !lv_valid_id(kid->valuestring))
+        return lv_error_set(LV_ERR_INPUT,
+                            "--public-key: %s: a key object needs public_key_hex (64 hex digits) "
+                            "and kid",
+                            arg);
+    snprintf(keys[*n].kid, sizeof(keys[*n].kid), "%s", kid->valuestring);
+    (*n)++;
+    return 0;
+}
+
+static int read_public_keys(const char *arg, VerifyKey *keys, size_t *n)
+{
+    if (*n == VERIFY_MAX_KEYS)
+        return lv_error_set(LV_ERR_INPUT, "--public-key: at most %d keys", VERIFY_MAX_KEYS);
+    if (pubkey_parse(arg, keys[*n].pk) >= 0) {
+        keys[(*n)++].kid[0] = '\0';
+        return 0;
+    }
+    _cleanup_free_ char *text = NULL;
+    size_t len = 0;
+    if (lv_read_file(arg, 256 * 1024, &text, &len) < 0)
+        return lv_error_set(LV_ERR_INPUT,
+                            "--public-key: %s: neither 64 hex digits nor a readable PEM or JSON "
+                            "file",
+                            arg);
+    const char *p = text + strspn(text, " \t\r\n");
+    if (*p == '{') {
+        _cleanup_cjson_ cJSON *doc = cJSON_ParseWithLength(text, len);
+        if (!cJSON_IsObject(doc))
+            return lv_error_set(LV_ERR_INPUT, "--public-key: %s: not a JSON object", arg);
+        int r = add_json_key(arg, doc, keys, n);
+        const cJSON *prev = cJSON_GetObjectItemCaseSensitive(doc, "previous");
+        if (r >= 0 && prev && !cJSON_IsArray(prev))
+            r = lv_error_set(LV_ERR_INPUT, "--public-key: %s: previous: not an array", arg);
+        for (const cJSON *k = prev ? prev->child : NULL; r >= 0 && k; k = k->next)
+            r = add_json_key(arg, k, keys, n);
+        return r;
+    }
+    int r = read_public_key(arg, keys[*n].pk);
+    if (r < 0)
+        return r;
+    keys[(*n)++].kid[0] = '\0';
+    return 0;
+}
+
 int verify_main(const Config *cfg, int argc, char **argv)
 {
-    const char *verb = argv[0], *key = NULL;
+    const char *verb = argv[0], *key_args[VERIFY_MAX_KEYS];
+    size_t n_args = 0;
     bool json = false;
     static const struct option opts[] = {
         {"public-key", required_argument, NULL, 'k'}, {"json", no_argument, NULL, 'J'}, {0}};
     optind = 0;
     int c;
     while ((c = VERB_GETOPT(argc, argv, "", opts)) != -1) {
-        if (c == 'k')
-            key = optarg;
-        else if (c == 'J')
+        if (c == 'k') {
+            if (n_args == VERIFY_MAX_KEYS)
+                return usage_error(verb, "--public-key: at most %d", VERIFY_MAX_KEYS);
+            key_args[n_args++] = optarg;
+        } else if (c == 'J')
             json = true;
         else
             return bad_option(verb, argv);
     }
     if (optind + 1 != argc)
-        return usage_error(verb, "usage: verify FILE|- --public-key HEX|PEMFILE");
-    if (!key)
-        return usage_error(verb, "--public-key: missing (64 hex digits or a PEM file)");
+        return usage_error(verb, "usage: verify FILE|- --public-key HEX|PEMFILE|JSONFILE...");
+    if (n_args == 0)
+        return usage_error(verb, "--public-key: missing (64 hex digits, a PEM file, or the JSON "
+                                 "of public-key)");
     lv_error_clear();
-    uint8_t pk[32];
-    int r = read_public_key(key, pk);
+    VerifyKey keys[VERIFY_MAX_KEYS];
+    size_t n_keys = 0;
+    int r = 0;
+    for (size_t i = 0; i < n_args && r >= 0; i++)
+        r = read_public_keys(key_args[i], keys, &n_keys);
     if (r < 0)
         return cli_fail(verb, r);
     const char *path = argv[optind];
@@ -1097,7 +1165,28 @@ int verify_main(const Config *cfg, int argc, char **argv)
     _cleanup_cjson_ cJSON *out = cJSON_CreateObject();
     cJSON_AddBoolToObject(out, "valid", true);
     cJSON_AddStringToObject(out, "kind", kind->name);
-    r = kind->check(text, len, pk, out);
+    /* Each item verifies under its own kid: keys given with a kid are used
+     * only for documents naming that kid; keys given without one are tried
+     * for any. */
+    const cJSON *sig = cJSON_GetObjectItemCaseSensitive(doc, "local_signature");
+    const cJSON *dkid = sig ? cJSON_GetObjectItemCaseSensitive(sig, "kid") : NULL;
+    const char *want = cJSON_IsString(dkid) ? dkid->valuestring : NULL;
+    size_t tried = 0;
+    r = LV_ERR_CRYPTO;
+    for (size_t i = 0; i < n_keys; i++) {
+        if (keys[i].kid[0] && want && strcmp(keys[i].kid, want) != 0)
+            continue;
+        tried++;
+        lv_error_clear();
+        r = kind->check(text, len, keys[i].pk, out);
+        if (r != LV_ERR_CRYPTO)
+            break;
+    }
+    if (tried == 0)
+        return cli_fail(verb, lv_error_set(LV_ERR_CRYPTO,
+                                           "local_signature.kid %s: none of the given public "
+                                           "keys has this kid",
+                                           want ? want : "(missing)"));
     if (r < 0)
         return cli_fail(verb, r);
     if (want_json(cfg, json)) {

@@ -16,6 +16,7 @@
 #include "envelope.h"
 #include "log.h"
 #include "lv.h"
+#include "metrics.h"
 
 #define DEFAULT_MAX_IN_FLIGHT 64u
 #define DEFAULT_LEASE_MS      120000
@@ -24,6 +25,7 @@
 #define DEFAULT_IDLE_WAKE_MS  30000
 #define STATUS_EVERY_MS       2000
 #define NO_INOTIFY_POLL_MS    1000
+#define METRICS_EVERY_MS      10000 /* the textfile is rewritten at least this often */
 /* A 401/403 usually needs a person to fix the registration: asking again
  * faster than this is pointless, whatever the backoff base. */
 #define PAUSE_FLOOR_MS 1000
@@ -89,6 +91,7 @@ struct Drain {
     int64_t next_wake_ms; /* earliest retry this process scheduled (wall clock) */
     bool want_lease;
     bool stopping;
+    bool metrics_warned;
     char error_detail[1024]; /* lv_error() of the first failure, whichever thread had it */
 
     /* Pipelining (see "the spool worker" below). */
@@ -251,6 +254,8 @@ static void fail(Drain *d, int r)
 {
     if (d->error == 0) {
         d->error = r < 0 ? r : -EIO;
+        if (lv_is_token_error(d->error))
+            metrics_token_error(d->opt.metrics);
         /* lv_error() is per thread: keep it for whichever thread reports. */
         snprintf(d->error_detail, sizeof(d->error_detail), "%s", lv_error());
     }
@@ -309,7 +314,9 @@ static void schedule_retry(Drain *d, SpoolLease *l, const char *reason, int64_t 
         outcome_failed(d, l, r);
         return;
     }
+    metrics_failure(d->opt.metrics, reason);
     if (dead) {
+        metrics_dead_lettered(d->opt.metrics, reason);
         d->sum.dead_lettered++;
         log_attempt(LV_LOG_ERR, l, reason,
                     "attempt %d failed (%s): max attempts reached, "
@@ -331,6 +338,8 @@ static void dead_letter(Drain *d, SpoolLease *l, const char *reason)
         outcome_failed(d, l, r);
         return;
     }
+    metrics_failure(d->opt.metrics, reason);
+    metrics_dead_lettered(d->opt.metrics, reason);
     d->sum.dead_lettered++;
     log_attempt(LV_LOG_ERR, l, reason, "refused by the receiver (%s): dead-lettered", reason);
 }
@@ -364,6 +373,8 @@ static void pause_all(Drain *d, SpoolLease *l, const char *reason, int64_t retry
         outcome_failed(d, l, r);
         return;
     }
+    metrics_failure(d->opt.metrics, reason);
+    metrics_set_paused(d->opt.metrics, true);
     d->sum.retry_scheduled++;
     d->sum.paused = true;
     snprintf(d->sum.pause_reason, sizeof(d->sum.pause_reason), "%s", reason);
@@ -379,7 +390,9 @@ static void delivered(Drain *d, SpoolLease *l, const char *receipt)
         return;
     }
     d->sum.delivered++;
+    metrics_delivered(d->opt.metrics);
     if (d->pause_count > 0) {
+        metrics_set_paused(d->opt.metrics, false);
         /* The receiver accepts us again: the pause is over. */
         d->pause_count = 0;
         d->pause_reason[0] = '\0';
@@ -838,6 +851,8 @@ static void on_finished(void *userdata, const RelayResult *res)
     sl->lease.body = NULL;
     sl->used = false;
     judge(f, res);
+    if (f->kind != OUT_ABORTED)
+        metrics_attempt(d->opt.metrics, res->elapsed_ms);
     bool moves_on = f->kind == OUT_DELIVERED || f->kind == OUT_DEAD;
     if (!sl->has_next) {
         sl->done_id = f->lease.id;
@@ -1018,6 +1033,38 @@ static void notify_status(Drain *d, bool ready)
                (long long)d->sum.delivered, (long long)d->sum.retry_scheduled, paused);
 }
 
+/* The textfile for node exporter: the counters and the spool's figures.
+ * A failure is logged once per run and never stops the relay. */
+static void write_metrics(Drain *d)
+{
+    if (!d->opt.metrics || !d->opt.metrics_file)
+        return;
+    /* The caller's error detail (a failure ending the run) outlives this. */
+    char saved[512];
+    snprintf(saved, sizeof(saved), "%s", lv_error());
+    SpoolStats st;
+    bool have = spool_stats(d->spool, &st) == 0;
+    metrics_set_paused(d->opt.metrics, d->paused_until_ms > lv_now_ms());
+    char *text = NULL;
+    size_t len = 0;
+    int r = metrics_format(d->opt.metrics, have ? &st : NULL, lv_now_ms(), &text, &len);
+    if (r >= 0)
+        r = metrics_write_file(d->opt.metrics_file, text, len);
+    free(text);
+    if (r < 0 && !d->metrics_warned) {
+        d->metrics_warned = true;
+        log_warning("metrics: %s (the relay goes on without the metrics file)",
+                    *lv_error() ? lv_error() : strerror(-r));
+    } else if (r >= 0 && d->metrics_warned) {
+        d->metrics_warned = false;
+        log_notice("metrics: %s written again", d->opt.metrics_file);
+    }
+    if (*saved)
+        lv_error_set(d->error, "%s", saved);
+    else
+        lv_error_clear();
+}
+
 /* Enqueues by another process show up as writes to the spool file or its
  * WAL; inotify on the directory wakes the loop without polling. */
 static int watch_open(const char *path, char *ret_base, size_t base_len)
@@ -1095,6 +1142,8 @@ int drain_loop(Drain *d)
             wd_every = 1;
     }
     notify_status(d, true);
+    write_metrics(d);
+    int64_t next_metrics = lv_mono_ms() + METRICS_EVERY_MS;
     log_notice("drain-loop: ready (owner %s)", d->owner);
     int64_t last_status = lv_mono_ms(), next_recover = lv_mono_ms() + d->opt.idle_wake_ms;
     int64_t last_delivered = 0, last_retries = 0;
@@ -1143,6 +1192,8 @@ int drain_loop(Drain *d)
         }
         if (mono - last_status >= STATUS_EVERY_MS && wait > STATUS_EVERY_MS)
             wait = STATUS_EVERY_MS;
+        if (d->opt.metrics_file && next_metrics - mono < wait)
+            wait = next_metrics - mono;
         if (wait < 0)
             wait = 0;
         r = relay_run(d->relay, (int)wait, fds, nfds, on_finished, d);
@@ -1186,6 +1237,11 @@ int drain_loop(Drain *d)
             last_status = mono;
             last_delivered = d->sum.delivered;
             last_retries = d->sum.retry_scheduled;
+            write_metrics(d);
+            next_metrics = mono + METRICS_EVERY_MS;
+        } else if (mono >= next_metrics) {
+            write_metrics(d);
+            next_metrics = mono + METRICS_EVERY_MS;
         }
         was_paused = paused;
     }
@@ -1195,6 +1251,7 @@ int drain_loop(Drain *d)
     signals_close(sfd, &old);
     if (wfd >= 0)
         close(wfd);
+    write_metrics(d);
     if (d->error < 0) {
         lv_error_set(d->error, "%s", d->error_detail);
         sd_notifyf(0, "STATUS=failed: %s", d->error_detail);

@@ -31,8 +31,11 @@ int log_level_from_string(const char *s)
     static const struct {
         const char *name;
         int level;
-    } names[] = {{"error", LV_LOG_ERR},   {"warning", LV_LOG_WARNING}, {"notice", LV_LOG_NOTICE},
-                 {"info", LV_LOG_INFO},   {"debug", LV_LOG_DEBUG}};
+    } names[] = {{"error", LV_LOG_ERR},
+                 {"warning", LV_LOG_WARNING},
+                 {"notice", LV_LOG_NOTICE},
+                 {"info", LV_LOG_INFO},
+                 {"debug", LV_LOG_DEBUG}};
     for (size_t i = 0; i < ELEMENTSOF(names); i++)
         if (strcasecmp(s, names[i].name) == 0)
             return names[i].level;
@@ -66,12 +69,16 @@ void log_fields(int level, const char *const *fields, const char *fmt, ...)
 
     if (to_journal()) {
         struct iovec iov[16];
-        char prio[32], message[2100];
+        char prio[32], message[2100], ident[96];
         size_t n = 0;
         snprintf(prio, sizeof(prio), "PRIORITY=%d", level);
         snprintf(message, sizeof(message), "MESSAGE=%s", msg);
+        /* journalctl -t and syslog forwarding key on the identifier; the
+         * native protocol does not add one by itself. */
+        snprintf(ident, sizeof(ident), "SYSLOG_IDENTIFIER=%s", prog);
         iov[n++] = (struct iovec){prio, strlen(prio)};
         iov[n++] = (struct iovec){message, strlen(message)};
+        iov[n++] = (struct iovec){ident, strlen(ident)};
         for (size_t i = 0; fields && fields[i] && n < ELEMENTSOF(iov); i++)
             iov[n++] = (struct iovec){(void *)fields[i], strlen(fields[i])};
         if (sd_journal_sendv(iov, (int)n) >= 0)

@@ -33,6 +33,7 @@ static const Verb verbs[] = {
     {"witness-serve", witness_serve_main, "serve the witness HTTP endpoint"},
     {"witness-forks", witness_forks_main, "list stored fork evidence"},
     {"doctor", doctor_main, "check module, token, keys, databases and relay"},
+    {"spool", spool_main, "spool deks | rotate-dek | rekey | rewrap-kek: data key rotation"},
 };
 
 static void usage(FILE *f)

@@ -469,3 +469,118 @@ void relay_abort_all(Relay *r, relay_done_fn done, void *userdata)
             done(userdata, &res);
     }
 }
+
+/* ---- doctor's probe ------------------------------------------------------ */
+
+typedef struct ProbeHeaders {
+    char allow[128];
+    bool protocol_ok;
+} ProbeHeaders;
+
+static void header_value(const char *data, size_t n, size_t name_len, char *out, size_t cap)
+{
+    const char *v = data + name_len;
+    size_t vl = n - name_len;
+    while (vl && (*v == ' ' || *v == '\t')) {
+        v++;
+        vl--;
+    }
+    while (vl && (v[vl - 1] == '\r' || v[vl - 1] == '\n' || v[vl - 1] == ' '))
+        vl--;
+    if (vl >= cap)
+        vl = cap - 1;
+    memcpy(out, v, vl);
+    out[vl] = '\0';
+}
+
+static size_t on_probe_header(char *data, size_t size, size_t nmemb, void *userdata)
+{
+    ProbeHeaders *h = userdata;
+    size_t n = size * nmemb;
+    static const char allow[] = "Allow:", proto[] = "X-Attesto-Protocol:";
+    if (n >= 5 && strncmp(data, "HTTP/", 5) == 0) {
+        *h = (ProbeHeaders){0};
+    } else if (n > sizeof(allow) - 1 && strncasecmp(data, allow, sizeof(allow) - 1) == 0) {
+        header_value(data, n, sizeof(allow) - 1, h->allow, sizeof(h->allow));
+    } else if (n > sizeof(proto) - 1 && strncasecmp(data, proto, sizeof(proto) - 1) == 0) {
+        char v[64];
+        header_value(data, n, sizeof(proto) - 1, v, sizeof(v));
+        h->protocol_ok = strcmp(v, RELAY_PROTOCOL) == 0;
+    }
+    return n;
+}
+
+/* How far a failed transfer got, from the code and the phase timings. */
+static const char *probe_stage(CURL *e, CURLcode code, const char *reason)
+{
+    if (code == CURLE_OK)
+        return "http";
+    if (code == CURLE_COULDNT_RESOLVE_HOST)
+        return "dns";
+    if (code == CURLE_COULDNT_CONNECT)
+        return "tcp";
+    if (reason && strncmp(reason, "tls_", 4) == 0)
+        return "tls";
+    curl_off_t connected = 0, handshaken = 0, resolved = 0;
+    curl_easy_getinfo(e, CURLINFO_NAMELOOKUP_TIME_T, &resolved);
+    curl_easy_getinfo(e, CURLINFO_CONNECT_TIME_T, &connected);
+    curl_easy_getinfo(e, CURLINFO_APPCONNECT_TIME_T, &handshaken);
+    if (handshaken > 0)
+        return "http";
+    if (connected > 0)
+        return "tls";
+    if (resolved > 0)
+        return "tcp";
+    return "dns";
+}
+
+int relay_probe(const RelayOptions *opt, RelayProbe *ret)
+{
+    Relay *r = NULL;
+    int k = relay_new(opt, &r);
+    if (k < 0)
+        return k;
+    Transfer *x = NULL;
+    k = get_transfer(r, &x);
+    if (k < 0) {
+        relay_free(r);
+        return k;
+    }
+    *ret = (RelayProbe){0};
+    ProbeHeaders ph = {0};
+    struct curl_slist *h = curl_slist_append(NULL, "X-Attesto-Protocol: " RELAY_PROTOCOL);
+    struct curl_slist *h2 = h ? curl_slist_append(h, "Accept: application/json") : NULL;
+    if (!h2) {
+        curl_slist_free_all(h);
+        relay_free(r);
+        return -ENOMEM;
+    }
+    x->headers = h2;
+    CURL *e = x->easy;
+    /* The same hardened handle as a POST (setup_easy); only the method,
+     * the headers and the header callback differ. HTTPGET clears POST, so
+     * no body is read from anywhere. */
+    if (curl_easy_setopt(e, CURLOPT_HTTPGET, 1L) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "OPTIONS") != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_HTTPHEADER, x->headers) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_probe_header) != CURLE_OK ||
+        curl_easy_setopt(e, CURLOPT_HEADERDATA, &ph) != CURLE_OK) {
+        relay_free(r);
+        return lv_error_set(-EIO, "relay: cannot set up the probe request");
+    }
+    x->started_ms = lv_mono_ms();
+    CURLcode code = curl_easy_perform(e);
+    ret->elapsed_ms = lv_mono_ms() - x->started_ms;
+    if (code == CURLE_OK) {
+        curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &ret->http_status);
+        snprintf(ret->allow, sizeof(ret->allow), "%s", ph.allow);
+        ret->protocol_ok = ph.protocol_ok;
+    } else {
+        ret->transport_reason = x->too_large ? "response_too_large" : relay_reason_for_curl(code);
+        snprintf(ret->detail, sizeof(ret->detail), "%s",
+                 x->errbuf[0] ? x->errbuf : curl_easy_strerror(code));
+    }
+    ret->stage = probe_stage(e, code, ret->transport_reason);
+    relay_free(r);
+    return 0;
+}

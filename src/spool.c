@@ -88,6 +88,19 @@ static const char *const migrations[] = {
     " UPDATE counts SET n = n + 1 WHERE name = NEW.state; END;"
     "CREATE TRIGGER conflicts_ins AFTER INSERT ON conflicts BEGIN"
     " UPDATE counts SET n = n + 1 WHERE name = 'conflicts'; END;",
+    /* 1 -> 2: key rotation (docs/operations.md). The wrapped DEK moves from
+     * meta into a table of DEKs; each row names the DEK that sealed it; the
+     * signing keys that signed items are remembered. */
+    "CREATE TABLE deks(id INTEGER PRIMARY KEY, wrapped BLOB NOT NULL, created_at INTEGER NOT NULL);"
+    "INSERT INTO deks(id, wrapped, created_at)"
+    " SELECT 1, value, CAST(strftime('%s', 'now') AS INTEGER) * 1000 FROM meta"
+    " WHERE key = 'wrapped_dek';"
+    "INSERT INTO meta(key, value) SELECT 'current_dek', 1 FROM meta WHERE key = 'wrapped_dek';"
+    "DELETE FROM meta WHERE key = 'wrapped_dek';"
+    "ALTER TABLE items ADD COLUMN dek_id INTEGER NOT NULL DEFAULT 1;"
+    "CREATE INDEX items_dek ON items(dek_id, id);"
+    "CREATE TABLE signing_keys(kid TEXT PRIMARY KEY, public_key BLOB NOT NULL,"
+    " first_used_at INTEGER NOT NULL, last_used_at INTEGER NOT NULL) WITHOUT ROWID;",
 };
 #define SCHEMA_VERSION ((int)ELEMENTSOF(migrations))
 
@@ -120,7 +133,8 @@ static const char *const stmt_sql[ST__MAX] = {
                 " WHERE event_id = ?1",
     [ST_INSERT] = "INSERT INTO items(event_id, stream_id, source_ref, event_type, payload_hash,"
                   " envelope_hash, envelope_sealed, envelope, payload, state, enqueued_at,"
-                  " next_attempt_at) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,'queued',?10,?10)",
+                  " next_attempt_at, dek_id) VALUES (?1,?2,?3,?4,?5,?6,?7,?8,?9,'queued',?10,?10,"
+                  "?11)",
     [ST_STREAM_ADD] = "INSERT INTO streams(stream_id, head_id, due_at) VALUES (?1, ?2, ?3)"
                       " ON CONFLICT(stream_id) DO UPDATE SET head_id = excluded.head_id,"
                       " due_at = excluded.due_at WHERE streams.head_id IS NULL",
@@ -129,7 +143,7 @@ static const char *const stmt_sql[ST__MAX] = {
     [ST_DUE] = "SELECT stream_id, head_id FROM streams WHERE due_at IS NOT NULL AND due_at <= ?1"
                " ORDER BY due_at LIMIT ?2",
     [ST_ROW] = "SELECT state, event_id, stream_id, source_ref, payload_hash, envelope_hash,"
-               " envelope_sealed, envelope, payload, attempts FROM items WHERE id = ?1",
+               " envelope_sealed, envelope, payload, attempts, dek_id FROM items WHERE id = ?1",
     [ST_LEASE] = "UPDATE items SET state = 'relaying', lease_owner = ?2, lease_expires_at = ?3"
                  " WHERE id = ?1 AND state = 'queued'",
     [ST_STREAM_BUSY] = "UPDATE streams SET due_at = NULL WHERE stream_id = ?1",
@@ -179,6 +193,10 @@ struct Spool {
     char installation_id[129];
     bool include_payload;
     bool have_dek;
+    int64_t cur_dek;                   /* the DEK new rows are sealed with */
+    int64_t slot_dek[TOKEN_DEK_SLOTS]; /* the DEK id in each token slot, 0: free */
+    pthread_mutex_t dek_lock;          /* guards slot_dek: rows are verified on threads */
+    bool key_recorded;                 /* the signing key is in signing_keys */
     int max_attempts;
     uint8_t spool_id[SPOOL_ID_LEN];
     sqlite3_stmt *st[ST__MAX];
@@ -428,6 +446,164 @@ static int migrate(Spool *s)
     return 0;
 }
 
+/* ---------- DEKs ---------- */
+
+static int read_current_dek(Spool *s, int64_t *ret)
+{
+    _cleanup_finalize_ sqlite3_stmt *st = NULL;
+    int r = prepare(s, "SELECT CAST(value AS INTEGER) FROM meta WHERE key = 'current_dek'", &st);
+    if (r < 0)
+        return r;
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return -ENOENT;
+    if (rc != SQLITE_ROW)
+        return sql_err(s, rc, "read current DEK");
+    *ret = sqlite3_column_int64(st, 0);
+    return 0;
+}
+
+/* Unwraps DEK id into a free token slot. A DEK that does not unwrap is a
+ * key problem (the KEK), never a reason to condemn the rows it sealed. */
+static int load_dek_locked(Spool *s, int64_t id, unsigned *ret_slot)
+{
+    unsigned slot = TOKEN_DEK_SLOTS;
+    for (unsigned i = 0; i < TOKEN_DEK_SLOTS; i++) {
+        if (s->slot_dek[i] == id) {
+            *ret_slot = i;
+            return 0;
+        }
+        if (s->slot_dek[i] == 0 && slot == TOKEN_DEK_SLOTS)
+            slot = i;
+    }
+    if (slot == TOKEN_DEK_SLOTS)
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "spool %s: more than %d data keys in use; run `spool rekey` to "
+                            "retire the old ones",
+                            s->path, TOKEN_DEK_SLOTS);
+    _cleanup_finalize_ sqlite3_stmt *st = NULL;
+    int r = prepare(s, "SELECT wrapped FROM deks WHERE id = ?1", &st);
+    if (r < 0)
+        return r;
+    sqlite3_bind_int64(st, 1, id);
+    int rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE)
+        return lv_error_set(LV_ERR_CRYPTO, "row_dek_unknown: DEK %lld is not in the spool",
+                            (long long)id);
+    if (rc != SQLITE_ROW)
+        return sql_err(s, rc, "read DEK");
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    if (n != TOKEN_WRAPPED_DEK_LEN)
+        return lv_error_set(-EUCLEAN, "spool %s: wrapped data key %lld is %zu bytes, not %d",
+                            s->path, (long long)id, n, TOKEN_WRAPPED_DEK_LEN);
+    r = token_dek_load_slot(s->tok, slot, sqlite3_column_blob(st, 0), n);
+    if (r < 0)
+        return lv_error_set(r == LV_ERR_CRYPTO ? LV_ERR_KEYBAD : r,
+                            "spool %s: cannot load data key %lld with the configured KEK: %s",
+                            s->path, (long long)id, lv_error());
+    s->slot_dek[slot] = id;
+    *ret_slot = slot;
+    return 0;
+}
+
+static int load_dek(Spool *s, int64_t id, unsigned *ret_slot)
+{
+    pthread_mutex_lock(&s->dek_lock);
+    int r = load_dek_locked(s, id, ret_slot);
+    pthread_mutex_unlock(&s->dek_lock);
+    return r;
+}
+
+/* The slot of a DEK already loaded (no SQL: verify_row runs on threads);
+ * every caller that reads a row loads its DEK first (read_row). */
+static int find_dek(Spool *s, int64_t id, unsigned *ret_slot)
+{
+    int r = lv_error_set(LV_ERR_CRYPTO,
+                         "row_dek_unknown: the row names DEK %lld, which the "
+                         "spool does not hold",
+                         (long long)id);
+    pthread_mutex_lock(&s->dek_lock);
+    for (unsigned i = 0; i < TOKEN_DEK_SLOTS; i++)
+        if (id > 0 && s->slot_dek[i] == id) {
+            *ret_slot = i;
+            r = 0;
+            break;
+        }
+    pthread_mutex_unlock(&s->dek_lock);
+    if (r == 0)
+        lv_error_clear();
+    return r;
+}
+
+static int new_dek(Spool *s, int64_t id)
+{
+    uint8_t wrapped[TOKEN_WRAPPED_DEK_LEN];
+    int r = token_dek_create(s->tok, wrapped);
+    if (r < 0)
+        return r;
+    _cleanup_finalize_ sqlite3_stmt *st = NULL;
+    r = prepare(s, "INSERT INTO deks(id, wrapped, created_at) VALUES (?1, ?2, ?3)", &st);
+    if (r < 0)
+        return r;
+    sqlite3_bind_int64(st, 1, id);
+    sqlite3_bind_blob(st, 2, wrapped, sizeof(wrapped), SQLITE_TRANSIENT);
+    sqlite3_bind_int64(st, 3, lv_now_ms());
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return sql_err(s, rc, "store new DEK");
+    _cleanup_finalize_ sqlite3_stmt *m = NULL;
+    r = prepare(s, "INSERT OR REPLACE INTO meta(key, value) VALUES ('current_dek', ?1)", &m);
+    if (r < 0)
+        return r;
+    sqlite3_bind_int64(m, 1, id);
+    rc = sqlite3_step(m);
+    return rc == SQLITE_DONE ? 0 : sql_err(s, rc, "set current DEK");
+}
+
+/* The current DEK (made on first use) and every other DEK rows still name. */
+static int load_deks(Spool *s)
+{
+    int64_t cur = 0;
+    int r = read_current_dek(s, &cur);
+    if (r == -ENOENT) {
+        cur = 1;
+        r = new_dek(s, cur);
+    }
+    if (r < 0)
+        return r;
+    s->cur_dek = cur;
+    unsigned slot;
+    r = load_dek(s, cur, &slot);
+    if (r < 0)
+        return r;
+    _cleanup_finalize_ sqlite3_stmt *st = NULL;
+    r = prepare(s, "SELECT id FROM deks WHERE id <> ?1 ORDER BY id DESC", &st);
+    if (r < 0)
+        return r;
+    sqlite3_bind_int64(st, 1, cur);
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        r = load_dek(s, sqlite3_column_int64(st, 0), &slot);
+        if (r < 0)
+            return r;
+    }
+    return rc == SQLITE_DONE ? 0 : sql_err(s, rc, "read DEKs");
+}
+
+/* Another process may have rotated the DEK since this spool was opened:
+ * rows are always sealed with the DEK current at their commit. Called
+ * inside the write transaction. */
+static int refresh_current_dek(Spool *s)
+{
+    int64_t cur = 0;
+    int r = read_current_dek(s, &cur);
+    if (r < 0)
+        return r == -ENOENT ? lv_error_set(-EUCLEAN, "spool %s: no current DEK", s->path) : r;
+    s->cur_dek = cur;
+    unsigned slot;
+    return load_dek(s, cur, &slot);
+}
+
 static int load_meta(Spool *s, const SpoolOptions *opt)
 {
     _cleanup_free_ uint8_t *v = NULL;
@@ -480,28 +656,9 @@ static int load_meta(Spool *s, const SpoolOptions *opt)
 
     if (!s->tok)
         return 0;
-    r = meta_get(s, "wrapped_dek", &v, &n);
-    if (r == -ENOENT) {
-        uint8_t wrapped[TOKEN_WRAPPED_DEK_LEN];
-        r = token_dek_create(s->tok, wrapped);
-        if (r < 0)
-            return r;
-        r = meta_set(s, "wrapped_dek", wrapped, sizeof(wrapped), false);
-        if (r < 0)
-            return r;
-        r = token_dek_load(s->tok, wrapped, sizeof(wrapped));
-    } else if (r < 0) {
-        return r;
-    } else if (n != TOKEN_WRAPPED_DEK_LEN) {
-        return lv_error_set(-EUCLEAN, "spool %s: wrapped data key is %zu bytes, not %d", s->path, n,
-                            TOKEN_WRAPPED_DEK_LEN);
-    } else {
-        r = token_dek_load(s->tok, v, n);
-    }
+    r = load_deks(s);
     if (r < 0)
-        return lv_error_set(r,
-                            "spool %s: cannot load the spool data key with the configured KEK: %s",
-                            s->path, lv_error());
+        return r;
     s->have_dek = true;
     return 0;
 }
@@ -553,6 +710,7 @@ int spool_open(const SpoolOptions *opt, Token *tok, Spool **ret)
     s->tok = tok;
     s->include_payload = opt->include_payload;
     s->max_attempts = opt->max_attempts > 0 ? opt->max_attempts : DEFAULT_MAX_TRIES;
+    pthread_mutex_init(&s->dek_lock, NULL);
     s->path = strdup(opt->path);
     int r = s->path ? prepare_file(opt->path, tok != NULL) : -ENOMEM;
     if (r < 0)
@@ -626,6 +784,7 @@ Spool *spool_close(Spool *s)
         sqlite3_finalize(s->st[i]);
     if (s->db)
         sqlite3_close_v2(s->db);
+    pthread_mutex_destroy(&s->dek_lock);
     free(s->path);
     free(s);
     return NULL;
@@ -672,12 +831,19 @@ static int seal(Spool *s, const char *kind, const char *stream_id, const char *s
     if (!row)
         return -ENOMEM;
     row[0] = ROW_VERSION;
-    int r = lv_random(row + 1, TOKEN_GCM_IV_LEN);
+    unsigned slot;
+    int r = find_dek(s, s->cur_dek, &slot);
+    if (r < 0) {
+        free(row);
+        return r;
+    }
+    r = lv_random(row + 1, TOKEN_GCM_IV_LEN);
     if (r < 0) {
         free(row);
         return lv_error_set(r, "spool: random IV: %s", strerror(-r));
     }
-    r = token_aead_encrypt(s->tok, row + 1, aad, aad_len, pt, n, row + 1 + TOKEN_GCM_IV_LEN);
+    r = token_aead_encrypt_slot(s->tok, slot, row + 1, aad, aad_len, pt, n,
+                                row + 1 + TOKEN_GCM_IV_LEN);
     if (r < 0) {
         free(row);
         return r;
@@ -687,9 +853,9 @@ static int seal(Spool *s, const char *kind, const char *stream_id, const char *s
     return 0;
 }
 
-/* Seals and opens a fresh random block with the DEK: 0 when the token's
- * AES-GCM with this DEK works now, a token error otherwise. */
-static int dek_self_test(Spool *s)
+/* Seals and opens a fresh random block with the DEK in a token slot: 0 when
+ * the token's AES-GCM with this DEK works now, a token error otherwise. */
+static int dek_self_test(Spool *s, unsigned slot)
 {
     uint8_t iv[TOKEN_GCM_IV_LEN], block[32], ct[32 + TOKEN_GCM_TAG_LEN], back[32];
     static const uint8_t aad[] = "attesto.local-vault.dek-self-test.v1";
@@ -697,9 +863,10 @@ static int dek_self_test(Spool *s)
     if (r >= 0)
         r = lv_random(block, sizeof(block));
     if (r >= 0)
-        r = token_aead_encrypt(s->tok, iv, aad, sizeof(aad) - 1, block, sizeof(block), ct);
+        r = token_aead_encrypt_slot(s->tok, slot, iv, aad, sizeof(aad) - 1, block, sizeof(block),
+                                    ct);
     if (r >= 0)
-        r = token_aead_decrypt(s->tok, iv, aad, sizeof(aad) - 1, ct, sizeof(ct), back);
+        r = token_aead_decrypt_slot(s->tok, slot, iv, aad, sizeof(aad) - 1, ct, sizeof(ct), back);
     if (r >= 0 && memcmp(back, block, sizeof(block)) != 0)
         r = lv_error_set(LV_ERR_TOKEN, "AES-GCM self-test: the block came back different");
     explicit_bzero(block, sizeof(block));
@@ -709,9 +876,9 @@ static int dek_self_test(Spool *s)
 
 /* LV_ERR_CRYPTO with a reason for a row that is not ours as stored; any
  * other error is the token's and must not condemn the row. */
-static int unseal(Spool *s, const char *kind, const char *stream_id, const char *source_ref,
-                  const char *envelope_hash, const uint8_t *row, size_t n, char **ret,
-                  size_t *ret_len)
+static int unseal(Spool *s, const char *kind, int64_t dek_id, const char *stream_id,
+                  const char *source_ref, const char *envelope_hash, const uint8_t *row, size_t n,
+                  char **ret, size_t *ret_len)
 {
     if (!s->have_dek)
         return lv_error_set(LV_ERR_NOKEY, "spool: opened without the token's data key");
@@ -721,19 +888,23 @@ static int unseal(Spool *s, const char *kind, const char *stream_id, const char 
     uint8_t aad[AAD_MAX];
     size_t aad_len = build_aad(s, kind, stream_id, source_ref, envelope_hash, aad);
     size_t pt_len = n - ROW_OVERHEAD;
+    unsigned slot;
+    int r = find_dek(s, dek_id, &slot);
+    if (r < 0)
+        return r;
     char *pt = malloc(pt_len + 1);
     if (!pt)
         return -ENOMEM;
-    int r = token_aead_decrypt(s->tok, row + 1, aad, aad_len, row + 1 + TOKEN_GCM_IV_LEN,
-                               n - 1 - TOKEN_GCM_IV_LEN, (uint8_t *)pt);
+    r = token_aead_decrypt_slot(s->tok, slot, row + 1, aad, aad_len, row + 1 + TOKEN_GCM_IV_LEN,
+                                n - 1 - TOKEN_GCM_IV_LEN, (uint8_t *)pt);
     if (r == LV_ERR_CRYPTO) {
         /* A token reports a tag mismatch and its own failure alike (SoftHSM
          * says CKR_GENERAL_ERROR for both). Quarantine is for rows, so a
-         * row is condemned only when the DEK is shown to work right now and
-         * the row still fails a second time. */
+         * row is condemned only when the row's own DEK is shown to work
+         * right now and the row still fails a second time. */
         char first[256];
         snprintf(first, sizeof(first), "%s", lv_error());
-        r = dek_self_test(s);
+        r = dek_self_test(s, slot);
         if (r < 0) {
             erase_and_free(pt, pt_len + 1);
             return lv_error_set(LV_ERR_TOKEN,
@@ -741,8 +912,8 @@ static int unseal(Spool *s, const char *kind, const char *stream_id, const char 
                                 "decrypt (%s); the row is left as it is: %s",
                                 kind, first, lv_error());
         }
-        r = token_aead_decrypt(s->tok, row + 1, aad, aad_len, row + 1 + TOKEN_GCM_IV_LEN,
-                               n - 1 - TOKEN_GCM_IV_LEN, (uint8_t *)pt);
+        r = token_aead_decrypt_slot(s->tok, slot, row + 1, aad, aad_len, row + 1 + TOKEN_GCM_IV_LEN,
+                                    n - 1 - TOKEN_GCM_IV_LEN, (uint8_t *)pt);
     }
     if (r < 0) {
         erase_and_free(pt, pt_len + 1);
@@ -1022,6 +1193,7 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
             sqlite3_bind_blob(st, 8, body, (int)body_len, SQLITE_STATIC);
         sqlite3_bind_blob(st, 9, payload_row, (int)payload_row_len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 10, now);
+        sqlite3_bind_int64(st, 11, s->cur_dek);
         int rc = sqlite3_step(st);
         if (rc != SQLITE_DONE) {
             r = sql_err(s, rc, "insert item");
@@ -1050,6 +1222,40 @@ done:
     free(payload_row);
     free(env_row);
     return r;
+}
+
+/* Remembers the signing key that signs this spool's items, so that
+ * `public-key` can list the earlier ones after a rotation. A kid that
+ * already names another key would make signatures ambiguous: refused. */
+static int record_signing_key(Spool *s, int64_t now)
+{
+    uint8_t pk[TOKEN_ED25519_PK_LEN];
+    int r = token_public_key(s->tok, pk);
+    if (r < 0)
+        return r;
+    const char *kid = token_key_id(s->tok);
+    _cleanup_finalize_ sqlite3_stmt *st = NULL;
+    r = prepare(s,
+                "INSERT INTO signing_keys(kid, public_key, first_used_at, last_used_at)"
+                " VALUES (?1, ?2, ?3, ?3) ON CONFLICT(kid) DO UPDATE SET last_used_at ="
+                " excluded.last_used_at WHERE signing_keys.public_key = excluded.public_key",
+                &st);
+    if (r < 0)
+        return r;
+    sqlite3_bind_text(st, 1, kid, -1, SQLITE_STATIC);
+    sqlite3_bind_blob(st, 2, pk, sizeof(pk), SQLITE_STATIC);
+    sqlite3_bind_int64(st, 3, now);
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_DONE)
+        return sql_err(s, rc, "record signing key");
+    if (sqlite3_changes(s->db) == 0)
+        return lv_error_set(LV_ERR_INPUT,
+                            "--key-id %s: this spool has items signed by another key under that "
+                            "kid; a new signing key needs a new kid (unset --key-id, or give "
+                            "another)",
+                            kid);
+    s->key_recorded = true;
+    return 0;
 }
 
 /* Pipelining a batch: the token's C_Sign is the slowest step of an item, so
@@ -1184,8 +1390,12 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     if (r < 0)
         goto done;
     int64_t now = lv_now_ms();
+    r = refresh_current_dek(s);
+    if (r >= 0 && !s->key_recorded)
+        r = record_signing_key(s, now);
     g.now = now;
-    r = mark_presign(s, items, prep, n);
+    if (r >= 0)
+        r = mark_presign(s, items, prep, n);
     if (r >= SIGNER_MIN_ITEMS) {
         pthread_mutex_init(&g.lock, NULL);
         pthread_cond_init(&g.cond, NULL);
@@ -1215,8 +1425,10 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     }
     if (r >= 0)
         r = commit(s);
-    if (r < 0)
+    if (r < 0) {
         rollback(s);
+        s->key_recorded = false; /* the record went with the transaction */
+    }
 done:
     if (signer) {
         pthread_cond_destroy(&g.cond);
@@ -1454,6 +1666,7 @@ typedef struct RowCheck {
     char *payload; /* the verified plaintext, when asked for */
     size_t payload_len;
     /* The row as read, until verified: */
+    int64_t dek_id;
     bool sealed;
     uint8_t *env, *prow;
     size_t env_len, prow_len;
@@ -1488,6 +1701,14 @@ static int read_row(Spool *s, int64_t id, RowCheck *c)
     copy_col(st, 4, c->payload_hash, sizeof(c->payload_hash));
     copy_col(st, 5, c->envelope_hash, sizeof(c->envelope_hash));
     c->attempts = sqlite3_column_int(st, 9);
+    c->dek_id = sqlite3_column_int64(st, 10);
+    /* The row's DEK is unwrapped here, where SQL may run, so that
+     * verify_row needs none. An unknown DEK fails verify_row instead. */
+    unsigned slot;
+    int lr = load_dek(s, c->dek_id, &slot);
+    if (lr < 0 && lr != LV_ERR_CRYPTO)
+        return lr;
+    lv_error_clear();
     c->sealed = sqlite3_column_int(st, 6) != 0;
     c->env_len = (size_t)sqlite3_column_bytes(st, 7);
     c->prow_len = (size_t)sqlite3_column_bytes(st, 8);
@@ -1517,8 +1738,8 @@ static int verify_row(Spool *s, bool want_payload, RowCheck *c)
     size_t body_len = 0, payload_len = 0;
     int r;
     if (c->sealed) {
-        r = unseal(s, "envelope", c->stream_id, c->source_ref, c->envelope_hash, c->env, c->env_len,
-                   &body, &body_len);
+        r = unseal(s, "envelope", c->dek_id, c->stream_id, c->source_ref, c->envelope_hash, c->env,
+                   c->env_len, &body, &body_len);
         if (r < 0)
             goto done;
     } else {
@@ -1540,8 +1761,8 @@ static int verify_row(Spool *s, bool want_payload, RowCheck *c)
                          "item's envelope hash");
         goto done;
     }
-    r = unseal(s, "payload", c->stream_id, c->source_ref, c->envelope_hash, c->prow, c->prow_len,
-               &payload, &payload_len);
+    r = unseal(s, "payload", c->dek_id, c->stream_id, c->source_ref, c->envelope_hash, c->prow,
+               c->prow_len, &payload, &payload_len);
     if (r < 0)
         goto done;
     lv_sha256_hex(payload, payload_len, h);
@@ -2282,7 +2503,8 @@ static int item_conflicts(Spool *s, int64_t id, int64_t *ret)
 int spool_get(Spool *s, const char *event_id, SpoolItemInfo *ret)
 {
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
-    int r = prepare(s, "SELECT " INFO_COLS ", envelope FROM items WHERE event_id = ?1", &st);
+    int r =
+        prepare(s, "SELECT " INFO_COLS ", envelope, dek_id FROM items WHERE event_id = ?1", &st);
     if (r < 0)
         return r;
     sqlite3_bind_text(st, 1, event_id, -1, SQLITE_STATIC);
@@ -2306,8 +2528,11 @@ int spool_get(Spool *s, const char *event_id, SpoolItemInfo *ret)
         it.envelope[env_len] = '\0';
         it.envelope_len = env_len;
     } else if (s->have_dek) {
-        r = unseal(s, "envelope", it.stream_id, it.source_ref, it.envelope_hash, env, env_len,
-                   &it.envelope, &it.envelope_len);
+        unsigned slot;
+        r = load_dek(s, sqlite3_column_int64(st, 19), &slot);
+        if (r >= 0 || r == LV_ERR_CRYPTO)
+            r = unseal(s, "envelope", sqlite3_column_int64(st, 19), it.stream_id, it.source_ref,
+                       it.envelope_hash, env, env_len, &it.envelope, &it.envelope_len);
         if (r < 0 && r != LV_ERR_CRYPTO) {
             spool_item_info_done(&it);
             return r;
@@ -2517,4 +2742,382 @@ int spool_set_pause(Spool *s, int64_t until_ms, const char *reason)
     if (r < 0)
         rollback(s);
     return r;
+}
+
+int spool_schema_version(void)
+{
+    return SCHEMA_VERSION;
+}
+
+/* ---------- key rotation ---------- */
+
+int spool_rotate_dek(Spool *s, int64_t *ret_id)
+{
+    if (!s->have_dek)
+        return lv_error_set(LV_ERR_NOKEY, "rotate: the spool was opened without the token");
+    int r = begin(s);
+    if (r < 0)
+        return r;
+    int64_t next = 0;
+    {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(s, "SELECT coalesce(max(id), 0) + 1, count(*) FROM deks", &st);
+        if (r >= 0 && sqlite3_step(st) != SQLITE_ROW)
+            r = sql_err(s, sqlite3_errcode(s->db), "read DEKs");
+        if (r >= 0) {
+            next = sqlite3_column_int64(st, 0);
+            /* Every DEK rows still name must fit the token's slots. */
+            if (sqlite3_column_int64(st, 1) >= TOKEN_DEK_SLOTS)
+                r = lv_error_set(LV_ERR_INPUT,
+                                 "spool %s: %lld data keys in use; run `spool rekey` first so "
+                                 "that the old ones retire",
+                                 s->path, (long long)sqlite3_column_int64(st, 1));
+        }
+    }
+    if (r >= 0)
+        r = new_dek(s, next);
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0) {
+        rollback(s);
+        return r;
+    }
+    s->cur_dek = next;
+    unsigned slot;
+    r = load_dek(s, next, &slot);
+    if (r < 0)
+        return r;
+    if (ret_id)
+        *ret_id = next;
+    return 0;
+}
+
+int spool_dek_list(Spool *s, SpoolDek **ret, size_t *ret_n)
+{
+    *ret = NULL;
+    *ret_n = 0;
+    int64_t cur = 0;
+    int r = read_current_dek(s, &cur);
+    if (r < 0 && r != -ENOENT)
+        return r;
+    _cleanup_finalize_ sqlite3_stmt *st = NULL;
+    r = prepare(s,
+                "SELECT d.id, d.created_at, (SELECT count(*) FROM items i WHERE i.dek_id = d.id)"
+                " FROM deks d ORDER BY d.id",
+                &st);
+    if (r < 0)
+        return r;
+    SpoolDek *v = NULL;
+    size_t n = 0;
+    int rc;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        SpoolDek *nv = realloc(v, (n + 1) * sizeof(*v));
+        if (!nv) {
+            free(v);
+            return -ENOMEM;
+        }
+        v = nv;
+        v[n] = (SpoolDek){.id = sqlite3_column_int64(st, 0),
+                          .created_ms = sqlite3_column_int64(st, 1),
+                          .rows = sqlite3_column_int64(st, 2)};
+        v[n].current = v[n].id == cur;
+        n++;
+    }
+    if (rc != SQLITE_DONE) {
+        free(v);
+        return sql_err(s, rc, "list DEKs");
+    }
+    *ret = v;
+    *ret_n = n;
+    return 0;
+}
+
+/* Re-seals one row's payload (and sealed envelope) under the current DEK.
+ * LV_ERR_CRYPTO when the row does not open under its own DEK. */
+static int rekey_row(Spool *s, sqlite3_stmt *row)
+{
+    int64_t id = sqlite3_column_int64(row, 0);
+    char stream_id[129], source_ref[129], envelope_hash[65];
+    copy_col(row, 1, stream_id, sizeof(stream_id));
+    copy_col(row, 2, source_ref, sizeof(source_ref));
+    copy_col(row, 3, envelope_hash, sizeof(envelope_hash));
+    bool sealed = sqlite3_column_int(row, 4) != 0;
+    int64_t dek_id = sqlite3_column_int64(row, 7);
+    char *payload = NULL, *env = NULL;
+    size_t payload_len = 0, env_len = 0;
+    uint8_t *prow = NULL, *erow = NULL;
+    size_t prow_len = 0, erow_len = 0;
+    unsigned slot;
+    int r = load_dek(s, dek_id, &slot);
+    if (r == LV_ERR_CRYPTO)
+        lv_error_clear();
+    if (r >= 0 || r == LV_ERR_CRYPTO)
+        r = unseal(s, "payload", dek_id, stream_id, source_ref, envelope_hash,
+                   sqlite3_column_blob(row, 6), (size_t)sqlite3_column_bytes(row, 6), &payload,
+                   &payload_len);
+    if (r >= 0 && sealed)
+        r = unseal(s, "envelope", dek_id, stream_id, source_ref, envelope_hash,
+                   sqlite3_column_blob(row, 5), (size_t)sqlite3_column_bytes(row, 5), &env,
+                   &env_len);
+    if (r >= 0)
+        r = seal(s, "payload", stream_id, source_ref, envelope_hash, payload, payload_len, &prow,
+                 &prow_len);
+    if (r >= 0 && sealed)
+        r = seal(s, "envelope", stream_id, source_ref, envelope_hash, env, env_len, &erow,
+                 &erow_len);
+    if (r >= 0) {
+        _cleanup_finalize_ sqlite3_stmt *up = NULL;
+        r = prepare(s,
+                    "UPDATE items SET payload = ?2, envelope = CASE WHEN ?3 IS NULL THEN envelope"
+                    " ELSE ?3 END, dek_id = ?4 WHERE id = ?1 AND dek_id = ?5",
+                    &up);
+        if (r >= 0) {
+            sqlite3_bind_int64(up, 1, id);
+            sqlite3_bind_blob(up, 2, prow, (int)prow_len, SQLITE_STATIC);
+            if (erow)
+                sqlite3_bind_blob(up, 3, erow, (int)erow_len, SQLITE_STATIC);
+            else
+                sqlite3_bind_null(up, 3);
+            sqlite3_bind_int64(up, 4, s->cur_dek);
+            sqlite3_bind_int64(up, 5, dek_id);
+            int rc = sqlite3_step(up);
+            if (rc != SQLITE_DONE)
+                r = sql_err(s, rc, "re-seal item");
+        }
+    }
+    erase_and_free(payload, payload_len);
+    erase_and_free(env, env_len);
+    free(prow);
+    free(erow);
+    return r;
+}
+
+int spool_rekey(Spool *s, size_t batch, spool_progress_fn progress, void *userdata,
+                SpoolRekeyResult *ret)
+{
+    if (!s->have_dek)
+        return lv_error_set(LV_ERR_NOKEY, "rekey: the spool was opened without the token");
+    if (batch == 0)
+        batch = SPOOL_BATCH_GROUP;
+    SpoolRekeyResult res = {0};
+    int r = refresh_current_dek(s);
+    if (r < 0)
+        return r;
+    {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(s, "SELECT count(*) FROM items WHERE dek_id <> ?1", &st);
+        if (r < 0)
+            return r;
+        sqlite3_bind_int64(st, 1, s->cur_dek);
+        if (sqlite3_step(st) != SQLITE_ROW)
+            return sql_err(s, sqlite3_errcode(s->db), "count rows to rekey");
+        res.total = sqlite3_column_int64(st, 0);
+    }
+    if (progress)
+        progress(userdata, 0, res.total);
+    /* Batches in id order, each its own transaction: a rekey stopped half
+     * way leaves every row readable under its own DEK and goes on where it
+     * was when run again. Rows that do not open are left as they are (and
+     * keep their DEK); the drain or `show --payload` quarantines them. */
+    int64_t after = 0;
+    for (;;) {
+        r = begin(s);
+        if (r < 0)
+            return r;
+        r = refresh_current_dek(s);
+        size_t got = 0;
+        if (r >= 0) {
+            _cleanup_finalize_ sqlite3_stmt *st = NULL;
+            r = prepare(s,
+                        "SELECT id, stream_id, source_ref, envelope_hash, envelope_sealed,"
+                        " envelope, payload, dek_id FROM items WHERE dek_id <> ?1 AND id > ?2"
+                        " ORDER BY id LIMIT ?3",
+                        &st);
+            if (r >= 0) {
+                sqlite3_bind_int64(st, 1, s->cur_dek);
+                sqlite3_bind_int64(st, 2, after);
+                sqlite3_bind_int64(st, 3, (int64_t)batch);
+            }
+            int rc = SQLITE_DONE;
+            while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+                got++;
+                after = sqlite3_column_int64(st, 0);
+                r = rekey_row(s, st);
+                if (r == LV_ERR_CRYPTO) {
+                    res.unreadable++;
+                    lv_error_clear();
+                    r = 0;
+                } else if (r >= 0)
+                    res.rekeyed++;
+            }
+            if (r >= 0 && rc != SQLITE_DONE && rc != SQLITE_ROW)
+                r = sql_err(s, rc, "read rows to rekey");
+        }
+        if (r >= 0)
+            r = commit(s);
+        if (r < 0) {
+            rollback(s);
+            return r;
+        }
+        if (progress)
+            progress(userdata, res.rekeyed + res.unreadable, res.total);
+        if (got < batch)
+            break;
+    }
+    /* DEKs no row names any more retire: their wrapped blobs are deleted
+     * and their session keys destroyed. */
+    r = begin(s);
+    if (r < 0)
+        return r;
+    int64_t retired[TOKEN_DEK_SLOTS * 4];
+    size_t n_retired = 0;
+    {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(s,
+                    "DELETE FROM deks WHERE id <> ?1 AND NOT EXISTS"
+                    " (SELECT 1 FROM items WHERE items.dek_id = deks.id) RETURNING id",
+                    &st);
+        if (r >= 0) {
+            sqlite3_bind_int64(st, 1, s->cur_dek);
+            int rc;
+            while ((rc = sqlite3_step(st)) == SQLITE_ROW)
+                if (n_retired < ELEMENTSOF(retired))
+                    retired[n_retired++] = sqlite3_column_int64(st, 0);
+            if (rc != SQLITE_DONE)
+                r = sql_err(s, rc, "retire DEKs");
+        }
+    }
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0) {
+        rollback(s);
+        return r;
+    }
+    for (size_t i = 0; i < n_retired; i++)
+        for (unsigned k = 0; k < TOKEN_DEK_SLOTS; k++)
+            if (s->slot_dek[k] == retired[i]) {
+                token_dek_unload_slot(s->tok, k);
+                s->slot_dek[k] = 0;
+            }
+    res.retired_deks = (int64_t)n_retired;
+    {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = prepare(s, "SELECT count(*) FROM deks", &st);
+        if (r < 0)
+            return r;
+        if (sqlite3_step(st) != SQLITE_ROW)
+            return sql_err(s, sqlite3_errcode(s->db), "count DEKs");
+        res.deks_left = sqlite3_column_int64(st, 0);
+    }
+    if (ret)
+        *ret = res;
+    return 0;
+}
+
+int spool_rewrap_kek(Spool *s, const char *new_kek_uri, size_t *ret_n)
+{
+    if (!s->have_dek)
+        return lv_error_set(LV_ERR_NOKEY, "rewrap: the spool was opened without the token");
+    int r = begin(s);
+    if (r < 0)
+        return r;
+    size_t n = 0;
+    {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL, *up = NULL;
+        r = prepare(s, "SELECT id, wrapped FROM deks ORDER BY id", &st);
+        if (r >= 0)
+            r = prepare(s, "UPDATE deks SET wrapped = ?2 WHERE id = ?1", &up);
+        int rc = SQLITE_DONE;
+        while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+            uint8_t blob[TOKEN_WRAPPED_DEK_LEN];
+            r = token_dek_rewrap(s->tok, new_kek_uri, sqlite3_column_blob(st, 1),
+                                 (size_t)sqlite3_column_bytes(st, 1), blob);
+            if (r < 0)
+                break;
+            sqlite3_reset(up);
+            sqlite3_bind_int64(up, 1, sqlite3_column_int64(st, 0));
+            sqlite3_bind_blob(up, 2, blob, sizeof(blob), SQLITE_TRANSIENT);
+            int urc = sqlite3_step(up);
+            if (urc != SQLITE_DONE)
+                r = sql_err(s, urc, "store rewrapped DEK");
+            n++;
+        }
+        if (r >= 0 && rc != SQLITE_DONE && rc != SQLITE_ROW)
+            r = sql_err(s, rc, "read DEKs");
+    }
+    /* All or nothing: a DEK left under the old KEK beside others under the
+     * new one would make the spool unreadable with either. */
+    if (r >= 0)
+        r = commit(s);
+    if (r < 0) {
+        rollback(s);
+        return r;
+    }
+    if (ret_n)
+        *ret_n = n;
+    return 0;
+}
+
+int spool_signing_keys(const char *path, SpoolKey **ret, size_t *ret_n)
+{
+    *ret = NULL;
+    *ret_n = 0;
+    if (access(path, F_OK) < 0 && errno == ENOENT)
+        return -ENOENT;
+    sqlite3 *db = NULL;
+    /* Read-only and never created: public-key must not make files. */
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL);
+    if (rc != SQLITE_OK) {
+        int r = lv_error_set(-EIO, "spool %s: cannot open read-only to list its signing keys: %s",
+                             path, db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        sqlite3_close_v2(db);
+        return r;
+    }
+    sqlite3_busy_timeout(db, 10000);
+    sqlite3_stmt *st = NULL;
+    rc = sqlite3_prepare_v2(db,
+                            "SELECT kid, public_key, first_used_at, last_used_at FROM signing_keys"
+                            " ORDER BY first_used_at, kid",
+                            -1, &st, NULL);
+    if (rc != SQLITE_OK) {
+        /* A spool from before key rotation has no history; anything else
+         * (unreadable, not a database) is said. */
+        bool no_table = strstr(sqlite3_errmsg(db), "no such table") != NULL;
+        int r = no_table ? 0
+                         : lv_error_set(-EIO, "spool %s: cannot read its signing keys: %s", path,
+                                        sqlite3_errmsg(db));
+        sqlite3_close_v2(db);
+        return r;
+    }
+    SpoolKey *v = NULL;
+    size_t n = 0;
+    int r = 0;
+    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const unsigned char *kid = sqlite3_column_text(st, 0);
+        if (!kid || !lv_valid_id((const char *)kid) || sqlite3_column_bytes(st, 1) != 32)
+            continue;
+        SpoolKey *nv = realloc(v, (n + 1) * sizeof(*v));
+        if (!nv) {
+            r = -ENOMEM;
+            break;
+        }
+        v = nv;
+        memset(&v[n], 0, sizeof(v[n]));
+        snprintf(v[n].kid, sizeof(v[n].kid), "%s", (const char *)kid);
+        memcpy(v[n].pk, sqlite3_column_blob(st, 1), 32);
+        v[n].first_used_ms = sqlite3_column_int64(st, 2);
+        v[n].last_used_ms = sqlite3_column_int64(st, 3);
+        n++;
+    }
+    if (r >= 0 && rc != SQLITE_DONE)
+        r = lv_error_set(-EIO, "spool %s: reading signing keys: %s", path, sqlite3_errmsg(db));
+    sqlite3_finalize(st);
+    sqlite3_close_v2(db);
+    if (r < 0) {
+        free(v);
+        return r;
+    }
+    *ret = v;
+    *ret_n = n;
+    return 0;
 }

@@ -60,6 +60,10 @@ struct Token {
     bool sign_checked, kek_checked, dek_loaded;
     uint8_t pk[TOKEN_ED25519_PK_LEN];
     char kid[TOKEN_KID_MAX];
+    char pin_source[PATH_MAX]; /* where the PIN came from, for doctor; "" before login */
+    /* DEKs beside the one of token_dek_load, while a spool rotates them. */
+    CK_OBJECT_HANDLE dek_slot[TOKEN_DEK_SLOTS];
+    bool dek_slot_used[TOKEN_DEK_SLOTS];
 };
 
 /* ---- CK_RV names and mapping -------------------------------------------- */
@@ -531,8 +535,10 @@ static int login(Token *t, const TokenConfig *cfg)
     CK_RV rv = t->module->C_GetTokenInfo(t->slot, &ti);
     if (rv != CKR_OK)
         return rv_error(rv, "C_GetTokenInfo");
-    if (!(ti.flags & CKF_LOGIN_REQUIRED))
+    if (!(ti.flags & CKF_LOGIN_REQUIRED)) {
+        snprintf(t->pin_source, sizeof(t->pin_source), "(no login required)");
         return 0;
+    }
     /* Checked before any attempt: a locked PIN cannot be fixed by trying,
      * and on the final try one more wrong PIN would lock the token. */
     if (ti.flags & CKF_USER_PIN_LOCKED)
@@ -563,8 +569,10 @@ static int login(Token *t, const TokenConfig *cfg)
     /* Exactly one attempt: a rejected PIN is reported, never retried. */
     rv = t->module->C_Login(t->pool[0].h, CKU_USER, (CK_UTF8CHAR *)pin, len);
     explicit_bzero(pin, sizeof(pin));
-    if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
+    if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN) {
+        snprintf(t->pin_source, sizeof(t->pin_source), "%s", source);
         return 0;
+    }
     if (rv == CKR_PIN_INCORRECT)
         return lv_error_set(LV_ERR_PIN,
                             "token '%s' rejected the PIN from %s (CKR_PIN_INCORRECT); not "
@@ -1345,16 +1353,30 @@ int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
 
 /* ---- AES-GCM ------------------------------------------------------------ */
 
-static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
-               size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
+/* A failure on a DEK, a session key this process unwrapped: a handle no
+ * longer valid means the session or the login that held it is gone (a
+ * logout or a lost session destroys session objects), an outage that a
+ * reopen cures, not a key missing from the configuration. */
+static int dek_rv_error(CK_RV rv, const char *what)
+{
+    if (rv == CKR_KEY_HANDLE_INVALID || rv == CKR_OBJECT_HANDLE_INVALID)
+        return lv_error_set(LV_ERR_TOKEN, "%s: %s (0x%lx): the data key's session object is gone",
+                            what, token_rv_name(rv), (unsigned long)rv);
+    return rv_error(rv, what);
+}
+
+/* slot < 0: the DEK of token_dek_load; else a DEK of token_dek_load_slot. */
+static int gcm_slot(Token *t, int slot, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN],
+                    const uint8_t *aad, size_t aad_len, const uint8_t *in, size_t in_len,
+                    uint8_t *out, size_t out_len)
 {
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     int r = session_get(t, &s);
     if (r < 0)
         return r;
     pthread_mutex_lock(&t->lock);
-    CK_OBJECT_HANDLE key = t->dek;
-    bool loaded = t->dek_loaded;
+    CK_OBJECT_HANDLE key = slot < 0 ? t->dek : t->dek_slot[slot];
+    bool loaded = slot < 0 ? t->dek_loaded : t->dek_slot_used[slot];
     pthread_mutex_unlock(&t->lock);
     if (!loaded) {
         session_put(t, s);
@@ -1377,14 +1399,14 @@ static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const
         if (rv == CKR_OK)
             rv = t->module->C_Encrypt(s, (CK_BYTE *)in, in_len, out, &n);
         if (rv != CKR_OK)
-            r = rv_error(rv, "C_Encrypt(CKM_AES_GCM)");
+            r = dek_rv_error(rv, "C_Encrypt(CKM_AES_GCM)");
         else if (n != out_len)
             r = lv_error_set(LV_ERR_TOKEN, "C_Encrypt(CKM_AES_GCM): %lu bytes (expected %zu)",
                              (unsigned long)n, out_len);
     } else {
         rv = t->module->C_DecryptInit(s, &mech, key);
         if (rv != CKR_OK)
-            r = rv_error(rv, "C_DecryptInit(CKM_AES_GCM)");
+            r = dek_rv_error(rv, "C_DecryptInit(CKM_AES_GCM)");
         else {
             /* SoftHSM sizes GCM output by the whole input (ciphertext and
              * tag) and answers CKR_BUFFER_TOO_SMALL otherwise, which would
@@ -1397,7 +1419,7 @@ static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const
             else
                 rv = t->module->C_Decrypt(s, (CK_BYTE *)in, in_len, tmp, &n);
             if (rv != CKR_OK && rv_is_outage(rv))
-                r = rv_error(rv, "C_Decrypt(CKM_AES_GCM)");
+                r = dek_rv_error(rv, "C_Decrypt(CKM_AES_GCM)");
             else if (rv != CKR_OK)
                 /* SoftHSM reports a tag or AAD mismatch as CKR_GENERAL_ERROR:
                  * this ciphertext is rejected; the token is fine. */
@@ -1419,19 +1441,34 @@ static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const
     return r;
 }
 
-int token_aead_encrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
-                       size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
+/* The DEK of token_dek_load (the known-answer tests call this one). */
+static int gcm(Token *t, bool encrypt, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+               size_t aad_len, const uint8_t *in, size_t in_len, uint8_t *out, size_t out_len)
+{
+    return gcm_slot(t, -1, encrypt, iv, aad, aad_len, in, in_len, out, out_len);
+}
+
+static int aead_encrypt(Token *t, int slot, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+                        size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
 {
     /* The AAD binds a row to its place; a row without it could be moved. */
     if (!aad || aad_len == 0)
         return lv_error_set(LV_ERR_INPUT, "AES-GCM: empty AAD refused");
     if (pt_len > (CK_ULONG)-1 - TOKEN_GCM_TAG_LEN || aad_len > (CK_ULONG)-1)
         return lv_error_set(LV_ERR_TOOBIG, "AES-GCM: input too large");
-    return gcm(t, true, iv, aad, aad_len, pt, pt_len, out, pt_len + TOKEN_GCM_TAG_LEN);
+    if (slot < 0)
+        return gcm(t, true, iv, aad, aad_len, pt, pt_len, out, pt_len + TOKEN_GCM_TAG_LEN);
+    return gcm_slot(t, slot, true, iv, aad, aad_len, pt, pt_len, out, pt_len + TOKEN_GCM_TAG_LEN);
 }
 
-int token_aead_decrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
-                       size_t aad_len, const uint8_t *ct_tag, size_t ct_tag_len, uint8_t *out)
+int token_aead_encrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+                       size_t aad_len, const uint8_t *pt, size_t pt_len, uint8_t *out)
+{
+    return aead_encrypt(t, -1, iv, aad, aad_len, pt, pt_len, out);
+}
+
+static int aead_decrypt(Token *t, int slot, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+                        size_t aad_len, const uint8_t *ct_tag, size_t ct_tag_len, uint8_t *out)
 {
     if (!aad || aad_len == 0)
         return lv_error_set(LV_ERR_INPUT, "AES-GCM: empty AAD refused");
@@ -1440,7 +1477,17 @@ int token_aead_decrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8
                             ct_tag_len);
     if (ct_tag_len > (CK_ULONG)-1 || aad_len > (CK_ULONG)-1)
         return lv_error_set(LV_ERR_TOOBIG, "AES-GCM: input too large");
-    return gcm(t, false, iv, aad, aad_len, ct_tag, ct_tag_len, out, ct_tag_len - TOKEN_GCM_TAG_LEN);
+    if (slot < 0)
+        return gcm(t, false, iv, aad, aad_len, ct_tag, ct_tag_len, out,
+                   ct_tag_len - TOKEN_GCM_TAG_LEN);
+    return gcm_slot(t, slot, false, iv, aad, aad_len, ct_tag, ct_tag_len, out,
+                    ct_tag_len - TOKEN_GCM_TAG_LEN);
+}
+
+int token_aead_decrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8_t *aad,
+                       size_t aad_len, const uint8_t *ct_tag, size_t ct_tag_len, uint8_t *out)
+{
+    return aead_decrypt(t, -1, iv, aad, aad_len, ct_tag, ct_tag_len, out);
 }
 
 /* ---- keys init ---------------------------------------------------------- */
@@ -1651,5 +1698,219 @@ done:
         *ret_created_signing = made_sign;
     if (ret_created_kek)
         *ret_created_kek = made_kek;
+    return r;
+}
+
+/* ---- For doctor --------------------------------------------------------- */
+
+const char *token_label(Token *t)
+{
+    return t->label;
+}
+
+const char *token_pin_source(Token *t)
+{
+    return t->pin_source;
+}
+
+/* ---- Key rotation ------------------------------------------------------- */
+
+int token_dek_load_slot(Token *t, unsigned slot, const uint8_t *wrapped, size_t wrapped_len)
+{
+    if (slot >= TOKEN_DEK_SLOTS)
+        return lv_error_set(LV_ERR_INPUT, "DEK slot %u: at most %d", slot, TOKEN_DEK_SLOTS);
+    if (wrapped_len != TOKEN_WRAPPED_DEK_LEN)
+        return lv_error_set(LV_ERR_CRYPTO,
+                            "wrapped DEK: %zu bytes (an AES-256 key under CKM_AES_KEY_WRAP_PAD "
+                            "is %d)",
+                            wrapped_len, TOKEN_WRAPPED_DEK_LEN);
+    CK_OBJECT_HANDLE h;
+    int r = kek_unwrap(t, wrapped, wrapped_len, CKK_AES, &h);
+    if (r < 0)
+        return r;
+    pthread_mutex_lock(&t->lock);
+    CK_OBJECT_HANDLE old = t->dek_slot_used[slot] ? t->dek_slot[slot] : CK_INVALID_HANDLE;
+    t->dek_slot[slot] = h;
+    t->dek_slot_used[slot] = true;
+    pthread_mutex_unlock(&t->lock);
+    CK_SESSION_HANDLE s;
+    if (old != CK_INVALID_HANDLE && session_get(t, &s) >= 0) {
+        t->module->C_DestroyObject(s, old);
+        session_put(t, s);
+    }
+    return 0;
+}
+
+void token_dek_unload_slot(Token *t, unsigned slot)
+{
+    if (slot >= TOKEN_DEK_SLOTS)
+        return;
+    pthread_mutex_lock(&t->lock);
+    CK_OBJECT_HANDLE old = t->dek_slot_used[slot] ? t->dek_slot[slot] : CK_INVALID_HANDLE;
+    t->dek_slot_used[slot] = false;
+    pthread_mutex_unlock(&t->lock);
+    CK_SESSION_HANDLE s;
+    if (old != CK_INVALID_HANDLE && session_get(t, &s) >= 0) {
+        t->module->C_DestroyObject(s, old);
+        session_put(t, s);
+    }
+}
+
+int token_aead_encrypt_slot(Token *t, unsigned slot, const uint8_t iv[TOKEN_GCM_IV_LEN],
+                            const uint8_t *aad, size_t aad_len, const uint8_t *pt, size_t pt_len,
+                            uint8_t *out)
+{
+    if (slot >= TOKEN_DEK_SLOTS)
+        return lv_error_set(LV_ERR_INPUT, "DEK slot %u: at most %d", slot, TOKEN_DEK_SLOTS);
+    return aead_encrypt(t, (int)slot, iv, aad, aad_len, pt, pt_len, out);
+}
+
+int token_aead_decrypt_slot(Token *t, unsigned slot, const uint8_t iv[TOKEN_GCM_IV_LEN],
+                            const uint8_t *aad, size_t aad_len, const uint8_t *ct_tag,
+                            size_t ct_tag_len, uint8_t *out)
+{
+    if (slot >= TOKEN_DEK_SLOTS)
+        return lv_error_set(LV_ERR_INPUT, "DEK slot %u: at most %d", slot, TOKEN_DEK_SLOTS);
+    return aead_decrypt(t, (int)slot, iv, aad, aad_len, ct_tag, ct_tag_len, out);
+}
+
+/* Finds and checks the KEK named by uri with exactly the checks of the
+ * configured KEK (check_kek), by lending it the URI for the call; the
+ * configured KEK is restored before anyone else can look (setup_lock, and
+ * rotation is a single-threaded administrative step). */
+static int find_other_kek(Token *t, CK_SESSION_HANDLE s, P11KitUri *u, char *text,
+                          CK_OBJECT_HANDLE *ret)
+{
+    pthread_mutex_lock(&t->setup_lock);
+    P11KitUri *saved_uri = t->kek_uri;
+    char *saved_text = t->kek_uri_text;
+    CK_OBJECT_HANDLE saved = t->kek;
+    t->kek_uri = u;
+    t->kek_uri_text = text;
+    int r = check_kek(t, s);
+    *ret = t->kek;
+    t->kek_uri = saved_uri;
+    t->kek_uri_text = saved_text;
+    t->kek = saved;
+    pthread_mutex_unlock(&t->setup_lock);
+    return r;
+}
+
+int token_dek_rewrap(Token *t, const char *new_kek_uri, const uint8_t *wrapped, size_t wrapped_len,
+                     uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
+{
+    if (wrapped_len != TOKEN_WRAPPED_DEK_LEN)
+        return lv_error_set(LV_ERR_CRYPTO, "wrapped DEK: %zu bytes, not %d", wrapped_len,
+                            TOKEN_WRAPPED_DEK_LEN);
+    int r = token_check_kek(t);
+    if (r < 0)
+        return r;
+    P11KitUri *u = NULL;
+    r = parse_uri("--new-encryption-key", new_kek_uri, &u);
+    if (r < 0)
+        return r;
+    char *text = strdup(new_kek_uri);
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    CK_OBJECT_HANDLE new_kek = CK_INVALID_HANDLE, tmp = CK_INVALID_HANDLE,
+                     probe = CK_INVALID_HANDLE;
+    uint8_t blob[64];
+    CK_ULONG n = sizeof(blob);
+    CK_TOKEN_INFO ti;
+    if (!text) {
+        r = lv_error_set(-ENOMEM, "out of memory");
+        goto done;
+    }
+    /* Both KEKs on this token: the DEK never leaves it, not even wrapped
+     * for another token. */
+    CK_RV rv = t->module->C_GetTokenInfo(t->slot, &ti);
+    if (rv != CKR_OK) {
+        r = rv_error(rv, "C_GetTokenInfo");
+        goto done;
+    }
+    if (!p11_kit_uri_match_token_info(u, &ti)) {
+        r = lv_error_set(LV_ERR_INPUT,
+                         "--new-encryption-key %s: names another token; the new KEK must be on "
+                         "token '%s' with the current one",
+                         new_kek_uri, t->label);
+        goto done;
+    }
+    r = session_get(t, &s);
+    if (r < 0) {
+        s = CK_INVALID_HANDLE;
+        goto done;
+    }
+    r = find_other_kek(t, s, u, text, &new_kek);
+    if (r < 0) {
+        r = err_prefix(r, "new KEK");
+        goto done;
+    }
+    if (new_kek == t->kek) {
+        r = lv_error_set(LV_ERR_INPUT,
+                         "--new-encryption-key %s: names the current KEK; give the new key's URI",
+                         new_kek_uri);
+        goto done;
+    }
+    /* A session copy that may leave the token only wrapped, for the time of
+     * one C_WrapKey: sensitive, extractable because C_WrapKey requires it,
+     * good for nothing else, destroyed below. */
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},       {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_SENSITIVE, &yes, sizeof(yes)}, {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+        {CKA_ENCRYPT, &no, sizeof(no)},     {CKA_DECRYPT, &no, sizeof(no)},
+        {CKA_WRAP, &no, sizeof(no)},        {CKA_UNWRAP, &no, sizeof(no)},
+        {CKA_SIGN, &no, sizeof(no)},        {CKA_VERIFY, &no, sizeof(no)},
+        {CKA_DERIVE, &no, sizeof(no)},
+    };
+    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    rv = t->module->C_UnwrapKey(s, &mech, t->kek, (CK_BYTE *)wrapped, wrapped_len, tmpl,
+                                ELEMENTSOF(tmpl), &tmp);
+    if (rv != CKR_OK) {
+        r = rv_is_outage(rv) ? rv_error(rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)")
+                             : lv_error_set(LV_ERR_CRYPTO,
+                                            "wrapped DEK does not unwrap under the current KEK: "
+                                            "C_UnwrapKey: %s (0x%lx)",
+                                            token_rv_name(rv), (unsigned long)rv);
+        tmp = CK_INVALID_HANDLE;
+        goto done;
+    }
+    rv = t->module->C_WrapKey(s, &mech, new_kek, tmp, blob, &n);
+    if (rv != CKR_OK) {
+        r = rv_error(rv, "new KEK: C_WrapKey(CKM_AES_KEY_WRAP_PAD)");
+        goto done;
+    }
+    if (n != TOKEN_WRAPPED_DEK_LEN) {
+        r = lv_error_set(LV_ERR_TOKEN,
+                         "C_WrapKey(CKM_AES_KEY_WRAP_PAD) gave %lu bytes (expected %d)",
+                         (unsigned long)n, TOKEN_WRAPPED_DEK_LEN);
+        goto done;
+    }
+    /* Proof before anyone stores it: the new blob unwraps under the new KEK
+     * into a DEK like the ones the spool uses. */
+    tmpl[5].pValue = &no;
+    tmpl[6].pValue = &yes;
+    tmpl[7].pValue = &yes;
+    rv = t->module->C_UnwrapKey(s, &mech, new_kek, blob, n, tmpl, ELEMENTSOF(tmpl), &probe);
+    if (rv != CKR_OK) {
+        r = rv_error(rv, "new KEK: the rewrapped DEK does not unwrap: C_UnwrapKey");
+        probe = CK_INVALID_HANDLE;
+        goto done;
+    }
+    memcpy(ret_wrapped, blob, TOKEN_WRAPPED_DEK_LEN);
+    r = 0;
+done:
+    if (s != CK_INVALID_HANDLE) {
+        if (tmp != CK_INVALID_HANDLE)
+            t->module->C_DestroyObject(s, tmp);
+        if (probe != CK_INVALID_HANDLE)
+            t->module->C_DestroyObject(s, probe);
+        session_put(t, s);
+    }
+    explicit_bzero(blob, sizeof(blob));
+    free(text);
+    p11_kit_uri_free(u);
     return r;
 }

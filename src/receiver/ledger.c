@@ -17,11 +17,20 @@
 typedef struct Entry {
     struct Entry *next;
     char *key;
-    char hash[65];  /* events: the envelope hash */
-    int64_t seq;    /* streams: the last seq_no; events: its seq_no */
-    char *ack;      /* events: the ack body answered */
-    uint8_t pk[32]; /* installations: the registered key */
+    char hash[65];        /* events: the envelope hash */
+    int64_t seq;          /* streams: the last seq_no; events: its seq_no */
+    char *ack;            /* events: the ack body answered */
+    struct InstKey *keys; /* installations: the registered keys (signing key epochs) */
+    size_t n_keys;
 } Entry;
+
+/* One registered public key; kid "" accepts any kid (a key registered as
+ * hex or PEM), else only envelopes whose local_signature.kid names it. */
+typedef struct InstKey {
+    uint8_t pk[32];
+    char kid[129];
+} InstKey;
+#define LEDGER_MAX_KEYS 16
 
 typedef struct Map {
     Entry *b[N_BUCKETS];
@@ -80,6 +89,7 @@ static void map_clear(Map *m)
             n = e->next;
             free(e->key);
             free(e->ack);
+            free(e->keys);
             free(e);
         }
 }
@@ -155,13 +165,35 @@ void ledger_free(Ledger *l)
 
 int ledger_register(Ledger *l, const char *installation_id, const uint8_t pk[32])
 {
+    return ledger_register_key(l, installation_id, NULL, pk);
+}
+
+int ledger_register_key(Ledger *l, const char *installation_id, const char *kid,
+                        const uint8_t pk[32])
+{
     if (!lv_valid_id(installation_id))
         return lv_error_set(LV_ERR_INPUT,
                             "--register: installation id must be 1-128 bytes of [A-Za-z0-9._:@/-]");
+    if (kid && !lv_valid_id(kid))
+        return lv_error_set(LV_ERR_INPUT,
+                            "--register: kid must be 1-128 bytes of [A-Za-z0-9._:@/-]");
     Entry *e = map_put(&l->installations, installation_id);
     if (!e)
         return -ENOMEM;
-    memcpy(e->pk, pk, 32);
+    /* Several keys per installation: the keys of its signing key epochs. */
+    for (size_t i = 0; i < e->n_keys; i++)
+        if (memcmp(e->keys[i].pk, pk, 32) == 0 && strcmp(e->keys[i].kid, kid ? kid : "") == 0)
+            return 0;
+    if (e->n_keys == LEDGER_MAX_KEYS)
+        return lv_error_set(LV_ERR_INPUT, "--register: %s: at most %d keys", installation_id,
+                            LEDGER_MAX_KEYS);
+    InstKey *k = realloc(e->keys, (e->n_keys + 1) * sizeof(*k));
+    if (!k)
+        return -ENOMEM;
+    e->keys = k;
+    memcpy(k[e->n_keys].pk, pk, 32);
+    snprintf(k[e->n_keys].kid, sizeof(k[e->n_keys].kid), "%s", kid ? kid : "");
+    e->n_keys++;
     return 0;
 }
 
@@ -345,11 +377,18 @@ LedgerResult ledger_submit(Ledger *l, const char *path_installation, const char 
         snprintf(detail, detail_len, "installation_id: does not match the request path");
         goto done;
     }
-    uint8_t pk[32];
+    /* Each envelope verifies under the key of its own kid (a key registered
+     * with that kid, or one registered without a kid). */
+    const cJSON *sig = cJSON_GetObjectItemCaseSensitive(o, "local_signature");
+    const cJSON *kidj = sig ? cJSON_GetObjectItemCaseSensitive(sig, "kid") : NULL;
+    const char *kid = cJSON_IsString(kidj) ? kidj->valuestring : "";
+    InstKey cand[LEDGER_MAX_KEYS];
+    size_t n_cand = 0;
     pthread_mutex_lock(&l->lock);
     Entry *reg = map_get(&l->installations, inst);
-    if (reg)
-        memcpy(pk, reg->pk, 32);
+    for (size_t i = 0; reg && i < reg->n_keys; i++)
+        if (!reg->keys[i].kid[0] || strcmp(reg->keys[i].kid, kid) == 0)
+            cand[n_cand++] = reg->keys[i];
     pthread_mutex_unlock(&l->lock);
     if (!reg) {
         res = LEDGER_UNKNOWN;
@@ -357,7 +396,11 @@ LedgerResult ledger_submit(Ledger *l, const char *path_installation, const char 
         goto done;
     }
     lv_error_clear();
-    int r = envelope_verify(body, len, pk);
+    int r = LV_ERR_CRYPTO;
+    for (size_t i = 0; i < n_cand && r == LV_ERR_CRYPTO; i++) {
+        lv_error_clear();
+        r = envelope_verify(body, len, cand[i].pk);
+    }
     if (r == LV_ERR_CRYPTO) {
         res = LEDGER_BAD_SIG;
         snprintf(detail, detail_len, "local_signature: does not verify under the registered key");

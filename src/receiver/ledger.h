@@ -16,6 +16,10 @@ typedef struct Ledger Ledger;
 int ledger_new(const char *events_log, const char *receipt_key_pem, Ledger **ret);
 void ledger_free(Ledger *l);
 int ledger_register(Ledger *l, const char *installation_id, const uint8_t pk[32]);
+/* Adds a key of the installation (each signing key epoch has its own); kid
+ * NULL: the key is tried for any kid, else only for envelopes naming it. */
+int ledger_register_key(Ledger *l, const char *installation_id, const char *kid,
+                        const uint8_t pk[32]);
 /* Replays an existing events log so that a restarted receiver keeps its
  * idempotency answers and seq_no counters. */
 int ledger_load_log(Ledger *l);

@@ -42,7 +42,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
             "Usage: attesto-local-vault-receiver --listen ADDR:PORT --tls-cert PEM --tls-key PEM\n"
-            "         [--register INSTALLATION_ID=PUBKEY_HEX|@PEMFILE]... [--events-log FILE]\n"
+            "         [--register INSTALLATION_ID=PUBKEY_HEX|@PEMFILE|@JSONFILE]... [--events-log "
+            "FILE]\n"
             "         [--fault SPEC]... [--fault-file FILE] [--seed N] [--receipt-key PEM]\n"
             "\n"
             "A reference Attesto Local Vault receiver: verifies relay envelopes like Attesto\n"
@@ -95,6 +96,18 @@ static enum MHD_Result queue_error(struct MHD_Connection *c, unsigned status, co
         return MHD_NO;
     enum MHD_Result ret = queue(c, status, "application/json", s, strlen(s), h_name, h_value);
     free(s);
+    return ret;
+}
+
+static enum MHD_Result queue_options(struct MHD_Connection *c)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    if (!r)
+        return MHD_NO;
+    MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "POST, OPTIONS");
+    MHD_add_response_header(r, "X-Attesto-Protocol", PROTOCOL_HEADER);
+    enum MHD_Result ret = MHD_queue_response(c, MHD_HTTP_NO_CONTENT, r);
+    MHD_destroy_response(r);
     return ret;
 }
 
@@ -422,9 +435,13 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                                NULL);
         memcpy(inst, url + pl, il);
         inst[il] = '\0';
+        /* OPTIONS is the round trip `doctor` makes: no body, nothing
+         * recorded, the protocol named in the answer. */
+        if (strcmp(method, "OPTIONS") == 0)
+            return queue_options(c);
         if (strcmp(method, "POST") != 0)
             return queue_error(c, MHD_HTTP_METHOD_NOT_ALLOWED, "method", "POST only",
-                               MHD_HTTP_HEADER_ALLOW, "POST");
+                               MHD_HTTP_HEADER_ALLOW, "POST, OPTIONS");
         if (!lv_valid_id(inst))
             return queue_error(c, MHD_HTTP_NOT_FOUND, "not_found",
                                "installation id: not 1-128 bytes of [A-Za-z0-9._:@/-]", NULL, NULL);
@@ -465,6 +482,35 @@ static int parse_listen(const char *s, struct sockaddr_storage *ss, bool *ret_v6
     return inet_pton(AF_INET, host, &a->sin_addr) == 1 ? 0 : -1;
 }
 
+/* The JSON of `attesto-local-vault public-key`: the current key and, after
+ * rotations, "previous" ones, each registered under its kid. */
+static int register_one(Ledger *l, const char *inst, const char *path, const cJSON *o)
+{
+    const cJSON *hex = cJSON_GetObjectItemCaseSensitive(o, "public_key_hex");
+    const cJSON *kid = cJSON_GetObjectItemCaseSensitive(o, "kid");
+    uint8_t pk[32];
+    if (!cJSON_IsString(hex) || hex_decode(hex->valuestring, pk, 32) < 0 || !cJSON_IsString(kid))
+        return lv_error_set(LV_ERR_INPUT, "--register: %s: each key needs public_key_hex and kid",
+                            path);
+    return ledger_register_key(l, inst, kid->valuestring, pk);
+}
+
+static int register_json(Ledger *l, const char *inst, const char *path, const char *text,
+                         size_t len)
+{
+    cJSON *doc = cJSON_ParseWithLength(text, len);
+    if (!cJSON_IsObject(doc)) {
+        cJSON_Delete(doc);
+        return lv_error_set(LV_ERR_INPUT, "--register: %s: not a JSON object", path);
+    }
+    int r = register_one(l, inst, path, doc);
+    const cJSON *prev = cJSON_GetObjectItemCaseSensitive(doc, "previous");
+    for (const cJSON *k = cJSON_IsArray(prev) ? prev->child : NULL; r >= 0 && k; k = k->next)
+        r = register_one(l, inst, path, k);
+    cJSON_Delete(doc);
+    return r;
+}
+
 static int add_registration(Ledger *l, const char *arg)
 {
     const char *eq = strchr(arg, '=');
@@ -481,7 +527,9 @@ static int add_registration(Ledger *l, const char *arg)
     if (eq[1] == '@') {
         _cleanup_free_ char *pem = NULL;
         size_t n;
-        r = lv_read_file(eq + 2, 64 * 1024, &pem, &n);
+        r = lv_read_file(eq + 2, 256 * 1024, &pem, &n);
+        if (r >= 0 && pem[strspn(pem, " \t\r\n")] == '{')
+            return register_json(l, inst, eq + 2, pem, n);
         if (r >= 0)
             r = pubkey_parse(pem, pk);
     } else

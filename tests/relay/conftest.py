@@ -5,20 +5,8 @@ import os
 
 import pytest
 
-import lvtest
-from relaylib import PKI, Receiver, public_key_hex, relay_env
-
-
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory):
-    return PKI(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture
-def vault(tmp_path):
-    v = lvtest.Vault(tmp_path / "vault")
-    v.pk = public_key_hex(v)
-    return v
+from relayfixtures import pki, vault  # noqa: F401
+from relaylib import Receiver, relay_env
 
 
 @pytest.fixture

@@ -673,20 +673,22 @@ static void files_are_private_and_schema_is_versioned(void **state)
     sqlite3_stmt *q;
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &q, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
-    assert_int_equal(sqlite3_column_int(q, 0), 1);
+    assert_int_equal(sqlite3_column_int(q, 0), spool_schema_version());
     sqlite3_finalize(q);
     assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(q, 0), "wal");
     sqlite3_finalize(q);
     assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT length(value) FROM meta WHERE key = 'wrapped_dek'",
+                                        "SELECT length(wrapped) FROM deks WHERE id = 1",
                                         -1, &q, NULL),
                      SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
     assert_int_equal(sqlite3_column_int(q, 0), 40);
     sqlite3_finalize(q);
-    assert_int_equal(sqlite3_exec(db, "PRAGMA user_version = 2", NULL, NULL, NULL), SQLITE_OK);
+    char newer[64];
+    snprintf(newer, sizeof(newer), "PRAGMA user_version = %d", spool_schema_version() + 1);
+    assert_int_equal(sqlite3_exec(db, newer, NULL, NULL, NULL), SQLITE_OK);
     sqlite3_close(db);
     SpoolOptions o = {.path = path, .installation_id = "inst"};
     s = NULL;

@@ -1,0 +1,547 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* doctor's checks: each part of the configuration tried once, in order, with
+ * the exact cause of a failure; nothing is created, migrated or written. */
+#include "doctor.h"
+
+#include <libgen.h>
+#include <stdio.h>
+#include <limits.h>
+#include <sqlite3.h>
+#include <strings.h>
+#include <sys/stat.h>
+
+#include "config.h"
+#include "lv.h"
+#include "spool.h"
+#include "witness.h"
+
+#define WITNESS_APP_ID 0x4C565749 /* "LVWI", as witness.c stamps it */
+#define BUSY_MS        5000
+#define INTEGRITY_MAX  10 /* messages integrity_check reports at most */
+
+const char *doctor_status_name(DoctorStatus st)
+{
+    switch (st) {
+    case DOCTOR_PASS:
+        return "pass";
+    case DOCTOR_WARN:
+        return "warn";
+    case DOCTOR_FAIL:
+        return "fail";
+    case DOCTOR_SKIP:
+        return "skip";
+    }
+    return "fail";
+}
+
+static DoctorCheck *add(DoctorReport *rep, const char *name, const char *title)
+{
+    /* The list of checks is fixed and shorter than the array. */
+    DoctorCheck *c = &rep->checks[rep->n < DOCTOR_MAX_CHECKS ? rep->n++ : DOCTOR_MAX_CHECKS - 1];
+    *c = (DoctorCheck){.name = name, .title = title, .status = DOCTOR_PASS};
+    return c;
+}
+
+static void set(DoctorCheck *c, DoctorStatus st, const char *reason, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void set(DoctorCheck *c, DoctorStatus st, const char *reason, const char *fmt, ...)
+{
+    c->status = st;
+    snprintf(c->reason, sizeof(c->reason), "%s", reason ? reason : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->detail, sizeof(c->detail), fmt, ap);
+    va_end(ap);
+}
+
+static void skip(DoctorCheck *c, const char *needs)
+{
+    set(c, DOCTOR_SKIP, "dependency_failed", "not checked: needs %s", needs);
+}
+
+static const char *err_text(int r)
+{
+    const char *d = lv_error();
+    return *d ? d : strerror(-r);
+}
+
+/* ---- databases ---------------------------------------------------------- */
+
+static void finalizep(sqlite3_stmt **st)
+{
+    sqlite3_finalize(*st);
+}
+
+static void closedbp(sqlite3 **db)
+{
+    sqlite3_close_v2(*db);
+}
+
+/* One integer from a pragma or query; false with *ret_rc set on failure. */
+static bool query_int(sqlite3 *db, const char *sql, int64_t *ret, int *ret_rc)
+{
+    _cleanup_(finalizep) sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
+    if (rc == SQLITE_OK) {
+        rc = sqlite3_step(st);
+        if (rc == SQLITE_ROW) {
+            *ret = sqlite3_column_int64(st, 0);
+            return true;
+        }
+        if (rc == SQLITE_DONE) {
+            *ret = 0;
+            return true;
+        }
+    }
+    *ret_rc = rc;
+    return false;
+}
+
+static bool table_exists(sqlite3 *db, const char *name)
+{
+    _cleanup_(finalizep) sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1", -1,
+                           &st, NULL) != SQLITE_OK)
+        return false;
+    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
+    return sqlite3_step(st) == SQLITE_ROW;
+}
+
+/* Reads a meta value of the spool (NULL when absent). */
+static int meta_blob(sqlite3 *db, const char *key, uint8_t **ret, size_t *ret_len)
+{
+    _cleanup_(finalizep) sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &st, NULL);
+    if (rc != SQLITE_OK)
+        return -EIO;
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
+    rc = sqlite3_step(st);
+    if (rc == SQLITE_DONE) {
+        *ret = NULL;
+        *ret_len = 0;
+        return 0;
+    }
+    if (rc != SQLITE_ROW)
+        return -EIO;
+    size_t n = (size_t)sqlite3_column_bytes(st, 0);
+    uint8_t *v = malloc(n + 1);
+    if (!v)
+        return -ENOMEM;
+    if (n)
+        memcpy(v, sqlite3_column_blob(st, 0), n);
+    v[n] = '\0';
+    *ret = v;
+    *ret_len = n;
+    return 0;
+}
+
+/* The wrapped DEKs rows may still need: every DEK of the deks table when the
+ * spool has one (rotation), else the single meta blob. */
+static int spool_deks(sqlite3 *db, uint8_t **ret, size_t *ret_n, char *why, size_t why_len)
+{
+    *ret = NULL;
+    *ret_n = 0;
+    if (table_exists(db, "deks")) {
+        _cleanup_(finalizep) sqlite3_stmt *st = NULL;
+        if (sqlite3_prepare_v2(db, "SELECT id, wrapped FROM deks ORDER BY id", -1, &st, NULL) !=
+            SQLITE_OK)
+            return snprintf(why, why_len, "cannot read the deks table: %s", sqlite3_errmsg(db)),
+                   -EIO;
+        uint8_t *all = NULL;
+        size_t n = 0;
+        int rc;
+        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+            if ((size_t)sqlite3_column_bytes(st, 1) != TOKEN_WRAPPED_DEK_LEN) {
+                free(all);
+                snprintf(why, why_len, "DEK %lld: wrapped blob is %d bytes, not %d",
+                         (long long)sqlite3_column_int64(st, 0), sqlite3_column_bytes(st, 1),
+                         TOKEN_WRAPPED_DEK_LEN);
+                return -EUCLEAN;
+            }
+            uint8_t *v = realloc(all, (n + 1) * TOKEN_WRAPPED_DEK_LEN);
+            if (!v) {
+                free(all);
+                return -ENOMEM;
+            }
+            all = v;
+            memcpy(all + n * TOKEN_WRAPPED_DEK_LEN, sqlite3_column_blob(st, 1),
+                   TOKEN_WRAPPED_DEK_LEN);
+            n++;
+        }
+        if (rc != SQLITE_DONE) {
+            free(all);
+            snprintf(why, why_len, "cannot read the deks table: %s", sqlite3_errmsg(db));
+            return -EIO;
+        }
+        *ret = all;
+        *ret_n = n;
+        return 0;
+    }
+    uint8_t *v = NULL;
+    size_t n = 0;
+    int r = meta_blob(db, "wrapped_dek", &v, &n);
+    if (r < 0) {
+        snprintf(why, why_len, "cannot read the wrapped DEK: %s", sqlite3_errmsg(db));
+        return r;
+    }
+    if (!v)
+        return 0;
+    if (n != TOKEN_WRAPPED_DEK_LEN) {
+        free(v);
+        snprintf(why, why_len, "wrapped DEK is %zu bytes, not %d", n, TOKEN_WRAPPED_DEK_LEN);
+        return -EUCLEAN;
+    }
+    *ret = v;
+    *ret_n = 1;
+    return 0;
+}
+
+static void db_missing(DoctorCheck *c, const char *path, const char *creator)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof(dir), "%s", path);
+    const char *d = dirname(dir);
+    /* A database that does not exist yet is normal on a fresh installation,
+     * as long as the program can create it where it is configured. */
+    if (access(d, W_OK | X_OK) == 0)
+        set(c, DOCTOR_WARN, "not_created", "%s does not exist yet; %s creates it", path, creator);
+    else
+        set(c, DOCTOR_FAIL, "missing", "%s does not exist and cannot be created: directory %s: %s",
+            path, d, strerror(errno));
+}
+
+void doctor_check_database(const char *kind, const char *path, const char *installation_id,
+                           DoctorCheck *c, uint8_t **ret_deks, size_t *ret_n_deks)
+{
+    bool spool = strcmp(kind, "spool") == 0;
+    if (ret_deks) {
+        *ret_deks = NULL;
+        *ret_n_deks = 0;
+    }
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        if (errno == ENOENT)
+            db_missing(c, path,
+                       spool ? "the first enqueue or drain"
+                             : "the first witness-checkpoint or "
+                               "witness-serve request");
+        else
+            set(c, DOCTOR_FAIL, "unreadable", "%s: %s", path, strerror(errno));
+        return;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        set(c, DOCTOR_FAIL, "not_a_file", "%s: not a regular file", path);
+        return;
+    }
+    if (st.st_mode & 0077) {
+        set(c, DOCTOR_FAIL, "permissions",
+            "%s: mode %04o lets other users open it; it must be 0600 (the program refuses it)",
+            path, (unsigned)(st.st_mode & 07777));
+        return;
+    }
+    if (access(path, R_OK) < 0) {
+        set(c, DOCTOR_FAIL, "unreadable", "%s: %s", path, strerror(errno));
+        return;
+    }
+    _cleanup_(closedbp) sqlite3 *db = NULL;
+    /* Read-only: doctor neither creates nor migrates. */
+    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL);
+    if (rc != SQLITE_OK) {
+        set(c, DOCTOR_FAIL, "open_failed", "%s: cannot open: %s", path,
+            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+        return;
+    }
+    sqlite3_busy_timeout(db, BUSY_MS);
+    int64_t version = 0, app = 0, tables = 0;
+    if (!query_int(db, "PRAGMA user_version", &version, &rc) ||
+        !query_int(db, "PRAGMA application_id", &app, &rc) ||
+        !query_int(db, "SELECT count(*) FROM sqlite_schema", &tables, &rc)) {
+        bool corrupt = rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT;
+        set(c, DOCTOR_FAIL, corrupt ? "corrupt" : "open_failed", "%s: %s%s", path,
+            sqlite3_errmsg(db), corrupt ? " (corrupt, or not a SQLite database)" : "");
+        return;
+    }
+    int want = spool ? spool_schema_version() : WITNESS_SCHEMA_VERSION;
+    if (version == 0 && tables == 0) {
+        set(c, DOCTOR_WARN, "not_initialized", "%s is empty; it is initialized on first use", path);
+        return;
+    }
+    if (spool ? !table_exists(db, "meta") || !table_exists(db, "items") : app != WITNESS_APP_ID) {
+        set(c, DOCTOR_FAIL, "wrong_schema", "%s: not a %s database%s", path, kind,
+            spool ? "" : " (application_id differs; the spool, or another file?)");
+        return;
+    }
+    if (version > want) {
+        set(c, DOCTOR_FAIL, "schema_newer",
+            "%s: schema version %lld is newer than this program's %d; upgrade the program", path,
+            (long long)version, want);
+        return;
+    }
+    if (version < 1) {
+        set(c, DOCTOR_FAIL, "wrong_schema", "%s: schema version %lld unknown", path,
+            (long long)version);
+        return;
+    }
+
+    /* integrity_check reads every page: the one check that finds a torn or
+     * altered file before the service trips over it. */
+    {
+        _cleanup_(finalizep) sqlite3_stmt *q = NULL;
+        char sql[64];
+        snprintf(sql, sizeof(sql), "PRAGMA integrity_check(%d)", INTEGRITY_MAX);
+        rc = sqlite3_prepare_v2(db, sql, -1, &q, NULL);
+        char first[256] = "";
+        int n = 0;
+        while (rc == SQLITE_OK || rc == SQLITE_ROW) {
+            rc = sqlite3_step(q);
+            if (rc != SQLITE_ROW)
+                break;
+            const char *m = (const char *)sqlite3_column_text(q, 0);
+            if (n++ == 0) {
+                /* One line: SQLite's report spans several. */
+                if (m && strncmp(m, "*** in database main ***\n", 25) == 0)
+                    m += 25;
+                snprintf(first, sizeof(first), "%s", m ? m : "");
+                for (char *p = first; *p; p++)
+                    if (*p == '\n' || *p == '\r' || *p == '\t')
+                        *p = ';';
+            }
+        }
+        if (rc != SQLITE_DONE) {
+            bool corrupt = rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT;
+            set(c, DOCTOR_FAIL, corrupt ? "corrupt" : "integrity_check_failed",
+                "%s: integrity_check: %s", path, sqlite3_errmsg(db));
+            return;
+        }
+        if (n != 1 || strcmp(first, "ok") != 0) {
+            set(c, DOCTOR_FAIL, "corrupt", "%s: integrity_check: %s%s", path, first,
+                n > 1 ? " (and more)" : "");
+            return;
+        }
+    }
+
+    char extra[200] = "";
+    if (spool) {
+        _cleanup_free_ uint8_t *sid = NULL, *inst = NULL;
+        size_t sid_len = 0, inst_len = 0;
+        if (meta_blob(db, "spool_id", &sid, &sid_len) < 0 ||
+            meta_blob(db, "installation_id", &inst, &inst_len) < 0) {
+            set(c, DOCTOR_FAIL, "corrupt", "%s: cannot read the spool metadata: %s", path,
+                sqlite3_errmsg(db));
+            return;
+        }
+        if (!sid || sid_len != 16) {
+            set(c, DOCTOR_FAIL, "wrong_schema", "%s: no valid spool id in the metadata", path);
+            return;
+        }
+        if (inst && installation_id && strcmp((char *)inst, installation_id) != 0) {
+            set(c, DOCTOR_FAIL, "installation_mismatch",
+                "%s belongs to installation %s, not %s (--installation-id)", path, (char *)inst,
+                installation_id);
+            return;
+        }
+        if (ret_deks) {
+            char why[200] = "";
+            int r = spool_deks(db, ret_deks, ret_n_deks, why, sizeof(why));
+            if (r < 0) {
+                set(c, DOCTOR_FAIL, "corrupt", "%s: %s", path, why);
+                return;
+            }
+        }
+        int64_t items = 0;
+        if (query_int(db, "SELECT count(*) FROM items", &items, &rc))
+            snprintf(extra, sizeof(extra), ", %lld item(s)", (long long)items);
+    }
+    if (version < want)
+        set(c, DOCTOR_WARN, "schema_older",
+            "%s: schema version %lld, migrated to %d on the next read-write open; integrity ok%s",
+            path, (long long)version, want, extra);
+    else
+        set(c, DOCTOR_PASS, NULL, "%s: schema version %lld, integrity_check ok%s", path,
+            (long long)version, extra);
+}
+
+/* ---- relay -------------------------------------------------------------- */
+
+static const char *status_hint(long st)
+{
+    if (st == 401 || st == 403)
+        return "the receiver refuses this installation (registered? its key known?)";
+    if (st == 404)
+        return "nothing at this path (check --relay-url)";
+    if (st == 405 || st == 501)
+        return "the server does not answer OPTIONS here (is this the receiver's events URL?)";
+    if (st >= 300 && st < 400)
+        return "a redirect, never followed: --relay-url must be the receiver's final address";
+    if (st >= 500)
+        return "the receiver or a proxy in front of it is failing";
+    return "an Attesto receiver answers 2xx";
+}
+
+void doctor_check_probe(const RelayProbe *p, DoctorCheck *c)
+{
+    const char *tr = p->transport_reason;
+    if (!tr) {
+        if (p->http_status >= 200 && p->http_status < 300)
+            set(c, DOCTOR_PASS, NULL, "TLS verified, OPTIONS answered HTTP %ld in %lld ms%s",
+                p->http_status, (long long)p->elapsed_ms,
+                p->protocol_ok ? " (ATTESTO-LOCAL-VAULT-RELAY/1)" : "");
+        else
+            set(c, DOCTOR_FAIL, "http_status", "HTTP status %ld after a verified TLS handshake: %s",
+                p->http_status, status_hint(p->http_status));
+        return;
+    }
+    if (strcmp(p->stage, "dns") == 0)
+        set(c, DOCTOR_FAIL, "dns", "DNS: the host name does not resolve: %s", p->detail);
+    else if (strcmp(p->stage, "tcp") == 0)
+        set(c, DOCTOR_FAIL, "tcp", "TCP: cannot connect (%s): %s", tr, p->detail);
+    else if (strcmp(tr, "tls_verify_failed") == 0)
+        set(c, DOCTOR_FAIL, "tls_verify",
+            "TLS verification failed: %s (is --ca-file the CA that issued the receiver's "
+            "certificate, and does the certificate name this host?)",
+            p->detail);
+    else if (strcmp(tr, "tls_pin_mismatch") == 0)
+        set(c, DOCTOR_FAIL, "tls_pin",
+            "TLS: the receiver's key does not match --pinned-public-key: %s", p->detail);
+    else if (strcmp(p->stage, "tls") == 0)
+        set(c, DOCTOR_FAIL, "tls_handshake", "TLS handshake failed (%s): %s", tr, p->detail);
+    else
+        set(c, DOCTOR_FAIL, "http", "HTTP: no valid response after the TLS handshake (%s): %s", tr,
+            p->detail);
+}
+
+/* ---- the run ------------------------------------------------------------ */
+
+void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
+{
+    *rep = (DoctorReport){0};
+    DoctorCheck *mod = add(rep, "module", "PKCS#11 module");
+    DoctorCheck *tok = add(rep, "token", "token");
+    DoctorCheck *pin = add(rep, "pin", "PIN and login");
+    DoctorCheck *sk = add(rep, "signing_key", "signing key");
+    DoctorCheck *kek = add(rep, "encryption_key", "encryption key (KEK)");
+    DoctorCheck *sdb = add(rep, "spool_db", "spool database");
+    DoctorCheck *wdb = add(rep, "witness_db", "witness database");
+    DoctorCheck *dek = add(rep, "dek", "spool data key (DEK)");
+    DoctorCheck *url = add(rep, "relay_url", "relay URL");
+    DoctorCheck *rel = add(rep, "relay", "relay TLS and HTTP");
+
+    /* token_open loads the module, finds the token and logs in, in that
+     * order and once: the class of its error says which step failed and
+     * that the steps before it passed. */
+    Token *t = NULL;
+    lv_error_clear();
+    int r = token_open(&opt->token, &t);
+    const char *module =
+        opt->token.module_path ? opt->token.module_path : "(p11-kit registered modules)";
+    bool pin_cfg = r == LV_ERR_INPUT && strncmp(lv_error(), "pin-source=", 11) == 0;
+    if (r >= 0 || r == LV_ERR_NOTOKEN || r == LV_ERR_AMBIG || r == LV_ERR_PIN || pin_cfg ||
+        r == LV_ERR_TOKEN)
+        set(mod, DOCTOR_PASS, NULL, "%s loaded", module);
+    else if (r == LV_ERR_NOMOD)
+        set(mod, DOCTOR_FAIL, "module_load_failed", "%s", err_text(r));
+    else
+        set(mod, DOCTOR_FAIL, r == LV_ERR_INPUT ? "invalid_config" : "failed", "%s", err_text(r));
+
+    if (r >= 0 || r == LV_ERR_PIN || pin_cfg)
+        set(tok, DOCTOR_PASS, NULL, "token '%s' present",
+            t ? token_label(t) : "named by the key URIs");
+    else if (r == LV_ERR_NOTOKEN || r == LV_ERR_AMBIG || r == LV_ERR_TOKEN)
+        set(tok, DOCTOR_FAIL, r == LV_ERR_AMBIG ? "ambiguous" : "not_found", "%s", err_text(r));
+    else
+        skip(tok, "the module");
+
+    if (r >= 0)
+        set(pin, DOCTOR_PASS, NULL, "logged in once with the PIN from %s", token_pin_source(t));
+    else if (r == LV_ERR_PIN || pin_cfg)
+        set(pin, DOCTOR_FAIL, "pin", "%s", err_text(r));
+    else
+        skip(pin, "the token");
+
+    bool kek_ok = false;
+    if (t) {
+        lv_error_clear();
+        r = token_check_signing_key(t);
+        if (r >= 0)
+            set(sk, DOCTOR_PASS, NULL, "%s: Ed25519, sensitive, not extractable, kid %s",
+                opt->token.signing_uri, token_key_id(t));
+        else
+            set(sk, DOCTOR_FAIL,
+                r == LV_ERR_NOKEY    ? "missing"
+                : r == LV_ERR_AMBIG  ? "ambiguous"
+                : r == LV_ERR_KEYBAD ? "bad_attributes"
+                                     : "failed",
+                "%s", err_text(r));
+        lv_error_clear();
+        r = token_check_kek(t);
+        if (r >= 0) {
+            kek_ok = true;
+            set(kek, DOCTOR_PASS, NULL, "%s: AES-256, wrap/unwrap, sensitive, not extractable",
+                opt->token.kek_uri);
+        } else
+            set(kek, DOCTOR_FAIL,
+                r == LV_ERR_NOKEY    ? "missing"
+                : r == LV_ERR_AMBIG  ? "ambiguous"
+                : r == LV_ERR_KEYBAD ? "bad_attributes"
+                                     : "failed",
+                "%s", err_text(r));
+    } else {
+        skip(sk, "the token and PIN");
+        skip(kek, "the token and PIN");
+    }
+
+    uint8_t *deks = NULL;
+    size_t n_deks = 0;
+    doctor_check_database("spool", opt->spool_db, opt->installation_id, sdb, &deks, &n_deks);
+    doctor_check_database("witness", opt->witness_db, NULL, wdb, NULL, NULL);
+
+    if (!kek_ok)
+        skip(dek, "the encryption key");
+    else if (sdb->status == DOCTOR_FAIL)
+        skip(dek, "a readable spool database");
+    else if (n_deks == 0)
+        set(dek, DOCTOR_PASS, NULL, "no spool yet: a new DEK is made and wrapped on first use");
+    else {
+        size_t ok = 0;
+        for (size_t i = 0; i < n_deks; i++) {
+            lv_error_clear();
+            r = token_dek_load(t, deks + i * TOKEN_WRAPPED_DEK_LEN, TOKEN_WRAPPED_DEK_LEN);
+            if (r < 0) {
+                set(dek, DOCTOR_FAIL, r == LV_ERR_CRYPTO ? "unwrap_failed" : "failed", "%s%s",
+                    n_deks > 1 ? "one of the spool's DEKs: " : "", err_text(r));
+                break;
+            }
+            ok++;
+        }
+        if (ok == n_deks)
+            set(dek, DOCTOR_PASS, NULL, "%zu wrapped DEK(s) unwrap under the KEK", n_deks);
+    }
+    erase_and_free(deks, n_deks * TOKEN_WRAPPED_DEK_LEN);
+    t = token_close(t);
+
+    Config cfg = {.relay_url = opt->relay.url};
+    lv_error_clear();
+    r = config_require_relay_url(&cfg);
+    if (r < 0) {
+        set(url, DOCTOR_FAIL, opt->relay.url ? "not_https" : "not_configured", "%s", lv_error());
+        skip(rel, "an https relay URL");
+        return;
+    }
+    set(url, DOCTOR_PASS, NULL, "%s", opt->relay.url);
+    RelayProbe p;
+    lv_error_clear();
+    r = relay_probe(&opt->relay, &p);
+    if (r < 0) {
+        set(rel, DOCTOR_FAIL, r == LV_ERR_INPUT ? "invalid_config" : "failed", "%s", err_text(r));
+        return;
+    }
+    doctor_check_probe(&p, rel);
+}
+
+bool doctor_ok(const DoctorReport *rep)
+{
+    for (size_t i = 0; i < rep->n; i++)
+        if (rep->checks[i].status == DOCTOR_FAIL)
+            return false;
+    return true;
+}
