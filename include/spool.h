@@ -57,6 +57,21 @@ typedef struct SpoolEnqueueResult {
  * reported in its result, not as an error. */
 int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results);
 
+/* Groups of SPOOL_BATCH_GROUP items pipelined in one call: the same as
+ * calling spool_enqueue on each group in turn (each group its own
+ * transaction; repeats and items stored before are never signed again),
+ * except that the signing thread goes on into the next group while the
+ * caller's thread commits the previous one, so the token never waits for a
+ * COMMIT. After each group's COMMIT, and before the next group writes
+ * anything, done(userdata, first, count) reports its results
+ * (ret_results[first..first+count)); a negative return stops the call. On
+ * an error the groups already reported stay committed; the failing group
+ * leaves nothing. */
+#define SPOOL_PIPELINE_GROUPS 8 /* groups per call that the CLI hands over at most */
+typedef int (*spool_group_done_fn)(void *userdata, size_t first, size_t count);
+int spool_enqueue_groups(Spool *s, const SpoolItemIn *items, size_t n,
+                         SpoolEnqueueResult *ret_results, spool_group_done_fn done, void *userdata);
+
 /* The validation spool_enqueue applies to one item, without a spool:
  * identifiers (lv_valid_id), event_type, the payload (a JSON object of at
  * most SPOOL_MAX_PAYLOAD bytes as given and once canonical, canonical JSON

@@ -106,6 +106,29 @@ int witness_request_parse(const char *body, size_t len, WitnessRequest *ret, cJS
 int witness_submit(Witness *w, Token *t, const char *witness_id, const WitnessRequest *req,
                    WitnessOutcome *ret);
 
+/* One request of a batch (witness_submit_batch): req is the caller's; out, r
+ * and detail are filled by the batch. */
+typedef struct WitnessJob {
+    const WitnessRequest *req;
+    WitnessOutcome out; /* valid when r == 0, and only after the batch returned */
+    int r;              /* 0, or the error witness_submit would have returned */
+    char detail[1024];  /* lv_error() of that error */
+} WitnessJob;
+
+/* Group commit: decides on the jobs in order, each as witness_submit would
+ * (every job sees the decisions of the jobs before it; each job's failure
+ * undoes that job alone), all inside ONE BEGIN IMMEDIATE transaction with
+ * one COMMIT. No outcome exists before that COMMIT returned; when it fails,
+ * every job fails with its error. Signatures are checked against the public
+ * key on a second thread while the next job is decided and signed; a
+ * signature that does not verify undoes the whole transaction, and the batch
+ * runs again checking each signature inline (so only the job the token
+ * failed is refused). After a token error the rest of the batch runs without
+ * the token (replays still answer; new statements fail with LV_ERR_TOKEN).
+ * Returns 0, or the error that failed every job. Not thread-safe, like
+ * witness_submit. */
+int witness_submit_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *jobs, size_t n);
+
 /* The head of one stream: its seq and its stored receipt document (malloc'd,
  * may be NULL). -ENOENT when the stream has no head. */
 int witness_head(Witness *w, const char *witness_id, const char *tenant_id, const char *stream_id,

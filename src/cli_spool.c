@@ -22,7 +22,8 @@
 #define LINE_MAX_BYTES (SPOOL_MAX_PAYLOAD + 64 * 1024)
 /* Standard input cannot be read twice, so it is held in memory up to this. */
 #define STDIN_MAX_BYTES (64 * 1024 * 1024)
-/* A group also closes when its payloads reach this many bytes. */
+/* A call to the spool (and so each group it commits) also closes when its
+ * payloads reach this many bytes. */
 #define GROUP_MAX_BYTES (8 * 1024 * 1024)
 #define PROGRESS_MIN    1000
 #define LIST_DEFAULT    100
@@ -293,14 +294,19 @@ static void print_result(const SpoolEnqueueResult *res, bool human)
                spool_enqueue_status_name(res->status), res->envelope_hash);
 }
 
-/* Items of one group, their strings and payloads copied out of the line
- * buffer (which the next read reuses). */
+/* Items of the groups handed to the spool in one call (the spool commits
+ * them SPOOL_BATCH_GROUP at a time while it signs ahead), their strings and
+ * payloads copied out of the line buffer (which the next read reuses). */
+#define GROUP_ITEMS (SPOOL_BATCH_GROUP * SPOOL_PIPELINE_GROUPS)
 typedef struct Group {
-    SpoolItemIn items[SPOOL_BATCH_GROUP];
-    SpoolItemLine lines[SPOOL_BATCH_GROUP];
-    char *payloads[SPOOL_BATCH_GROUP];
-    SpoolEnqueueResult results[SPOOL_BATCH_GROUP];
+    SpoolItemIn items[GROUP_ITEMS];
+    SpoolItemLine lines[GROUP_ITEMS];
+    char *payloads[GROUP_ITEMS];
+    SpoolEnqueueResult results[GROUP_ITEMS];
     size_t n, bytes;
+    size_t *conflicts;
+    size_t reported, total; /* items reported before this call; in the batch */
+    bool show;              /* the progress counter */
 } Group;
 
 static void group_clear(Group *g)
@@ -312,31 +318,39 @@ static void group_clear(Group *g)
     g->n = g->bytes = 0;
 }
 
-static int group_flush(Spool *s, Group *g, size_t *conflicts)
-{
-    if (g->n == 0)
-        return 0;
-    int r = spool_enqueue(s, g->items, g->n, g->results);
-    if (r < 0)
-        return r;
-    for (size_t i = 0; i < g->n; i++) {
-        print_result(&g->results[i], false);
-        if (g->results[i].status == SPOOL_CONFLICT)
-            (*conflicts)++;
-    }
-    /* Results of a committed group reach the caller before the next one
-     * starts: after a crash, what was printed is what was stored. */
-    fflush(stdout);
-    group_clear(g);
-    return 0;
-}
-
 static void progress(size_t done, size_t total, bool final)
 {
     fprintf(stderr, "\renqueue: %zu/%zu items (%zu%%)", done, total,
             total ? done * 100 / total : 100);
     if (final)
         fputc('\n', stderr);
+}
+
+/* Called by the spool after each group's COMMIT. */
+static int group_committed(void *userdata, size_t first, size_t count)
+{
+    Group *g = userdata;
+    for (size_t i = first; i < first + count; i++) {
+        print_result(&g->results[i], false);
+        if (g->results[i].status == SPOOL_CONFLICT)
+            (*g->conflicts)++;
+    }
+    /* Results of a committed group reach the caller before the next one
+     * writes: after a crash, what was printed is what was stored. */
+    fflush(stdout);
+    if (g->show)
+        progress(g->reported + first + count, g->total, false);
+    return 0;
+}
+
+static int group_flush(Spool *s, Group *g, size_t *conflicts)
+{
+    if (g->n == 0)
+        return 0;
+    g->conflicts = conflicts;
+    int r = spool_enqueue_groups(s, g->items, g->n, g->results, group_committed, g);
+    group_clear(g);
+    return r;
 }
 
 static int enqueue_batch(const char *verb, const Config *cfg, const char *path,
@@ -392,6 +406,10 @@ static int enqueue_batch(const char *verb, const Config *cfg, const char *path,
     bool show = total >= PROGRESS_MIN && isatty(STDERR_FILENO);
     size_t done = 0, conflicts = 0;
     r = g ? 0 : -ENOMEM;
+    if (g) {
+        g->total = total;
+        g->show = show;
+    }
     while (r >= 0 && (r = lines_next(&l, &line, &len)) > 0) {
         if (blank(line, len))
             continue;
@@ -418,14 +436,14 @@ static int enqueue_batch(const char *verb, const Config *cfg, const char *path,
                                        .payload_len = it->payload_len};
         g->bytes += it->payload_len;
         g->n++;
-        if (g->n == SPOOL_BATCH_GROUP || g->bytes >= GROUP_MAX_BYTES) {
+        if (g->n == GROUP_ITEMS || g->bytes >= GROUP_MAX_BYTES) {
+            g->reported = done;
             done += g->n;
             r = group_flush(s, g, &conflicts);
-            if (show)
-                progress(done, total, false);
         }
     }
     if (r >= 0) {
+        g->reported = done;
         done += g->n;
         r = group_flush(s, g, &conflicts);
         if (show)

@@ -46,8 +46,33 @@ typedef struct Bucket {
     int64_t last_ms;
 } Bucket;
 
+/* A checkpoint request handed to the committer; its connection is
+ * suspended until the committer has answered it. */
+typedef struct Pending {
+    WitnessRequest req;
+    cJSON *tree; /* req's strings */
+    WitnessJob job;
+    struct MHD_Connection *conn;
+    bool done;
+    struct Pending *next;
+} Pending;
+
+#define BATCH_MAX 64 /* decisions per transaction at most */
+
 typedef struct Server {
     const HttpdConfig *cfg;
+
+    /* Group commit: the request handlers queue their checkpoints and
+     * suspend their connections (a worker thread serves its other
+     * connections meanwhile); one committer thread decides every pending
+     * checkpoint in order inside one transaction, COMMITs once (one fsync),
+     * and only then resumes their connections to answer. */
+    pthread_mutex_t queue_lock;
+    pthread_cond_t queue_cond; /* work queued, or stop */
+    Pending *queue_head, **queue_tail;
+    bool queue_stop;
+    pthread_t committer;
+    bool committer_started;
 
     /* lock serializes the witness database connection and every use of the
      * token: a PKCS#11 session runs one operation at a time, and one
@@ -81,7 +106,8 @@ enum { R_NONE, R_CHECKPOINTS, R_IDENTITY, R_HEALTH, R_METRICS };
 
 typedef struct Req {
     int route;
-    unsigned preset; /* 413 or 415 decided from the headers; the body is drained */
+    Pending *pending; /* a checkpoint with the committer, or answered by it */
+    unsigned preset;  /* 413 or 415 decided from the headers; the body is drained */
     char *body;
     size_t len;
     size_t drained;
@@ -232,15 +258,145 @@ static enum MHD_Result send_document(Server *s, struct MHD_Connection *c, unsign
     return send_body(s, c, code, "application/json", body, len + 1, headers);
 }
 
+/* ---- group commit ---------------------------------------------------------------------------- */
+
+/* Under s->lock: the batch's token failures, as one request at a time would
+ * have seen them. The first drops the token; the later ones say it is
+ * unavailable and why. */
+static void settle_token_errors(Server *s, Pending **batch, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        WitnessJob *j = &batch[i]->job;
+        if (j->r >= 0 || !lv_is_token_error(j->r))
+            continue;
+        if (s->token)
+            drop_token(s, j->detail);
+        else if (s->token_error[0])
+            snprintf(j->detail, sizeof(j->detail), "token unavailable: %s", s->token_error);
+    }
+}
+
+static void *committer_main(void *arg)
+{
+    Server *s = arg;
+    Pending *batch[BATCH_MAX];
+    WitnessJob jobs[BATCH_MAX];
+    pthread_mutex_lock(&s->queue_lock);
+    for (;;) {
+        while (!s->queue_head && !s->queue_stop)
+            pthread_cond_wait(&s->queue_cond, &s->queue_lock);
+        if (!s->queue_head)
+            break;
+        size_t n = 0;
+        while (s->queue_head && n < BATCH_MAX) {
+            batch[n++] = s->queue_head;
+            s->queue_head = s->queue_head->next;
+        }
+        if (!s->queue_head)
+            s->queue_tail = &s->queue_head;
+        pthread_mutex_unlock(&s->queue_lock);
+
+        for (size_t i = 0; i < n; i++)
+            jobs[i] = (WitnessJob){.req = batch[i]->job.req};
+        pthread_mutex_lock(&s->lock);
+        ensure_token(s);
+        witness_submit_batch(s->w, s->token, s->cfg->witness_id, jobs, n);
+        for (size_t i = 0; i < n; i++)
+            batch[i]->job = jobs[i];
+        settle_token_errors(s, batch, n);
+        pthread_mutex_unlock(&s->lock);
+
+        /* After COMMIT (or its failure) only: the answers go out. A
+         * resumed connection may be answered and freed at once, so nothing
+         * of it is touched after its resume. */
+        for (size_t i = 0; i < n; i++) {
+            struct MHD_Connection *c = batch[i]->conn;
+            pthread_mutex_lock(&s->queue_lock);
+            batch[i]->done = true;
+            pthread_mutex_unlock(&s->queue_lock);
+            MHD_resume_connection(c);
+        }
+        pthread_mutex_lock(&s->queue_lock);
+    }
+    pthread_mutex_unlock(&s->queue_lock);
+    return NULL;
+}
+
+/* Queues one checkpoint for the committer, its connection suspended first
+ * (the committer resumes it). False when the server is stopping. */
+static bool submit(Server *s, Pending *p)
+{
+    pthread_mutex_lock(&s->queue_lock);
+    bool ok = !s->queue_stop;
+    if (ok) {
+        MHD_suspend_connection(p->conn);
+        p->next = NULL;
+        *s->queue_tail = p;
+        s->queue_tail = &p->next;
+        pthread_cond_signal(&s->queue_cond);
+    }
+    pthread_mutex_unlock(&s->queue_lock);
+    return ok;
+}
+
+static bool answered(Server *s, Pending *p)
+{
+    pthread_mutex_lock(&s->queue_lock);
+    bool done = p->done;
+    pthread_mutex_unlock(&s->queue_lock);
+    return done;
+}
+
+static void pending_free(Pending *p)
+{
+    if (!p)
+        return;
+    witness_outcome_done(&p->job.out);
+    cJSON_Delete(p->tree);
+    free(p);
+}
+
+static int start_committer(Server *s)
+{
+    int e = pthread_create(&s->committer, NULL, committer_main, s);
+    if (e != 0)
+        return lv_error_set(-e, "witness-serve: cannot start the committer thread: %s",
+                            strerror(e));
+    s->committer_started = true;
+    return 0;
+}
+
+/* Answers (and resumes) everything queued, then stops: before the daemons
+ * stop, which must not find a connection suspended. */
+static void stop_committer(Server *s)
+{
+    if (!s->committer_started)
+        return;
+    pthread_mutex_lock(&s->queue_lock);
+    s->queue_stop = true;
+    pthread_cond_signal(&s->queue_cond);
+    pthread_mutex_unlock(&s->queue_lock);
+    pthread_join(s->committer, NULL);
+    s->committer_started = false;
+}
+
 /* ---- routes --------------------------------------------------------------------------------- */
 
+static enum MHD_Result answer_checkpoint(Server *s, struct MHD_Connection *c, Pending *p);
+
+/* Parses and queues a checkpoint (the connection is suspended until the
+ * committer has decided on it), or answers a refusal at once. */
 static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req *q)
 {
+    Pending *p = calloc(1, sizeof(*p));
+    if (!p)
+        return MHD_NO;
     WitnessRequest req;
     cJSON *tree = NULL;
     lv_error_clear();
     int r = witness_request_parse(q->body ? q->body : "", q->len, &req, &tree);
     if (r < 0) {
+        free(p);
         if (r == LV_ERR_TOOBIG)
             return send_error(s, c, 413, "too_large", lv_error(), NULL, NULL);
         return send_error(s, c, 400, "invalid_request", lv_error(), NULL, NULL);
@@ -252,23 +408,29 @@ static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req 
         snprintf(msg, sizeof(msg), "tenant_id %s: over %.0f checkpoints per second; retry later",
                  req.tenant_id, s->cfg->rate_per_s);
         cJSON_Delete(tree);
+        free(p);
         const char *h[] = {MHD_HTTP_HEADER_RETRY_AFTER, secs, NULL};
         return send_error(s, c, 429, "rate_limited", msg, NULL, h);
     }
+    p->req = req;
+    p->tree = tree;
+    p->job.req = &p->req;
+    p->conn = c;
+    q->pending = p;
+    if (!submit(s, p)) {
+        const char *h[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
+        return send_error(s, c, 503, "stopping", "the witness is stopping; retry later", NULL, h);
+    }
+    return MHD_YES;
+}
 
-    WitnessOutcome out = {0};
-    pthread_mutex_lock(&s->lock);
-    ensure_token(s);
-    lv_error_clear();
-    r = witness_submit(s->w, s->token, s->cfg->witness_id, &req, &out);
-    char detail[1024];
-    snprintf(detail, sizeof(detail), "%s", *lv_error() ? lv_error() : strerror(-r));
-    if (r < 0 && lv_is_token_error(r) && s->token)
-        drop_token(s, detail);
-    else if (r < 0 && lv_is_token_error(r) && s->token_error[0])
-        snprintf(detail, sizeof(detail), "token unavailable: %s", s->token_error);
-    pthread_mutex_unlock(&s->lock);
-    cJSON_Delete(tree);
+/* The committer's decision on a queued checkpoint, after its COMMIT. */
+static enum MHD_Result answer_checkpoint(Server *s, struct MHD_Connection *c, Pending *p)
+{
+    int r = p->job.r;
+    const WitnessRequest req = p->req;
+    WitnessOutcome out = p->job.out;
+    const char *detail = p->job.detail;
 
     if (r < 0) {
         if (r == LV_ERR_INPUT || r == LV_ERR_TOOBIG)
@@ -306,7 +468,6 @@ static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req 
         ret = send_error(s, c, 422, "checkpoint_gap", msg, extra, NULL);
     }
     }
-    witness_outcome_done(&out);
     return ret;
 }
 
@@ -516,6 +677,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         }
         if (q->preset)
             return send_preset(s, c, q);
+        if (q->pending) /* resumed by the committer */
+            return answered(s, q->pending) ? answer_checkpoint(s, c, q->pending) : MHD_YES;
         return post_checkpoint(s, c, q);
     case R_IDENTITY:
     case R_HEALTH:
@@ -539,6 +702,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
     Req *q = *con_cls;
     if (!q)
         return;
+    pending_free(q->pending);
     free(q->body);
     free(q);
     *con_cls = NULL;
@@ -692,8 +856,9 @@ static int start_daemons(Server *s)
          * socket's epoll registration and aborts the process ("Failed to
          * remove listen FD from epoll set") in about one stop in six. */
         s->daemons[i] =
-            MHD_start_daemon(MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_USE_ERROR_LOG, 0,
-                             NULL, NULL, handle, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
+            MHD_start_daemon(MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ITC | MHD_ALLOW_SUSPEND_RESUME |
+                                 MHD_USE_ERROR_LOG,
+                             0, NULL, NULL, handle, s, MHD_OPTION_ARRAY, ops, MHD_OPTION_END);
         if (!s->daemons[i])
             return lv_error_set(-EIO, "libmicrohttpd: cannot serve socket fd %d", s->fds[i]);
     }
@@ -716,6 +881,9 @@ static void stop_daemons(Server *s)
         struct timespec ts = {0, 20 * 1000 * 1000};
         nanosleep(&ts, NULL);
     }
+    /* libmicrohttpd must not be stopped with a connection suspended: the
+     * committer answers and resumes whatever is still queued first. */
+    stop_committer(s);
     for (size_t i = 0; i < s->n_fds; i++) {
         if (s->daemons[i])
             MHD_stop_daemon(s->daemons[i]);
@@ -734,6 +902,9 @@ int httpd_run(const HttpdConfig *cfg)
         s->fds[i] = -1;
     pthread_mutex_init(&s->lock, NULL);
     pthread_mutex_init(&s->rate_lock, NULL);
+    pthread_mutex_init(&s->queue_lock, NULL);
+    pthread_cond_init(&s->queue_cond, NULL);
+    s->queue_tail = &s->queue_head;
     atomic_store(&s->last_activity, lv_mono_ms());
 
     /* Every thread started below inherits this mask, so SIGTERM and SIGINT
@@ -753,7 +924,7 @@ int httpd_run(const HttpdConfig *cfg)
         r = lv_error_set(LV_ERR_PIN, "%s", s->token_error);
         goto done;
     }
-    if ((r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
+    if ((r = start_committer(s)) < 0 || (r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
         goto done;
 
     sd_notifyf(0, "READY=1\nSTATUS=witness %s serving %zu socket(s)", cfg->witness_id, s->n_fds);
@@ -783,5 +954,7 @@ done:
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_mutex_destroy(&s->lock);
     pthread_mutex_destroy(&s->rate_lock);
+    pthread_cond_destroy(&s->queue_cond);
+    pthread_mutex_destroy(&s->queue_lock);
     return r;
 }

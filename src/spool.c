@@ -1065,11 +1065,13 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
 typedef struct Prepared {
     char *canon;
     size_t canon_len;
-    /* Built ahead by the signer thread (spool_enqueue) when signed: */
+    /* Built ahead by the signer thread (spool_enqueue) when presign: */
     bool presign;
     char *body;
     size_t body_len;
     char envelope_hash[65];
+    uint8_t *payload_row, *env_row; /* sealed */
+    size_t payload_row_len, env_row_len;
 } Prepared;
 
 static EnvelopeInput envelope_input(const Spool *s, const SpoolItemIn *it, const Prepared *p,
@@ -1098,6 +1100,32 @@ static int item_stored(Spool *s, const char *event_id)
     if (rc == SQLITE_ROW)
         return 1;
     return rc == SQLITE_DONE ? 0 : sql_err(s, rc, "look up item");
+}
+
+/* Everything of a new item that needs the token: the envelope and its
+ * signature, the sealed payload (and the sealed body, with the opt-in
+ * payload). No SQL, so the signer thread can run it. */
+static int build_item(Spool *s, const SpoolItemIn *it, Prepared *p, int64_t now)
+{
+    EnvelopeInput ei = envelope_input(s, it, p, now);
+    int r = envelope_build(s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
+    if (r >= 0)
+        r = seal(s, "payload", it->stream_id, it->source_ref, p->envelope_hash, p->canon,
+                 p->canon_len, &p->payload_row, &p->payload_row_len);
+    /* With the opt-in payload the body holds the plaintext: seal it too. */
+    if (r >= 0 && s->include_payload)
+        r = seal(s, "envelope", it->stream_id, it->source_ref, p->envelope_hash, p->body,
+                 p->body_len, &p->env_row, &p->env_row_len);
+    return r;
+}
+
+static void prepared_done(Prepared *p)
+{
+    erase_and_free(p->body, p->body_len);
+    free(p->payload_row);
+    free(p->env_row);
+    p->body = NULL;
+    p->payload_row = p->env_row = NULL;
 }
 
 static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64_t now,
@@ -1147,33 +1175,17 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
             return sql_err(s, rc, "look up item");
     }
 
-    /* The signer thread built the envelope already, or we build it here. */
-    char *own_body = NULL;
-    const char *body = p->body;
-    size_t body_len = p->body_len;
-    uint8_t *payload_row = NULL, *env_row = NULL;
-    size_t payload_row_len = 0, env_row_len = 0;
+    /* The signer thread built the item already, or we build it here. */
+    Prepared own = {.canon = p->canon, .canon_len = p->canon_len};
+    const Prepared *b = p;
     int r = 0;
-    if (body) {
-        memcpy(res->envelope_hash, p->envelope_hash, sizeof(res->envelope_hash));
-    } else {
-        EnvelopeInput ei = envelope_input(s, it, p, now);
-        r = envelope_build(s->tok, &ei, &own_body, &body_len, res->envelope_hash);
+    if (!p->body) {
+        r = build_item(s, it, &own, now);
         if (r < 0)
             goto done;
-        body = own_body;
+        b = &own;
     }
-    r = seal(s, "payload", it->stream_id, it->source_ref, res->envelope_hash, p->canon,
-             p->canon_len, &payload_row, &payload_row_len);
-    if (r < 0)
-        goto done;
-    /* With the opt-in payload the body holds the plaintext: seal it too. */
-    if (s->include_payload) {
-        r = seal(s, "envelope", it->stream_id, it->source_ref, res->envelope_hash, body, body_len,
-                 &env_row, &env_row_len);
-        if (r < 0)
-            goto done;
-    }
+    memcpy(res->envelope_hash, b->envelope_hash, sizeof(res->envelope_hash));
     {
         _cleanup_reset_ sqlite3_stmt *st = stmt(s, ST_INSERT);
         if (!st) {
@@ -1186,12 +1198,12 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
         sqlite3_bind_text(st, 4, event_type, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 5, payload_hash, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, res->envelope_hash, -1, SQLITE_STATIC);
-        sqlite3_bind_int(st, 7, env_row ? 1 : 0);
-        if (env_row)
-            sqlite3_bind_blob(st, 8, env_row, (int)env_row_len, SQLITE_STATIC);
+        sqlite3_bind_int(st, 7, b->env_row ? 1 : 0);
+        if (b->env_row)
+            sqlite3_bind_blob(st, 8, b->env_row, (int)b->env_row_len, SQLITE_STATIC);
         else
-            sqlite3_bind_blob(st, 8, body, (int)body_len, SQLITE_STATIC);
-        sqlite3_bind_blob(st, 9, payload_row, (int)payload_row_len, SQLITE_STATIC);
+            sqlite3_bind_blob(st, 8, b->body, (int)b->body_len, SQLITE_STATIC);
+        sqlite3_bind_blob(st, 9, b->payload_row, (int)b->payload_row_len, SQLITE_STATIC);
         sqlite3_bind_int64(st, 10, now);
         sqlite3_bind_int64(st, 11, s->cur_dek);
         int rc = sqlite3_step(st);
@@ -1218,9 +1230,7 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
     res->status = SPOOL_QUEUED;
     r = 0;
 done:
-    erase_and_free(own_body, body_len);
-    free(payload_row);
-    free(env_row);
+    prepared_done(&own);
     return r;
 }
 
@@ -1259,9 +1269,11 @@ static int record_signing_key(Spool *s, int64_t now)
 }
 
 /* Pipelining a batch: the token's C_Sign is the slowest step of an item, so
- * one thread does nothing but build and sign envelopes, in order, while the
- * caller's thread seals and inserts the items already signed (the Token
- * lends each thread its own session). Both run inside the batch's one
+ * one thread does all of an item's token work (build and sign the envelope,
+ * seal the rows), in order, while the caller's thread inserts the items
+ * already built. All token calls stay on one thread: SoftHSM and OpenSSL 3
+ * serialise concurrent operations on internal locks, so splitting them
+ * across threads only adds contention. Both run inside the batch's one
  * transaction; nothing is committed before every item is stored. */
 #define SIGNER_MIN_ITEMS 2
 
@@ -1273,8 +1285,11 @@ typedef struct Signer {
     int64_t now;
     pthread_mutex_t lock;
     pthread_cond_t cond;
+    size_t ready; /* prep[0..ready) are checked and marked: the signer may start */
+    pthread_cond_t ready_cond;
     size_t done;       /* prep[0..done) are settled (built, or not to be built) */
     int error;         /* the first failure; the signer stops there */
+    size_t failed_at;  /* the item that failed */
     char detail[1024]; /* its lv_error(), which is thread-local */
     bool stop;         /* the caller gave up: build nothing more */
 } Signer;
@@ -1285,18 +1300,19 @@ static void *signer_main(void *arg)
     for (size_t i = 0; i < g->n; i++) {
         Prepared *p = &g->prep[i];
         int r = 0;
-        if (p->presign) {
-            pthread_mutex_lock(&g->lock);
-            bool stop = g->stop;
-            pthread_mutex_unlock(&g->lock);
-            if (stop)
-                break;
-            EnvelopeInput ei = envelope_input(g->s, &g->items[i], p, g->now);
-            r = envelope_build(g->s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
-        }
+        pthread_mutex_lock(&g->lock);
+        while (g->ready <= i && !g->stop)
+            pthread_cond_wait(&g->ready_cond, &g->lock);
+        bool stop = g->stop, presign = p->presign;
+        pthread_mutex_unlock(&g->lock);
+        if (stop)
+            break;
+        if (presign)
+            r = build_item(g->s, &g->items[i], p, g->now);
         pthread_mutex_lock(&g->lock);
         if (r < 0) {
             g->error = r;
+            g->failed_at = i;
             snprintf(g->detail, sizeof(g->detail), "%s", lv_error());
         }
         g->done = i + 1;
@@ -1309,13 +1325,14 @@ static void *signer_main(void *arg)
 }
 
 /* Waits until item i is settled; the signer's error (with its detail) if it
- * failed on the way. */
+ * failed at i or before. A failure further ahead (in a later group) is not
+ * item i's: its group still commits. */
 static int signer_wait(Signer *g, size_t i)
 {
     pthread_mutex_lock(&g->lock);
     while (g->done <= i && g->error == 0)
         pthread_cond_wait(&g->cond, &g->lock);
-    int r = g->error;
+    int r = g->error < 0 && i >= g->failed_at ? g->error : 0;
     pthread_mutex_unlock(&g->lock);
     if (r < 0)
         return lv_error_set(r, "%s", g->detail);
@@ -1330,44 +1347,64 @@ static size_t hash_ref(const char *v)
     return h;
 }
 
-/* Marks the items the signer may build ahead: new to the spool and the
- * first of their source_ref in the batch (a repeat must meet the stored
- * first one: duplicate or conflict, never a second signature). Returns how
- * many, or a negative error. */
-static int mark_presign(Spool *s, const SpoolItemIn *items, Prepared *prep, size_t n)
+/* The source_refs met so far in one call, to tell repeats. */
+typedef struct Seen {
+    const char **refs;
+    size_t cap;
+} Seen;
+
+static int seen_init(Seen *seen, size_t n)
 {
-    size_t cap = 16;
-    while (cap < 2 * n)
-        cap *= 2;
-    const char **seen = calloc(cap, sizeof(*seen));
-    if (!seen)
-        return -ENOMEM;
-    int count = 0, r = 0;
-    for (size_t i = 0; i < n && r >= 0; i++) {
-        const char *ref = items[i].source_ref;
-        size_t k = hash_ref(ref) & (cap - 1);
-        bool repeat = false;
-        for (; seen[k]; k = (k + 1) & (cap - 1))
-            if (strcmp(seen[k], ref) == 0) {
-                repeat = true;
-                break;
-            }
-        if (repeat)
-            continue;
-        seen[k] = ref;
-        char event_id[ENVELOPE_EVENT_ID_MAX];
-        envelope_event_id(s->installation_id, ref, event_id);
-        r = item_stored(s, event_id);
-        if (r == 0) {
-            prep[i].presign = true;
-            count++;
-        }
-    }
-    free(seen);
-    return r < 0 ? r : count;
+    seen->cap = 16;
+    while (seen->cap < 2 * n)
+        seen->cap *= 2;
+    seen->refs = calloc(seen->cap, sizeof(*seen->refs));
+    return seen->refs ? 0 : -ENOMEM;
 }
 
-int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results)
+/* Marks item i for the signer when it is new to the spool and the first of
+ * its source_ref in the call (a repeat must meet the stored first one:
+ * duplicate or conflict, never a second signature). */
+static int mark_presign(Spool *s, Seen *seen, const SpoolItemIn *items, Prepared *prep, size_t i)
+{
+    const char *ref = items[i].source_ref;
+    size_t k = hash_ref(ref) & (seen->cap - 1);
+    for (; seen->refs[k]; k = (k + 1) & (seen->cap - 1))
+        if (strcmp(seen->refs[k], ref) == 0)
+            return 0;
+    seen->refs[k] = ref;
+    char event_id[ENVELOPE_EVENT_ID_MAX];
+    envelope_event_id(s->installation_id, ref, event_id);
+    int r = item_stored(s, event_id);
+    if (r < 0)
+        return r;
+    prep[i].presign = r == 0;
+    return 0;
+}
+
+/* Inserts items [from, to) as the signer settles them; stops at the first
+ * error. */
+static int insert_range(Spool *s, Signer *g, const SpoolItemIn *items, Prepared *prep, size_t from,
+                        size_t to, int64_t now, SpoolEnqueueResult *ret_results)
+{
+    int r = 0;
+    for (size_t i = from; i < to && r >= 0; i++) {
+        memset(&ret_results[i], 0, sizeof(ret_results[i]));
+        if (g && prep[i].presign)
+            r = signer_wait(g, i);
+        if (r >= 0)
+            r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+        /* Stored (or refused): what the signer built for it is not needed. */
+        prepared_done(&prep[i]);
+    }
+    return r;
+}
+
+/* The items in groups of `group`, each committed on its own (then done() is
+ * called), the signer running ahead across the groups. */
+static int enqueue_run(Spool *s, const SpoolItemIn *items, size_t n,
+                       SpoolEnqueueResult *ret_results, size_t group, spool_group_done_fn done,
+                       void *userdata)
 {
     if (!s->have_dek)
         return lv_error_set(LV_ERR_NOKEY, "enqueue: the spool was opened without the token");
@@ -1376,70 +1413,113 @@ int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResu
     if (n == 0)
         return 0;
     Prepared *prep = calloc(n, sizeof(*prep));
-    if (!prep)
+    Seen seen = {0};
+    if (!prep || seen_init(&seen, n) < 0) {
+        free(prep);
         return -ENOMEM;
+    }
     Signer g = {.s = s, .items = items, .prep = prep, .n = n};
-    bool signer = false;
-    int r = 0;
-    /* Validate everything before the first write: one bad item, no rows. */
-    for (size_t i = 0; i < n && r >= 0; i++)
-        r = spool_item_check(&items[i], &prep[i].canon, &prep[i].canon_len);
+    bool signer = false, open = false, record_pending = false;
+    pthread_t th;
+    int r = begin(s);
     if (r < 0)
         goto done;
-    r = begin(s);
-    if (r < 0)
-        goto done;
+    open = true;
     int64_t now = lv_now_ms();
+    /* The DEK of the first transaction seals every row of the call (the
+     * signer seals ahead); rows keep the id of the DEK they were sealed
+     * with, so a rotation meanwhile leaves them readable (and rekeyed by the
+     * next rekey). */
+    bool key_was_recorded = s->key_recorded;
     r = refresh_current_dek(s);
     if (r >= 0 && !s->key_recorded)
         r = record_signing_key(s, now);
     g.now = now;
-    if (r >= 0)
-        r = mark_presign(s, items, prep, n);
-    if (r >= SIGNER_MIN_ITEMS) {
+    /* The key record goes with this first transaction: undone with it. */
+    record_pending = r >= 0 && s->key_recorded && !key_was_recorded;
+    if (r < 0)
+        goto done;
+    if (n >= SIGNER_MIN_ITEMS) {
         pthread_mutex_init(&g.lock, NULL);
         pthread_cond_init(&g.cond, NULL);
-        pthread_t th;
+        pthread_cond_init(&g.ready_cond, NULL);
         int e = pthread_create(&th, NULL, signer_main, &g);
-        if (e == 0) {
-            signer = true;
-            for (size_t i = 0; i < n && r >= 0; i++) {
-                memset(&ret_results[i], 0, sizeof(ret_results[i]));
-                if (prep[i].presign)
-                    r = signer_wait(&g, i);
-                if (r >= 0)
-                    r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
-            }
-            pthread_mutex_lock(&g.lock);
-            g.stop = true;
-            pthread_mutex_unlock(&g.lock);
-            pthread_join(th, NULL);
-        } else {
+        if (e != 0) {
+            pthread_cond_destroy(&g.ready_cond);
+            pthread_cond_destroy(&g.cond);
+            pthread_mutex_destroy(&g.lock);
             r = lv_error_set(-e, "enqueue: cannot start the signing thread: %s", strerror(e));
+            goto done;
         }
-    } else if (r >= 0) {
-        for (size_t i = 0; i < n && r >= 0; i++) {
-            memset(&ret_results[i], 0, sizeof(ret_results[i]));
-            r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
+        signer = true;
+    }
+    /* Every item validated before the first write (one bad item, no rows),
+     * and handed to the signer as soon as it is: the token starts on the
+     * first item while the rest are checked. Marked inside the first group's
+     * transaction: what is stored now is seen, and what the groups of this
+     * call store is a repeat, never signed twice. */
+    for (size_t i = 0; i < n && r >= 0; i++) {
+        r = spool_item_check(&items[i], &prep[i].canon, &prep[i].canon_len);
+        if (r >= 0)
+            r = mark_presign(s, &seen, items, prep, i);
+        if (r >= 0 && signer) {
+            pthread_mutex_lock(&g.lock);
+            g.ready = i + 1;
+            pthread_cond_signal(&g.ready_cond);
+            pthread_mutex_unlock(&g.lock);
         }
     }
-    if (r >= 0)
-        r = commit(s);
-    if (r < 0) {
-        rollback(s);
-        s->key_recorded = false; /* the record went with the transaction */
+    for (size_t first = 0; first < n && r >= 0; first += group) {
+        size_t count = n - first < group ? n - first : group;
+        if (!open && (r = begin(s)) < 0)
+            break;
+        open = true;
+        r = insert_range(s, signer ? &g : NULL, items, prep, first, first + count, now,
+                         ret_results);
+        if (r >= 0)
+            r = commit(s);
+        if (r < 0)
+            break;
+        open = false;
+        record_pending = false;
+        if (done)
+            r = done(userdata, first, count);
     }
 done:
+    if (r < 0 && open) {
+        rollback(s);
+        if (record_pending)
+            s->key_recorded = false; /* the record went with the transaction */
+    }
     if (signer) {
+        pthread_mutex_lock(&g.lock);
+        g.stop = true;
+        pthread_cond_signal(&g.ready_cond);
+        pthread_mutex_unlock(&g.lock);
+        pthread_join(th, NULL);
+        pthread_cond_destroy(&g.ready_cond);
         pthread_cond_destroy(&g.cond);
         pthread_mutex_destroy(&g.lock);
     }
     for (size_t i = 0; i < n; i++) {
         erase_and_free(prep[i].canon, prep[i].canon_len);
-        erase_and_free(prep[i].body, prep[i].body_len);
+        prepared_done(&prep[i]);
     }
     free(prep);
+    free(seen.refs);
     return r;
+}
+
+int spool_enqueue(Spool *s, const SpoolItemIn *items, size_t n, SpoolEnqueueResult *ret_results)
+{
+    /* One transaction for all n. */
+    return enqueue_run(s, items, n, ret_results, n ? n : 1, NULL, NULL);
+}
+
+int spool_enqueue_groups(Spool *s, const SpoolItemIn *items, size_t n,
+                         SpoolEnqueueResult *ret_results, spool_group_done_fn done, void *userdata)
+{
+    return enqueue_run(s, items, n, ret_results, SPOOL_BATCH_GROUP, done, userdata);
 }
 
 /* ---------- the JSONL line ---------- */

@@ -26,3 +26,7 @@ if(TARGET https_post_ceiling)
                "LV_POST_CEILING=$<TARGET_FILE:https_post_ceiling>"
                "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
 endif()
+# Group commit of the witness endpoint (witness_submit_batch).
+lv_add_cmocka(perf_witness_batch ${CMAKE_CURRENT_LIST_DIR}/test_witness_batch.c LABELS perf)
+# Batched enqueue pipelined across its commit groups (spool_enqueue_groups).
+lv_add_cmocka(perf_enqueue_groups ${CMAKE_CURRENT_LIST_DIR}/test_enqueue_groups.c LABELS perf)

@@ -1,0 +1,225 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Group commit of the witness (witness_submit_batch), on a fresh SoftHSM
+ * token and a real SQLite file: jobs decided in order inside one
+ * transaction, each seeing the ones before it; a failing job undoes itself
+ * alone; replays and reused fork evidence byte-identical; a batch without
+ * the token still answers replays; everything answered is committed. */
+#include <sqlite3.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "lv.h"
+#include "lvtest.h"
+#include "token.h"
+#include "witness.h"
+
+#define WID "wit-batch"
+#define TEN "ten_b"
+
+typedef struct Fixture {
+    Token *t;
+    Witness *w;
+    char path[512];
+    uint8_t pk[32];
+} Fixture;
+
+static void hash_of(const char *tag, int64_t seq, char out[65])
+{
+    char buf[128];
+    int n = snprintf(buf, sizeof(buf), "%s:%lld", tag, (long long)seq);
+    lv_sha256_hex(buf, (size_t)n, out);
+}
+
+static int setup(void **state)
+{
+    const char *dir = lvtest_make_token("attesto");
+    Fixture *f = calloc(1, sizeof(*f));
+    TokenConfig c = {
+        .module_path = getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"),
+        .signing_uri = getenv("ATTESTO_LOCAL_VAULT_SIGNING_KEY"),
+        .kek_uri = getenv("ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"),
+        .pin_file = getenv("ATTESTO_LOCAL_VAULT_PIN_FILE"),
+    };
+    bool s, k;
+    if (token_open(&c, &f->t) < 0 || token_keys_init(f->t, &s, &k) < 0 ||
+        token_check_signing_key(f->t) < 0 || token_public_key(f->t, f->pk) < 0)
+        fail_msg("token: %s", lv_error());
+    snprintf(f->path, sizeof(f->path), "%s/witness.sqlite3", dir);
+    if (witness_open(f->path, 0, &f->w) < 0)
+        fail_msg("witness_open: %s", lv_error());
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    Fixture *f = *state;
+    witness_close(f->w);
+    token_close(f->t);
+    free(f);
+    lvtest_cleanup();
+    return 0;
+}
+
+static void check_ok(Fixture *f, const WitnessJob *j, WitnessResult want, WitnessReason reason)
+{
+    if (j->r < 0)
+        fail_msg("job failed: %s", j->detail);
+    assert_int_equal(j->out.result, want);
+    assert_int_equal(j->out.reason, reason);
+    if (want == WITNESS_GAP) {
+        assert_null(j->out.document);
+        return;
+    }
+    assert_non_null(j->out.document);
+    assert_int_equal(strlen(j->out.document), j->out.document_len);
+    cJSON *summary = NULL;
+    if (witness_verify_document(j->out.document, j->out.document_len, f->pk, &summary) < 0)
+        fail_msg("verify: %s", lv_error());
+    cJSON_Delete(summary);
+}
+
+/* What another connection sees: committed state only. */
+static int64_t committed_head(Fixture *f, const char *stream)
+{
+    sqlite3 *db = NULL;
+    sqlite3_stmt *st = NULL;
+    int64_t seq = -1;
+    assert_int_equal(sqlite3_open_v2(f->path, &db, SQLITE_OPEN_READONLY, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(db,
+                                        "SELECT seq FROM heads WHERE witness_id=?1 AND "
+                                        "tenant_id=?2 AND stream_id=?3",
+                                        -1, &st, NULL),
+                     SQLITE_OK);
+    sqlite3_bind_text(st, 1, WID, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, TEN, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, stream, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) == SQLITE_ROW)
+        seq = sqlite3_column_int64(st, 0);
+    sqlite3_finalize(st);
+    sqlite3_close(db);
+    return seq;
+}
+
+static void batch_decides_in_order_and_failures_stay_alone(void **state)
+{
+    Fixture *f = *state;
+    char h[4][65], x[65], y[65];
+    for (int i = 0; i < 4; i++)
+        hash_of("a", i, h[i]);
+    hash_of("x", 1, x);
+    hash_of("y", 0, y);
+    WitnessRequest reqs[] = {
+        /* 0 */ {TEN, "s1", "c0", 0, h[0], NULL},      /* first use: accepted */
+        /* 1 */ {TEN, "s1", "c1", 1, h[1], h[0]},      /* extends job 0: accepted */
+        /* 2 */ {TEN, "s1", "c1", 1, h[1], h[0]},      /* job 1 again: replayed */
+        /* 3 */ {TEN, "s1", "cx", 1, x, h[0]},         /* other hash at 1: conflicting */
+        /* 4 */ {TEN, "s1", "cx", 1, x, h[0]},         /* the same fork again: reused */
+        /* 5 */ {TEN, "s1", "c5", 5, h[3], h[2]},      /* skips ahead: gap */
+        /* 6 */ {TEN, "s1", "c2", 2, h[2], NULL},      /* extends without previous: refused */
+        /* 7 */ {TEN, "bad stream", "c0", 0, y, NULL}, /* bad identifier: refused */
+        /* 8 */ {TEN, "s2", "c0", 0, y, NULL},         /* another stream: accepted */
+        /* 9 */ {TEN, "s1", "c2", 2, h[2], h[1]},      /* after the refusal: accepted */
+    };
+    size_t n = ELEMENTSOF(reqs);
+    WitnessJob jobs[ELEMENTSOF(reqs)];
+    for (size_t i = 0; i < n; i++)
+        jobs[i] = (WitnessJob){.req = &reqs[i]};
+    assert_int_equal(witness_submit_batch(f->w, f->t, WID, jobs, n), 0);
+
+    check_ok(f, &jobs[0], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+    assert_int_equal(jobs[0].out.head_seq, -1);
+    check_ok(f, &jobs[1], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+    assert_int_equal(jobs[1].out.head_seq, 0);
+    check_ok(f, &jobs[2], WITNESS_REPLAYED, WITNESS_REASON_NONE);
+    assert_string_equal(jobs[2].out.document, jobs[1].out.document);
+    check_ok(f, &jobs[3], WITNESS_FORK, WITNESS_REASON_CONFLICTING);
+    assert_false(jobs[3].out.reused);
+    check_ok(f, &jobs[4], WITNESS_FORK, WITNESS_REASON_CONFLICTING);
+    assert_true(jobs[4].out.reused);
+    assert_string_equal(jobs[4].out.document, jobs[3].out.document);
+    check_ok(f, &jobs[5], WITNESS_GAP, WITNESS_REASON_NONE);
+    assert_int_equal(jobs[5].out.head_seq, 1);
+    assert_int_equal(jobs[6].r, LV_ERR_INPUT);
+    assert_non_null(strstr(jobs[6].detail, "previous_checkpoint_hash"));
+    assert_null(jobs[6].out.document);
+    assert_int_equal(jobs[7].r, LV_ERR_INPUT);
+    assert_non_null(strstr(jobs[7].detail, "stream_id"));
+    assert_null(jobs[7].out.document);
+    check_ok(f, &jobs[8], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+    check_ok(f, &jobs[9], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+    assert_int_equal(jobs[9].out.head_seq, 1);
+
+    /* Committed: another connection sees the heads the answers promised. */
+    assert_int_equal(committed_head(f, "s1"), 2);
+    assert_int_equal(committed_head(f, "s2"), 0);
+    /* And a later single submission replays the batch's receipt byte for byte. */
+    WitnessOutcome o = {0};
+    assert_int_equal(witness_submit(f->w, f->t, WID, &reqs[9], &o), 0);
+    assert_int_equal(o.result, WITNESS_REPLAYED);
+    assert_string_equal(o.document, jobs[9].out.document);
+    witness_outcome_done(&o);
+    for (size_t i = 0; i < n; i++)
+        witness_outcome_done(&jobs[i].out);
+}
+
+static void batch_without_token_answers_replays_only(void **state)
+{
+    Fixture *f = *state;
+    char h0[65], h1[65];
+    hash_of("t", 0, h0);
+    hash_of("t", 1, h1);
+    WitnessRequest first = {TEN, "s3", "c0", 0, h0, NULL};
+    WitnessOutcome o = {0};
+    assert_int_equal(witness_submit(f->w, f->t, WID, &first, &o), 0);
+    WitnessRequest reqs[] = {
+        {TEN, "s3", "c1", 1, h1, h0},   /* needs a signature: token error */
+        {TEN, "s3", "c0", 0, h0, NULL}, /* replay: answered from the store */
+    };
+    WitnessJob jobs[2] = {{.req = &reqs[0]}, {.req = &reqs[1]}};
+    assert_int_equal(witness_submit_batch(f->w, NULL, WID, jobs, 2), 0);
+    assert_true(lv_is_token_error(jobs[0].r));
+    assert_null(jobs[0].out.document);
+    check_ok(f, &jobs[1], WITNESS_REPLAYED, WITNESS_REASON_NONE);
+    assert_string_equal(jobs[1].out.document, o.document);
+    assert_int_equal(committed_head(f, "s3"), 0);
+    witness_outcome_done(&o);
+    witness_outcome_done(&jobs[1].out);
+}
+
+static void many_streams_in_one_batch(void **state)
+{
+    /* A full batch of first uses and extensions, as 8 clients send them. */
+    Fixture *f = *state;
+    enum { N = 48 };
+    WitnessRequest reqs[N];
+    WitnessJob jobs[N];
+    char hashes[N][65], streams[N][16], ids[N][16];
+    for (int i = 0; i < N; i++) {
+        int stream = i % 8, seq = i / 8;
+        snprintf(streams[i], sizeof(streams[i]), "m%d", stream);
+        snprintf(ids[i], sizeof(ids[i]), "c%d", seq);
+        hash_of(streams[i], seq, hashes[i]);
+        reqs[i] =
+            (WitnessRequest){TEN, streams[i], ids[i], seq, hashes[i], seq ? hashes[i - 8] : NULL};
+        jobs[i] = (WitnessJob){.req = &reqs[i]};
+    }
+    assert_int_equal(witness_submit_batch(f->w, f->t, WID, jobs, N), 0);
+    for (int i = 0; i < N; i++) {
+        check_ok(f, &jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+        assert_int_equal(jobs[i].out.head_seq, i / 8 - 1);
+        witness_outcome_done(&jobs[i].out);
+    }
+    for (int s = 0; s < 8; s++)
+        assert_int_equal(committed_head(f, streams[s]), N / 8 - 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(batch_decides_in_order_and_failures_stay_alone),
+        cmocka_unit_test(batch_without_token_answers_replays_only),
+        cmocka_unit_test(many_streams_in_one_batch),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
