@@ -1121,38 +1121,33 @@ static int check_kek(Token *t, CK_SESSION_HANDLE s)
     return 0;
 }
 
-int token_check_signing_key(Token *t)
+/* Runs a key check once per Token, under the setup lock: a check that
+ * passed is remembered, one that failed runs again on the next call. */
+static int check_once(Token *t, bool *checked, int (*check)(Token *, CK_SESSION_HANDLE))
 {
     pthread_mutex_lock(&t->setup_lock);
     int r = 0;
-    if (!t->sign_checked) {
+    if (!*checked) {
         CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
         r = session_get(t, &s);
         if (r >= 0) {
-            r = check_signing_key(t, s);
+            r = check(t, s);
             session_put_checked(t, s, r < 0);
         }
-        t->sign_checked = r >= 0;
+        *checked = r >= 0;
     }
     pthread_mutex_unlock(&t->setup_lock);
     return r;
 }
 
+int token_check_signing_key(Token *t)
+{
+    return check_once(t, &t->sign_checked, check_signing_key);
+}
+
 int token_check_kek(Token *t)
 {
-    pthread_mutex_lock(&t->setup_lock);
-    int r = 0;
-    if (!t->kek_checked) {
-        CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
-        r = session_get(t, &s);
-        if (r >= 0) {
-            r = check_kek(t, s);
-            session_put_checked(t, s, r < 0);
-        }
-        t->kek_checked = r >= 0;
-    }
-    pthread_mutex_unlock(&t->setup_lock);
-    return r;
+    return check_once(t, &t->kek_checked, check_kek);
 }
 
 int token_public_key(Token *t, uint8_t ret_pk[TOKEN_ED25519_PK_LEN])
