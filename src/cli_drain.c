@@ -311,15 +311,6 @@ static bool token_outage(int r)
     return r == LV_ERR_TOKEN || r == LV_ERR_NOTOKEN;
 }
 
-/* Met while running, a key or DEK handle that stopped being valid is an
- * outage too (a lost login hides session objects: C_DecryptInit answers
- * CKR_OBJECT_HANDLE_INVALID); a key really missing shows on the reopen,
- * which then stops. */
-static bool run_outage(int r)
-{
-    return token_outage(r) || r == LV_ERR_NOKEY;
-}
-
 /* Opens the token, the spool and the drain again after an outage: a new
  * session, a new login, the DEK unwrapped again. Quiet: the caller reports. */
 static int reopen(const Config *cfg, const DrainArgs *a, Run *run)
@@ -418,7 +409,7 @@ int drain_loop_main(const Config *cfg, int argc, char **argv)
     for (;;) {
         lv_error_clear();
         r = drain_loop(run.drain);
-        if (r >= 0 || !run_outage(r))
+        if (r >= 0 || !token_outage(r))
             break;
         char why[600];
         snprintf(why, sizeof(why), "%s", lv_error());

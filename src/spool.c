@@ -1276,6 +1276,7 @@ static int record_signing_key(Spool *s, int64_t now)
  * across threads only adds contention. Both run inside the batch's one
  * transaction; nothing is committed before every item is stored. */
 #define SIGNER_MIN_ITEMS 2
+#define SIGNER_HANDOFF   32 /* items the caller takes over per wakeup, at most */
 
 typedef struct Signer {
     Spool *s;
@@ -1288,6 +1289,7 @@ typedef struct Signer {
     size_t ready; /* prep[0..ready) are checked and marked: the signer may start */
     pthread_cond_t ready_cond;
     size_t done;       /* prep[0..done) are settled (built, or not to be built) */
+    size_t want;       /* the caller sleeps until done > want: woken once per handoff */
     int error;         /* the first failure; the signer stops there */
     size_t failed_at;  /* the item that failed */
     char detail[1024]; /* its lv_error(), which is thread-local */
@@ -1316,7 +1318,10 @@ static void *signer_main(void *arg)
             snprintf(g->detail, sizeof(g->detail), "%s", lv_error());
         }
         g->done = i + 1;
-        pthread_cond_signal(&g->cond);
+        /* Woken per handoff, not per item: on a busy machine every wakeup
+         * of the caller can preempt this thread, the token's only one. */
+        if (r < 0 || g->done > g->want)
+            pthread_cond_signal(&g->cond);
         pthread_mutex_unlock(&g->lock);
         if (r < 0)
             break;
@@ -1324,12 +1329,15 @@ static void *signer_main(void *arg)
     return NULL;
 }
 
-/* Waits until item i is settled; the signer's error (with its detail) if it
- * failed at i or before. A failure further ahead (in a later group) is not
- * item i's: its group still commits. */
-static int signer_wait(Signer *g, size_t i)
+/* Waits until item i is settled (sleeping, when it must, until the items
+ * up to `last` are: one wakeup per handoff); the signer's error (with its
+ * detail) if it failed at i or before. A failure further ahead (in a later
+ * group) is not item i's: its group still commits. */
+static int signer_wait(Signer *g, size_t i, size_t last)
 {
     pthread_mutex_lock(&g->lock);
+    if (g->done <= i && g->error == 0)
+        g->want = last;
     while (g->done <= i && g->error == 0)
         pthread_cond_wait(&g->cond, &g->lock);
     int r = g->error < 0 && i >= g->failed_at ? g->error : 0;
@@ -1391,7 +1399,8 @@ static int insert_range(Spool *s, Signer *g, const SpoolItemIn *items, Prepared 
     for (size_t i = from; i < to && r >= 0; i++) {
         memset(&ret_results[i], 0, sizeof(ret_results[i]));
         if (g && prep[i].presign)
-            r = signer_wait(g, i);
+            r = signer_wait(g, i,
+                            i + SIGNER_HANDOFF - 1 < to - 1 ? i + SIGNER_HANDOFF - 1 : to - 1);
         if (r >= 0)
             r = enqueue_one(s, &items[i], &prep[i], now, &ret_results[i]);
         /* Stored (or refused): what the signer built for it is not needed. */
