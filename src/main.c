@@ -65,8 +65,10 @@ int main(int argc, char **argv)
     if (cfg.log_level) {
         int level = log_level_from_string(cfg.log_level);
         if (level < 0) {
-            fprintf(stderr, "attesto-local-vault: --log-level: %s: must be one of "
-                            "error|warning|notice|info|debug\n", cfg.log_level);
+            fprintf(stderr,
+                    "attesto-local-vault: --log-level: %s: must be one of "
+                    "error|warning|notice|info|debug\n",
+                    cfg.log_level);
             return LV_EXIT_USAGE;
         }
         log_set_level(level);

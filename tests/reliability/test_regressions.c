@@ -14,9 +14,11 @@ static void error_detail_can_wrap_itself(void **state)
 {
     lv_error_set(LV_ERR_INPUT, "/nonexistent/payload.json: No such file or directory");
     assert_int_equal(lv_error_set(LV_ERR_INPUT, "payload: %s", lv_error()), LV_ERR_INPUT);
-    assert_string_equal(lv_error(), "payload: /nonexistent/payload.json: No such file or directory");
+    assert_string_equal(lv_error(),
+                        "payload: /nonexistent/payload.json: No such file or directory");
     lv_error_set(LV_ERR_INPUT, "%s", lv_error());
-    assert_string_equal(lv_error(), "payload: /nonexistent/payload.json: No such file or directory");
+    assert_string_equal(lv_error(),
+                        "payload: /nonexistent/payload.json: No such file or directory");
     /* Twice nested, and cut at the buffer's size, still one line. */
     char big[2000];
     memset(big, 'x', sizeof(big) - 1);

@@ -679,10 +679,9 @@ static void files_are_private_and_schema_is_versioned(void **state)
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
     assert_string_equal((const char *)sqlite3_column_text(q, 0), "wal");
     sqlite3_finalize(q);
-    assert_int_equal(sqlite3_prepare_v2(db,
-                                        "SELECT length(wrapped) FROM deks WHERE id = 1",
-                                        -1, &q, NULL),
-                     SQLITE_OK);
+    assert_int_equal(
+        sqlite3_prepare_v2(db, "SELECT length(wrapped) FROM deks WHERE id = 1", -1, &q, NULL),
+        SQLITE_OK);
     assert_int_equal(sqlite3_step(q), SQLITE_ROW);
     assert_int_equal(sqlite3_column_int(q, 0), 40);
     sqlite3_finalize(q);
