@@ -106,27 +106,51 @@ int witness_request_parse(const char *body, size_t len, WitnessRequest *ret, cJS
 int witness_submit(Witness *w, Token *t, const char *witness_id, const WitnessRequest *req,
                    WitnessOutcome *ret);
 
+/* A statement signed ahead of its transaction (witness_presign_batch). */
+typedef struct WitnessPresign WitnessPresign;
+
 /* One request of a batch (witness_submit_batch): req is the caller's; out, r
- * and detail are filled by the batch. */
+ * and detail are filled by the batch. Zero-initialize the rest. */
 typedef struct WitnessJob {
     const WitnessRequest *req;
-    WitnessOutcome out; /* valid when r == 0, and only after the batch returned */
-    int r;              /* 0, or the error witness_submit would have returned */
-    char detail[1024];  /* lv_error() of that error */
+    WitnessOutcome out;  /* valid when r == 0, and only after the batch returned */
+    int r;               /* 0, or the error witness_submit would have returned */
+    char detail[1024];   /* lv_error() of that error */
+    WitnessPresign *pre; /* from witness_presign_batch, used and freed by the commit */
 } WitnessJob;
+
+#define WITNESS_BATCH_MAX 64 /* jobs per batch the endpoint forms at most */
 
 /* Group commit: decides on the jobs in order, each as witness_submit would
  * (every job sees the decisions of the jobs before it; each job's failure
  * undoes that job alone), all inside ONE BEGIN IMMEDIATE transaction with
  * one COMMIT. No outcome exists before that COMMIT returned; when it fails,
- * every job fails with its error. Signatures are checked against the public
- * key on a second thread while the next job is decided and signed; a
- * signature that does not verify undoes the whole transaction, and the batch
- * runs again checking each signature inline (so only the job the token
- * failed is refused). After a token error the rest of the batch runs without
- * the token (replays still answer; new statements fail with LV_ERR_TOKEN).
- * Returns 0, or the error that failed every job. Not thread-safe, like
- * witness_submit. */
+ * every job fails with its error. A job signed ahead (j->pre) keeps that
+ * signature only if the decision in the transaction comes to the very same
+ * statement and the signature verified; any other job is signed in the
+ * transaction and its signature checked inline, so a token that signs wrong
+ * fails that job alone. After a token error the rest of the batch runs
+ * without the token (replays and statements signed ahead still answer; new
+ * statements fail with LV_ERR_TOKEN). Frees every j->pre. Returns 0, or the
+ * error that failed every job. Not thread-safe, like witness_submit. */
+int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *jobs, size_t n);
+
+/* Pipelining, so that the token signs while the previous batch commits:
+ * decides each job against the committed state r shows (one read snapshot,
+ * no write lock; r may be a read-only handle on the same database), and
+ * signs on t the statements those decisions need, into j->pre. A second
+ * thread of r checks each signature against the public key. Signatures made
+ * here are only proposals: witness_commit_batch decides again under the
+ * write lock and drops any that does not match, so nothing is ever stored or
+ * answered on the strength of this snapshot. Skipped: jobs with skip[i] set
+ * (the caller's: a stream with a job in a batch not yet committed, whose
+ * state the snapshot cannot show), later jobs of a stream already in the
+ * batch, and invalid requests. Returns 0, or the token error that stopped
+ * signing ahead (the caller drops the token). r outlives every j->pre. */
+int witness_presign_batch(Witness *r, Token *t, const char *witness_id, WitnessJob *jobs, size_t n,
+                          const bool *skip);
+
+/* witness_presign_batch on w, then witness_commit_batch. */
 int witness_submit_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *jobs, size_t n);
 
 /* The head of one stream: its seq and its stored receipt document (malloc'd,

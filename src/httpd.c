@@ -57,7 +57,7 @@ typedef struct Pending {
     struct Pending *next;
 } Pending;
 
-#define BATCH_MAX 64 /* decisions per transaction at most */
+#define BATCH_MAX WITNESS_BATCH_MAX /* decisions per transaction at most */
 
 typedef struct Server {
     const HttpdConfig *cfg;

@@ -5,6 +5,7 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
@@ -102,6 +103,9 @@ static const char schema_v1[] =
     "CREATE TRIGGER fork_evidence_no_delete BEFORE DELETE ON fork_evidence"
     " BEGIN SELECT RAISE(ABORT, 'fork evidence is append-only'); END;";
 
+typedef struct Verifier Verifier;
+static void verifier_free(Verifier *v);
+
 struct Witness {
     sqlite3 *db;
     sqlite3_stmt *stmts[_Q_MAX];
@@ -111,6 +115,7 @@ struct Witness {
     char *pk_json;
     uint8_t pk_json_pk[TOKEN_ED25519_PK_LEN];
     char pk_json_kid[TOKEN_KID_MAX];
+    Verifier *verifier; /* started by the first pipelined batch */
 };
 
 /* A stored checkpoint row, validated on the way out of SQLite. */
@@ -390,6 +395,7 @@ Witness *witness_close(Witness *w)
     for (int i = 0; i < _Q_MAX; i++)
         sqlite3_finalize(w->stmts[i]);
     sqlite3_close(w->db);
+    verifier_free(w->verifier);
     free(w->pk_json);
     free(w->path);
     free(w);
@@ -748,101 +754,138 @@ static cJSON *fork_statement(const char *witness_id, const WitnessRequest *req,
 /* ---- checking the token's signatures ----------------------------------------------------------
  */
 
-/* A batch hands each new signature to a second thread, which checks it
- * against the public key while the next job is decided and signed: the check
- * costs about two thirds of a SoftHSM C_Sign, and done inline it is the
- * largest share of a decision after the signature itself. */
+/* Signatures made ahead of the write transaction (witness_presign_batch) are
+ * checked against the public key on a thread of their own, while the token
+ * signs the next ones: a check costs about half a SoftHSM C_Sign. The thread
+ * lives as long as the Witness and keeps the last public key decoded. Each
+ * check reports into its presign's state; witness_commit_batch waits for it
+ * before it stores the signature. */
 typedef struct Check {
     uint8_t pk[TOKEN_ED25519_PK_LEN];
     uint8_t sig[TOKEN_ED25519_SIG_LEN];
     uint8_t *msg;
     size_t len;
+    int *state; /* 0 while queued, then 1 (verified) or -1 */
+    struct Check *next;
 } Check;
 
-typedef struct Verifier {
+struct Verifier {
     pthread_mutex_t lock;
-    pthread_cond_t cond;
-    Check *checks; /* at most one per job */
-    size_t cap, n, next;
-    bool closed, failed;
+    pthread_cond_t work, done;
+    Check *head, **tail;
+    bool stop;
     pthread_t thread;
-} Verifier;
+    /* The thread's own: the key of the last check, decoded once. */
+    uint8_t key_pk[TOKEN_ED25519_PK_LEN];
+    EVP_PKEY *key;
+};
+
+static bool verifier_check(Verifier *v, const Check *c)
+{
+    if (!v->key || memcmp(v->key_pk, c->pk, sizeof(c->pk)) != 0) {
+        EVP_PKEY_free(v->key);
+        v->key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, c->pk, sizeof(c->pk));
+        memcpy(v->key_pk, c->pk, sizeof(c->pk));
+    }
+    EVP_MD_CTX *ctx = v->key ? EVP_MD_CTX_new() : NULL;
+    bool ok = ctx && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, v->key) == 1 &&
+              EVP_DigestVerify(ctx, c->sig, sizeof(c->sig), c->msg, c->len) == 1;
+    EVP_MD_CTX_free(ctx);
+    return ok;
+}
 
 static void *verifier_main(void *arg)
 {
     Verifier *v = arg;
     pthread_mutex_lock(&v->lock);
     for (;;) {
-        while (v->next == v->n && !v->closed)
-            pthread_cond_wait(&v->cond, &v->lock);
-        if (v->next == v->n)
+        while (!v->head && !v->stop)
+            pthread_cond_wait(&v->work, &v->lock);
+        Check *c = v->head;
+        if (!c)
             break;
-        Check *c = &v->checks[v->next++];
+        if (!(v->head = c->next))
+            v->tail = &v->head;
         pthread_mutex_unlock(&v->lock);
-        bool bad = pubkey_verify(c->pk, c->msg, c->len, c->sig) < 0;
+        bool ok = verifier_check(v, c);
         pthread_mutex_lock(&v->lock);
-        if (bad)
-            v->failed = true;
+        *c->state = ok ? 1 : -1;
+        pthread_cond_broadcast(&v->done);
+        free(c->msg);
+        free(c);
     }
     pthread_mutex_unlock(&v->lock);
     return NULL;
 }
 
-static int verifier_start(Verifier *v, size_t cap)
+static Verifier *verifier_new(void)
 {
-    *v = (Verifier){.cap = cap};
-    if (!(v->checks = calloc(cap, sizeof(*v->checks))))
-        return -ENOMEM;
+    Verifier *v = calloc(1, sizeof(*v));
+    if (!v)
+        return NULL;
+    v->tail = &v->head;
     pthread_mutex_init(&v->lock, NULL);
-    pthread_cond_init(&v->cond, NULL);
-    int e = pthread_create(&v->thread, NULL, verifier_main, v);
-    if (e != 0) {
-        pthread_cond_destroy(&v->cond);
+    pthread_cond_init(&v->work, NULL);
+    pthread_cond_init(&v->done, NULL);
+    if (pthread_create(&v->thread, NULL, verifier_main, v) != 0) {
+        pthread_cond_destroy(&v->done);
+        pthread_cond_destroy(&v->work);
         pthread_mutex_destroy(&v->lock);
-        free(v->checks);
-        return -e;
+        free(v);
+        return NULL;
     }
+    return v;
+}
+
+/* Checks what is queued, then stops. */
+static void verifier_free(Verifier *v)
+{
+    if (!v)
+        return;
+    pthread_mutex_lock(&v->lock);
+    v->stop = true;
+    pthread_cond_signal(&v->work);
+    pthread_mutex_unlock(&v->lock);
+    pthread_join(v->thread, NULL);
+    EVP_PKEY_free(v->key);
+    pthread_cond_destroy(&v->done);
+    pthread_cond_destroy(&v->work);
+    pthread_mutex_destroy(&v->lock);
+    free(v);
+}
+
+/* Queues a check of sig over a copy of msg; *state is 0 until it is done. */
+static int verifier_push(Verifier *v, const uint8_t pk[TOKEN_ED25519_PK_LEN], const uint8_t *msg,
+                         size_t len, const uint8_t sig[TOKEN_ED25519_SIG_LEN], int *state)
+{
+    Check *c = calloc(1, sizeof(*c));
+    if (!c || !(c->msg = malloc(len ? len : 1))) {
+        free(c);
+        return -ENOMEM;
+    }
+    memcpy(c->msg, msg, len);
+    c->len = len;
+    memcpy(c->pk, pk, sizeof(c->pk));
+    memcpy(c->sig, sig, sizeof(c->sig));
+    c->state = state;
+    pthread_mutex_lock(&v->lock);
+    *state = 0;
+    *v->tail = c;
+    v->tail = &c->next;
+    pthread_cond_signal(&v->work);
+    pthread_mutex_unlock(&v->lock);
     return 0;
 }
 
-/* Takes a copy of the message. */
-static int verifier_push(Verifier *v, const uint8_t pk[TOKEN_ED25519_PK_LEN], const uint8_t *msg,
-                         size_t len, const uint8_t sig[TOKEN_ED25519_SIG_LEN])
-{
-    uint8_t *copy = malloc(len ? len : 1);
-    if (!copy)
-        return -ENOMEM;
-    memcpy(copy, msg, len);
-    pthread_mutex_lock(&v->lock);
-    int r = -ENOSPC;
-    if (v->n < v->cap) {
-        Check *c = &v->checks[v->n++];
-        memcpy(c->pk, pk, sizeof(c->pk));
-        memcpy(c->sig, sig, sizeof(c->sig));
-        c->msg = TAKE_PTR(copy);
-        c->len = len;
-        pthread_cond_signal(&v->cond);
-        r = 0;
-    }
-    pthread_mutex_unlock(&v->lock);
-    free(copy);
-    return r;
-}
-
-/* Waits for every check; true when all signatures verified. */
-static bool verifier_finish(Verifier *v)
+/* Waits for the check that reports into *state; true when it verified. */
+static bool verifier_wait(Verifier *v, const int *state)
 {
     pthread_mutex_lock(&v->lock);
-    v->closed = true;
-    pthread_cond_signal(&v->cond);
+    while (*state == 0)
+        pthread_cond_wait(&v->done, &v->lock);
+    bool ok = *state > 0;
     pthread_mutex_unlock(&v->lock);
-    pthread_join(v->thread, NULL);
-    for (size_t i = 0; i < v->n; i++)
-        free(v->checks[i].msg);
-    free(v->checks);
-    pthread_cond_destroy(&v->cond);
-    pthread_mutex_destroy(&v->lock);
-    return !v->failed;
+    return ok;
 }
 
 /* The document's "public_key" member, canonical: the same for every
@@ -868,33 +911,53 @@ static int public_key_json(Witness *w, const uint8_t pk[TOKEN_ED25519_PK_LEN], c
     return 0;
 }
 
-/* Canonicalizes, hashes and signs a statement on the token, checks the
- * signature before anything is committed (a faulty token must not leave a
- * bad receipt that every replay would repeat): inline, or through v before
- * the batch's COMMIT. Assembles the document in the order of DESIGN §7. */
-static int sign_document(Witness *w, Token *t, Verifier *v, const char *domain, const char *result,
-                         const cJSON *statement, char **ret_doc, size_t *ret_len,
-                         char ret_statement_hash[WITNESS_HASH_HEX_LEN + 1])
+/* A statement's canonical bytes and its hash. */
+typedef struct Canon {
+    char *jcs;
+    size_t len;
+    char hash[WITNESS_HASH_HEX_LEN + 1];
+} Canon;
+
+static void canon_done(Canon *c)
+{
+    free(c->jcs);
+    *c = (Canon){0};
+}
+
+static int canon_statement(const cJSON *statement, Canon *ret)
+{
+    Canon c = {0};
+    int r = canon_serialize(statement, &c.jcs, &c.len);
+    if (r < 0)
+        return r;
+    lv_sha256_hex(c.jcs, c.len, c.hash);
+    *ret = c;
+    return 0;
+}
+
+/* Signs a canonical statement on the token and assembles the document in
+ * the order of DESIGN §7. The signature is checked against the public key
+ * before anything is stored (a faulty token must not leave a bad receipt
+ * that every replay would repeat): here, inline, when v is NULL; otherwise
+ * v checks it and reports into *state. */
+static int sign_statement(Witness *w, Token *t, const char *domain, const char *result,
+                          const Canon *st, Verifier *v, int *state, char **ret_doc, size_t *ret_len)
 {
     if (!t)
         return lv_error_set(LV_ERR_TOKEN, "token unavailable: cannot sign a new statement");
-    _cleanup_free_ char *jcs = NULL, *sig_json = NULL;
+    _cleanup_free_ char *sig_json = NULL;
     _cleanup_free_ uint8_t *msg = NULL;
     _cleanup_cjson_ cJSON *sig_obj = NULL;
     const char *pk_json;
-    size_t jlen, mlen, n;
-    int r = canon_serialize(statement, &jcs, &jlen);
+    size_t mlen, n;
+    int r = pubkey_signed_message(domain, st->jcs, st->len, &msg, &mlen);
     if (r < 0)
-        return r;
-    char sh[WITNESS_HASH_HEX_LEN + 1];
-    lv_sha256_hex(jcs, jlen, sh);
-    if ((r = pubkey_signed_message(domain, jcs, jlen, &msg, &mlen)) < 0)
         return r;
     uint8_t pk[TOKEN_ED25519_PK_LEN], sig[TOKEN_ED25519_SIG_LEN];
     if ((r = token_public_key(t, pk)) < 0 || (r = token_sign(t, msg, mlen, sig)) < 0)
         return r;
     if (v) {
-        if ((r = verifier_push(v, pk, msg, mlen, sig)) < 0)
+        if ((r = verifier_push(v, pk, msg, mlen, sig, state)) < 0)
             return r;
     } else if (pubkey_verify(pk, msg, mlen, sig) < 0)
         return lv_error_set(LV_ERR_TOKEN, "token returned a signature that does not verify with "
@@ -912,12 +975,11 @@ static int sign_document(Witness *w, Token *t, Verifier *v, const char *domain, 
     int len = asprintf(&doc,
                        "{\"result\":\"%s\",\"statement\":%s,\"statement_hash\":\"%s\","
                        "\"signature\":%s,\"public_key\":%s}",
-                       result, jcs, sh, sig_json, pk_json);
+                       result, st->jcs, st->hash, sig_json, pk_json);
     if (len < 0)
         return -ENOMEM;
     *ret_doc = doc;
     *ret_len = (size_t)len;
-    memcpy(ret_statement_hash, sh, sizeof(sh));
     return 0;
 }
 
@@ -1020,48 +1082,56 @@ static int insert_fork(Witness *w, const char *witness_id, const WitnessRequest 
     return rc == SQLITE_DONE ? 0 : db_error(w, rc, "store fork evidence");
 }
 
-/* Decides on one request inside the open transaction, signs and stores what
- * the decision needs. On success *ret holds the document (not to be shown
- * before COMMIT) and *ret_write whether anything was written; on failure
- * nothing is held, and the caller undoes the request's writes. */
-static int decide(Witness *w, Token *t, Verifier *v, const char *witness_id,
-                  const WitnessRequest *req, WitnessOutcome *ret, bool *ret_write)
-{
-    WitnessOutcome out = {.head_seq = -1};
-    Row acc = {0};
-    _cleanup_free_ char *doc = NULL;
-    size_t doc_len = 0;
-    bool write = false;
-    int64_t head;
-    char now[32], sh[WITNESS_HASH_HEX_LEN + 1];
-    lv_format_time(lv_now_ms(), now);
+/* What the table of DESIGN §7 decides for one request against the state w
+ * shows, before anything is signed or written. */
+typedef struct Plan {
+    WitnessOutcome out; /* result, reason, head_seq; the document of a replay or of stored
+                           fork evidence */
+    Row acc;            /* the stored checkpoint the request was compared with */
+    char key[WITNESS_HASH_HEX_LEN + 1]; /* fork evidence key */
+    cJSON *statement;                   /* to sign and store: a receipt or new fork evidence */
+    const char *domain, *result_name;
+} Plan;
 
+static void plan_done(Plan *p)
+{
+    row_done(&p->acc);
+    cJSON_Delete(p->statement);
+    witness_outcome_done(&p->out);
+    *p = (Plan){0};
+}
+
+static int plan_decision(Witness *w, const char *witness_id, const WitnessRequest *req,
+                         const char *now, Plan *ret)
+{
+    Plan p = {.out = {.head_seq = -1}};
+    int64_t head;
     int r = read_head(w, witness_id, req->tenant_id, req->stream_id, &head);
     if (r == -ENOENT) {
-        out.result = WITNESS_ACCEPTED; /* first use */
+        p.out.result = WITNESS_ACCEPTED; /* first use */
         r = 0;
     } else if (r < 0)
-        goto done;
+        goto fail;
     else {
-        out.head_seq = head;
+        p.out.head_seq = head;
         if (req->seq <= head) {
-            r = read_row(w, witness_id, req->tenant_id, req->stream_id, req->seq, &acc);
+            r = read_row(w, witness_id, req->tenant_id, req->stream_id, req->seq, &p.acc);
             if (r < 0 && r != -ENOENT)
-                goto done;
-            if (r == 0 && strcmp(acc.hash, req->checkpoint_hash) != 0) {
-                out.result = WITNESS_FORK;
-                out.reason = WITNESS_REASON_CONFLICTING;
+                goto fail;
+            if (r == 0 && strcmp(p.acc.hash, req->checkpoint_hash) != 0) {
+                p.out.result = WITNESS_FORK;
+                p.out.reason = WITNESS_REASON_CONFLICTING;
             } else if (req->seq == head) {
                 /* The row at the head always exists (a trigger makes sure). */
                 if (r < 0) {
                     r = lv_error_set(-EIO, "witness database %s: head of %s/%s has no checkpoint",
                                      w->path, req->tenant_id, req->stream_id);
-                    goto done;
+                    goto fail;
                 }
-                out.result = WITNESS_REPLAYED;
+                p.out.result = WITNESS_REPLAYED;
             } else {
-                out.result = WITNESS_FORK;
-                out.reason = WITNESS_REASON_STALE;
+                p.out.result = WITNESS_FORK;
+                p.out.reason = WITNESS_REASON_STALE;
             }
             r = 0;
         } else if (req->seq == head + 1) {
@@ -1070,82 +1140,161 @@ static int decide(Witness *w, Token *t, Verifier *v, const char *witness_id,
                                  "previous_checkpoint_hash (--previous-checkpoint-hash): "
                                  "required to extend the head at seq %" PRId64,
                                  head);
-                goto done;
+                goto fail;
             }
-            if ((r = read_row(w, witness_id, req->tenant_id, req->stream_id, head, &acc)) < 0)
-                goto done;
-            if (strcmp(acc.hash, req->previous_hash) == 0)
-                out.result = WITNESS_ACCEPTED;
+            if ((r = read_row(w, witness_id, req->tenant_id, req->stream_id, head, &p.acc)) < 0)
+                goto fail;
+            if (strcmp(p.acc.hash, req->previous_hash) == 0)
+                p.out.result = WITNESS_ACCEPTED;
             else {
-                out.result = WITNESS_FORK;
-                out.reason = WITNESS_REASON_DIVERGENT;
+                p.out.result = WITNESS_FORK;
+                p.out.reason = WITNESS_REASON_DIVERGENT;
             }
         } else
-            out.result = WITNESS_GAP;
+            p.out.result = WITNESS_GAP;
     }
     /* Stale evidence names the head the submission fell behind. */
-    if (out.result == WITNESS_FORK && out.reason == WITNESS_REASON_STALE) {
-        row_done(&acc);
-        if ((r = read_row(w, witness_id, req->tenant_id, req->stream_id, head, &acc)) < 0)
-            goto done;
+    if (p.out.result == WITNESS_FORK && p.out.reason == WITNESS_REASON_STALE) {
+        row_done(&p.acc);
+        if ((r = read_row(w, witness_id, req->tenant_id, req->stream_id, head, &p.acc)) < 0)
+            goto fail;
     }
 
-    switch (out.result) {
+    switch (p.out.result) {
     case WITNESS_GAP:
         break;
     case WITNESS_REPLAYED:
-        doc = TAKE_PTR(acc.receipt);
-        doc_len = strlen(doc);
+        p.out.document = TAKE_PTR(p.acc.receipt);
+        p.out.document_len = strlen(p.out.document);
         break;
-    case WITNESS_ACCEPTED: {
-        _cleanup_cjson_ cJSON *st = receipt_statement(witness_id, req, now);
-        if (!st) {
+    case WITNESS_ACCEPTED:
+        p.domain = WITNESS_RECEIPT_DOMAIN;
+        p.result_name = "accepted";
+        if (!(p.statement = receipt_statement(witness_id, req, now))) {
             r = -ENOMEM;
-            goto done;
+            goto fail;
         }
-        if ((r = sign_document(w, t, v, WITNESS_RECEIPT_DOMAIN, "accepted", st, &doc, &doc_len,
-                               sh)) < 0 ||
-            (r = insert_checkpoint(w, witness_id, req, now, sh, doc)) < 0 ||
-            (r = move_head(w, witness_id, req, out.head_seq < 0)) < 0)
-            goto done;
-        write = true;
         break;
-    }
-    case WITNESS_FORK: {
-        char key[WITNESS_HASH_HEX_LEN + 1];
-        if ((r = evidence_key(req, out.reason, &acc, key)) < 0)
-            goto done;
-        r = find_fork(w, witness_id, req, key, &doc);
+    case WITNESS_FORK:
+        if ((r = evidence_key(req, p.out.reason, &p.acc, p.key)) < 0)
+            goto fail;
+        r = find_fork(w, witness_id, req, p.key, &p.out.document);
         if (r == 0) {
-            out.reused = true;
-            doc_len = strlen(doc);
+            p.out.reused = true;
+            p.out.document_len = strlen(p.out.document);
             break;
         }
         if (r != -ENOENT)
-            goto done;
-        _cleanup_cjson_ cJSON *st = fork_statement(witness_id, req, out.reason, &acc, now);
-        if (!st) {
+            goto fail;
+        p.domain = WITNESS_FORK_DOMAIN;
+        p.result_name = "fork_evidence";
+        if (!(p.statement = fork_statement(witness_id, req, p.out.reason, &p.acc, now))) {
             r = -ENOMEM;
-            goto done;
+            goto fail;
         }
-        if ((r = sign_document(w, t, v, WITNESS_FORK_DOMAIN, "fork_evidence", st, &doc, &doc_len,
-                               sh)) < 0 ||
-            (r = insert_fork(w, witness_id, req, out.reason, &acc, key, now, sh, doc)) < 0)
-            goto done;
-        write = true;
         break;
-    }
     default:
         r = -EINVAL;
-        goto done;
+        goto fail;
     }
-    out.document = TAKE_PTR(doc);
-    out.document_len = doc_len;
-    *ret = out;
-    *ret_write = write;
-    r = 0;
+    *ret = p;
+    return 0;
+fail:
+    plan_done(&p);
+    return r;
+}
+
+/* A statement signed ahead of the write transaction, for one job. */
+struct WitnessPresign {
+    char now[32]; /* the time the statement names */
+    Canon st;     /* the statement signed */
+    char *doc;    /* the document, with the signature */
+    size_t doc_len;
+    Verifier *v; /* checks the signature, */
+    int check;   /* into this: 0 pending, 1 verified, -1 not */
+};
+
+static void presign_free(WitnessPresign *p)
+{
+    if (!p)
+        return;
+    /* The check reports into p: it must be done before p goes. */
+    verifier_wait(p->v, &p->check);
+    canon_done(&p->st);
+    free(p->doc);
+    free(p);
+}
+
+/* Decides on one request inside the open transaction, signs and stores what
+ * the decision needs. A statement signed ahead (pre) is used only when this
+ * decision, made here under the write lock, comes to the very same
+ * statement bytes and the signature verified; otherwise the statement is
+ * signed now and checked inline. On success *ret holds the document (not to
+ * be shown before COMMIT) and *ret_write whether anything was written; on
+ * failure nothing is held, and the caller undoes the request's writes. */
+static int decide(Witness *w, Token *t, const char *witness_id, const WitnessRequest *req,
+                  WitnessPresign *pre, WitnessOutcome *ret, bool *ret_write)
+{
+    Plan p = {0};
+    Canon st = {0};
+    char now[32];
+    _cleanup_free_ char *doc = NULL;
+    size_t doc_len = 0;
+    if (pre)
+        memcpy(now, pre->now, sizeof(now));
+    else
+        lv_format_time(lv_now_ms(), now);
+    int r = plan_decision(w, witness_id, req, now, &p);
+    if (r < 0)
+        return r;
+    if (!p.statement) { /* a gap, a replay, or fork evidence already stored */
+        *ret = p.out;
+        p.out = (WitnessOutcome){0};
+        *ret_write = false;
+        plan_done(&p);
+        return 0;
+    }
+    if ((r = canon_statement(p.statement, &st)) < 0)
+        goto done;
+    if (pre && st.len == pre->st.len && memcmp(st.jcs, pre->st.jcs, st.len) == 0 &&
+        verifier_wait(pre->v, &pre->check)) {
+        doc = TAKE_PTR(pre->doc);
+        doc_len = pre->doc_len;
+    } else {
+        if (pre) { /* decided otherwise than ahead: decide again, at this time */
+            plan_done(&p);
+            canon_done(&st);
+            lv_format_time(lv_now_ms(), now);
+            if ((r = plan_decision(w, witness_id, req, now, &p)) < 0)
+                goto done;
+            if (!p.statement) {
+                *ret = p.out;
+                p.out = (WitnessOutcome){0};
+                *ret_write = false;
+                goto done;
+            }
+            if ((r = canon_statement(p.statement, &st)) < 0)
+                goto done;
+        }
+        if ((r = sign_statement(w, t, p.domain, p.result_name, &st, NULL, NULL, &doc, &doc_len)) <
+            0)
+            goto done;
+    }
+    if (p.out.result == WITNESS_ACCEPTED) {
+        if ((r = insert_checkpoint(w, witness_id, req, now, st.hash, doc)) >= 0)
+            r = move_head(w, witness_id, req, p.out.head_seq < 0);
+    } else
+        r = insert_fork(w, witness_id, req, p.out.reason, &p.acc, p.key, now, st.hash, doc);
+    if (r < 0)
+        goto done;
+    *ret = p.out;
+    p.out = (WitnessOutcome){0};
+    ret->document = TAKE_PTR(doc);
+    ret->document_len = doc_len;
+    *ret_write = true;
 done:
-    row_done(&acc);
+    canon_done(&st);
+    plan_done(&p);
     return r;
 }
 
@@ -1181,10 +1330,58 @@ static int job_check(Witness *w, const char *witness_id, const WitnessRequest *r
     return 0;
 }
 
-/* One transaction over the jobs. With a verifier (pipelined), *ret_recheck
- * says that a signature failed its check and nothing was committed. */
-static int run_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *jobs, size_t n,
-                     bool pipelined, bool *ret_recheck)
+static bool same_key(const WitnessRequest *a, const WitnessRequest *b)
+{
+    return strcmp(a->tenant_id, b->tenant_id) == 0 && strcmp(a->stream_id, b->stream_id) == 0;
+}
+
+int witness_presign_batch(Witness *r, Token *t, const char *witness_id, WitnessJob *jobs, size_t n,
+                          const bool *skip)
+{
+    if (!t)
+        return 0;
+    if (!r->verifier && !(r->verifier = verifier_new()))
+        return 0; /* nothing ahead: every job is signed in its transaction */
+    /* One snapshot for the batch; without one, nothing is signed ahead. */
+    if (sqlite3_exec(r->db, "BEGIN", NULL, NULL, NULL) != SQLITE_OK)
+        return 0;
+    int ret = 0;
+    for (size_t i = 0; i < n; i++) {
+        WitnessJob *j = &jobs[i];
+        bool later = false;
+        for (size_t k = 0; k < i && !later; k++)
+            later = same_key(jobs[k].req, j->req);
+        if (j->pre || later || (skip && skip[i]) || !lv_valid_id(witness_id) ||
+            witness_request_check(j->req, WITNESS_NAMES_JSON) < 0)
+            continue;
+        WitnessPresign *p = calloc(1, sizeof(*p));
+        if (!p)
+            break;
+        p->v = r->verifier;
+        p->check = -1; /* until a check is queued */
+        lv_format_time(lv_now_ms(), p->now);
+        Plan plan = {0};
+        int e = plan_decision(r, witness_id, j->req, p->now, &plan);
+        if (e >= 0 && plan.statement && (e = canon_statement(plan.statement, &p->st)) >= 0)
+            e = sign_statement(r, t, plan.domain, plan.result_name, &p->st, r->verifier, &p->check,
+                               &p->doc, &p->doc_len);
+        bool signed_ = e >= 0 && plan.statement;
+        plan_done(&plan);
+        if (!signed_) {
+            presign_free(p);
+            if (lv_is_token_error(e)) {
+                ret = e; /* the token failed: nothing more is signed ahead */
+                break;
+            }
+            continue;
+        }
+        j->pre = p;
+    }
+    sqlite3_exec(r->db, "COMMIT", NULL, NULL, NULL);
+    return ret;
+}
+
+int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *jobs, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         jobs[i].out = (WitnessOutcome){0};
@@ -1196,10 +1393,7 @@ static int run_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *j
     lv_error_clear();
     int r = exec(w, "BEGIN IMMEDIATE");
     if (r < 0)
-        return fail_all(jobs, n, r);
-    Verifier ver, *v = NULL;
-    if (pipelined && n > 1 && verifier_start(&ver, n) >= 0)
-        v = &ver;
+        goto abort;
     /* Savepoints let one job fail alone; a lone job needs none. */
     bool savepoints = n > 1, write = false;
     for (size_t i = 0; i < n; i++) {
@@ -1212,7 +1406,7 @@ static int run_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *j
         }
         if (savepoints && (r = exec(w, "SAVEPOINT witness_job")) < 0)
             goto abort;
-        r = decide(w, t, v, witness_id, j->req, &j->out, &wrote);
+        r = decide(w, t, witness_id, j->req, j->pre, &j->out, &wrote);
         if (r < 0) {
             job_fail(j, r);
             /* Some errors (I/O, full disk) end the whole transaction in
@@ -1229,48 +1423,37 @@ static int run_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *j
         if (savepoints && (r = exec(w, "RELEASE witness_job")) < 0)
             goto abort;
     }
-    if (v) {
-        bool ok = verifier_finish(v);
-        v = NULL;
-        if (!ok) {
-            *ret_recheck = true;
-            r = lv_error_set(LV_ERR_TOKEN, "token returned a signature that does not verify "
-                                           "with its public key; nothing stored");
-            goto abort;
-        }
-    }
     r = exec(w, write ? "COMMIT" : "ROLLBACK");
     if (r < 0)
         goto abort;
-    return 0;
+    r = 0;
+    goto out;
 abort:
-    if (v)
-        verifier_finish(v);
     if (!sqlite3_get_autocommit(w->db))
         sqlite3_exec(w->db, "ROLLBACK", NULL, NULL, NULL);
     /* Nothing was committed: no job may answer, whatever it decided. */
-    return fail_all(jobs, n, r);
+    fail_all(jobs, n, r);
+out:
+    for (size_t i = 0; i < n; i++)
+        jobs[i].pre = (presign_free(jobs[i].pre), NULL);
+    return r;
 }
 
 int witness_submit_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *jobs, size_t n)
 {
     if (n == 0)
         return 0;
-    bool recheck = false;
-    int r = run_batch(w, t, witness_id, jobs, n, true, &recheck);
-    if (recheck)
-        /* A bad signature somewhere: again, each checked inline, so that only
-         * the job the token failed is refused. */
-        r = run_batch(w, t, witness_id, jobs, n, false, &recheck);
-    return r;
+    /* A token error ahead is met again, with its own detail, by the job's
+     * own signing in the transaction (or not, if the token recovered). */
+    witness_presign_batch(w, t, witness_id, jobs, n, NULL);
+    return witness_commit_batch(w, t, witness_id, jobs, n);
 }
 
 int witness_submit(Witness *w, Token *t, const char *witness_id, const WitnessRequest *req,
                    WitnessOutcome *ret)
 {
     WitnessJob job = {.req = req};
-    bool recheck = false;
-    run_batch(w, t, witness_id, &job, 1, false, &recheck);
+    witness_commit_batch(w, t, witness_id, &job, 1);
     if (job.r < 0)
         return lv_error_set(job.r, "%s", job.detail);
     /* Only now, after COMMIT, does the caller see the document. */

@@ -3,7 +3,10 @@
  * token and a real SQLite file: jobs decided in order inside one
  * transaction, each seeing the ones before it; a failing job undoes itself
  * alone; replays and reused fork evidence byte-identical; a batch without
- * the token still answers replays; everything answered is committed. */
+ * the token still answers replays; everything answered is committed. The
+ * token is reached through the fault-injecting shim (tests/shim), which
+ * passes every call through until a test writes a rule: a token that
+ * returns a wrong signature is a fault SoftHSM cannot produce. */
 #include <sqlite3.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +23,8 @@ typedef struct Fixture {
     Token *t;
     Witness *w;
     char path[512];
+    char rules[512];
+    char log[512];
     uint8_t pk[32];
 } Fixture;
 
@@ -34,8 +39,15 @@ static int setup(void **state)
 {
     const char *dir = lvtest_make_token("attesto");
     Fixture *f = calloc(1, sizeof(*f));
+    if (!getenv("LV_SHIM"))
+        fail_msg("LV_SHIM is not set (the test runs through the shim, see tests.cmake)");
+    snprintf(f->rules, sizeof(f->rules), "%s/shim.rules", dir);
+    snprintf(f->log, sizeof(f->log), "%s/shim.log", dir);
+    setenv("LV_SHIM_MODULE", getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"), 1);
+    setenv("LV_SHIM_RULES", f->rules, 1);
+    setenv("LV_SHIM_LOG", f->log, 1);
     TokenConfig c = {
-        .module_path = getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"),
+        .module_path = getenv("LV_SHIM"),
         .signing_uri = getenv("ATTESTO_LOCAL_VAULT_SIGNING_KEY"),
         .kek_uri = getenv("ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"),
         .pin_file = getenv("ATTESTO_LOCAL_VAULT_PIN_FILE"),
@@ -77,6 +89,32 @@ static void check_ok(Fixture *f, const WitnessJob *j, WitnessResult want, Witnes
     if (witness_verify_document(j->out.document, j->out.document_len, f->pk, &summary) < 0)
         fail_msg("verify: %s", lv_error());
     cJSON_Delete(summary);
+}
+
+/* Replaces the shim's rules (a new inode: the shim rereads them at its next
+ * call, and its counters start again). */
+static void write_rules(Fixture *f, const char *text)
+{
+    char tmp[600];
+    snprintf(tmp, sizeof(tmp), "%s.tmp", f->rules);
+    FILE *fp = fopen(tmp, "w");
+    assert_non_null(fp);
+    fputs(text, fp);
+    assert_int_equal(fclose(fp), 0);
+    assert_int_equal(rename(tmp, f->rules), 0);
+}
+
+static int log_count(Fixture *f, const char *needle)
+{
+    FILE *fp = fopen(f->log, "r");
+    if (!fp)
+        return 0;
+    char line[512];
+    int n = 0;
+    while (fgets(line, sizeof(line), fp))
+        n += strstr(line, needle) != NULL;
+    fclose(fp);
+    return n;
 }
 
 /* What another connection sees: committed state only. */
@@ -214,12 +252,82 @@ static void many_streams_in_one_batch(void **state)
         assert_int_equal(committed_head(f, streams[s]), N / 8 - 1);
 }
 
+/* Four first uses, one on each of the streams <tag>0..3. */
+static void first_uses(const char *tag, WitnessRequest reqs[4], WitnessJob jobs[4],
+                       char streams[4][16], char hashes[4][65])
+{
+    for (int i = 0; i < 4; i++) {
+        snprintf(streams[i], 16, "%s%d", tag, i);
+        hash_of(streams[i], 0, hashes[i]);
+        reqs[i] = (WitnessRequest){TEN, streams[i], "c0", 0, hashes[i], NULL};
+        jobs[i] = (WitnessJob){.req = &reqs[i]};
+    }
+}
+
+/* The token returns a wrong signature for the third job when the batch is
+ * signed ahead. The check on the second thread finds it, the transaction
+ * does not use it, and signs that job again (checked inline): the token
+ * signs right this time, so all four are answered, each with a receipt that
+ * verifies (had the bad one been stored, its check_ok would fail). */
+static void bad_signature_ahead_is_signed_again_in_the_transaction(void **state)
+{
+    Fixture *f = *state;
+    WitnessRequest reqs[4];
+    WitnessJob jobs[4];
+    char streams[4][16], hashes[4][65];
+    first_uses("bad", reqs, jobs, streams, hashes);
+    int before = log_count(f, " C_Sign CKR_OK corrupt-output");
+    write_rules(f, "C_Sign CKR_OK effect=corrupt-output after=2 times=1\n");
+    assert_int_equal(witness_submit_batch(f->w, f->t, WID, jobs, 4), 0);
+    write_rules(f, "");
+    assert_int_equal(log_count(f, " C_Sign CKR_OK corrupt-output") - before, 1);
+    for (int i = 0; i < 4; i++) {
+        check_ok(f, &jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+        witness_outcome_done(&jobs[i].out);
+        assert_int_equal(committed_head(f, streams[i]), 0);
+    }
+}
+
+/* The token is wrong again when the third job is signed in the
+ * transaction: that job alone is refused as a token fault, with nothing
+ * stored for it. The others keep their good signatures made ahead, the
+ * fourth too, although the token is not used again in this batch. */
+static void bad_signature_again_refuses_that_job_alone(void **state)
+{
+    Fixture *f = *state;
+    WitnessRequest reqs[4];
+    WitnessJob jobs[4];
+    char streams[4][16], hashes[4][65];
+    first_uses("worse", reqs, jobs, streams, hashes);
+    int before = log_count(f, " C_Sign CKR_OK corrupt-output");
+    /* C_Sign calls 1-4 sign ahead (the 3rd wrong); call 5 signs the third
+     * job again in the transaction, wrong too. */
+    write_rules(f, "C_Sign CKR_OK effect=corrupt-output after=2 times=1\n"
+                   "C_Sign CKR_OK effect=corrupt-output after=4 times=1\n");
+    assert_int_equal(witness_submit_batch(f->w, f->t, WID, jobs, 4), 0);
+    write_rules(f, "");
+    assert_int_equal(log_count(f, " C_Sign CKR_OK corrupt-output") - before, 2);
+    for (int i = 0; i < 4; i++) {
+        if (i == 2)
+            continue;
+        check_ok(f, &jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+        witness_outcome_done(&jobs[i].out);
+        assert_int_equal(committed_head(f, streams[i]), 0);
+    }
+    assert_int_equal(jobs[2].r, LV_ERR_TOKEN);
+    assert_non_null(strstr(jobs[2].detail, "does not verify"));
+    assert_null(jobs[2].out.document);
+    assert_int_equal(committed_head(f, streams[2]), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(batch_decides_in_order_and_failures_stay_alone),
         cmocka_unit_test(batch_without_token_answers_replays_only),
         cmocka_unit_test(many_streams_in_one_batch),
+        cmocka_unit_test(bad_signature_ahead_is_signed_again_in_the_transaction),
+        cmocka_unit_test(bad_signature_again_refuses_that_job_alone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

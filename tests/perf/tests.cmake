@@ -28,5 +28,8 @@ if(TARGET https_post_ceiling)
 endif()
 # Group commit of the witness endpoint (witness_submit_batch).
 lv_add_cmocka(perf_witness_batch ${CMAKE_CURRENT_LIST_DIR}/test_witness_batch.c LABELS perf)
+# It reaches the token through the fault-injecting shim (tests/shim).
+add_dependencies(perf_witness_batch p11shim)
+set_property(TEST perf_witness_batch APPEND PROPERTY ENVIRONMENT "LV_SHIM=$<TARGET_FILE:p11shim>")
 # Batched enqueue pipelined across its commit groups (spool_enqueue_groups).
 lv_add_cmocka(perf_enqueue_groups ${CMAKE_CURRENT_LIST_DIR}/test_enqueue_groups.c LABELS perf)

@@ -33,6 +33,12 @@
  *                  destroys all session objects, as when a device is pulled
  *                  (default for CKR_DEVICE_REMOVED, CKR_DEVICE_ERROR and
  *                  CKR_TOKEN_NOT_PRESENT)
+ *   corrupt-output with RV CKR_OK, for the functions that end an operation
+ *                  with output (C_Sign, C_Encrypt, C_Decrypt, C_Digest and
+ *                  their Final forms): the real call succeeds and the first
+ *                  bit of its output is flipped, as a faulty token that
+ *                  answers CKR_OK with a wrong result (a size query, with no
+ *                  output buffer, uses the rule up and changes nothing)
  * RV CKR_OK makes a rule an effect without a fault: the effect happens, then
  * the call reaches the real module and answers what it answers (a login lost
  * between two calls, which only the next call reveals).
@@ -59,9 +65,11 @@ typedef enum {
     EFFECT_CLOSE_SESSION,
     EFFECT_LOGOUT,
     EFFECT_CLOSE_ALL,
+    EFFECT_CORRUPT_OUTPUT,
 } Effect;
 
-static const char *const effect_names[] = {"auto", "none", "close-session", "logout", "close-all"};
+static const char *const effect_names[] = {"auto",   "none",      "close-session",
+                                           "logout", "close-all", "corrupt-output"};
 
 typedef struct Rule {
     char func[48];
@@ -292,7 +300,7 @@ static bool wildcard_ok(const char *func)
 static void apply_effect(Effect e, bool has_session, CK_SESSION_HANDLE session, bool has_slot,
                          CK_SLOT_ID slot)
 {
-    if (e == EFFECT_NONE)
+    if (e == EFFECT_NONE || e == EFFECT_CORRUPT_OUTPUT)
         return;
     pthread_rwlock_wrlock(&calls);
     switch (e) {
@@ -341,9 +349,11 @@ static void apply_effect(Effect e, bool has_session, CK_SESSION_HANDLE session, 
         rv_real_;                                                                                  \
     })
 
-/* true when the call must fail with *ret_rv instead of reaching the module. */
+/* true when the call must fail with *ret_rv instead of reaching the module.
+ * *ret_corrupt (when given) says that the real call's output is to be
+ * corrupted. */
 static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session, bool has_slot,
-                   CK_SLOT_ID slot, CK_RV *ret_rv)
+                   CK_SLOT_ID slot, CK_RV *ret_rv, bool *ret_corrupt)
 {
     bool fire = false;
     pthread_mutex_lock(&lock);
@@ -360,6 +370,8 @@ static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session
         fire = r->rv != CKR_OK;
         *ret_rv = r->rv;
         apply_effect(r->effect, has_session, session, has_slot, slot);
+        if (r->effect == EFFECT_CORRUPT_OUTPUT && ret_corrupt)
+            *ret_corrupt = true;
         log_line("%d %s %s %s\n", (int)getpid(), func, code_name(r->rv), effect_names[r->effect]);
     }
     pthread_mutex_unlock(&lock);
@@ -369,19 +381,19 @@ static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session
 #define FAULT_NONE(name)                                                                           \
     do {                                                                                           \
         CK_RV rv_;                                                                                 \
-        if (inject(#name, false, 0, false, 0, &rv_))                                               \
+        if (inject(#name, false, 0, false, 0, &rv_, NULL))                                         \
             return rv_;                                                                            \
     } while (0)
 #define FAULT_SESSION(name, s)                                                                     \
     do {                                                                                           \
         CK_RV rv_;                                                                                 \
-        if (inject(#name, true, (s), false, 0, &rv_))                                              \
+        if (inject(#name, true, (s), false, 0, &rv_, NULL))                                        \
             return rv_;                                                                            \
     } while (0)
 #define FAULT_SLOT(name, sl)                                                                       \
     do {                                                                                           \
         CK_RV rv_;                                                                                 \
-        if (inject(#name, false, 0, true, (sl), &rv_))                                             \
+        if (inject(#name, false, 0, true, (sl), &rv_, NULL))                                       \
             return rv_;                                                                            \
     } while (0)
 
@@ -399,6 +411,14 @@ static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session
         FAULT_SLOT(name, sl);                                                                      \
         return REAL(real->name args);                                                              \
     }
+/* corrupt-output: one bit of a result the real module produced (not of a
+ * size query, which has no output yet). */
+static void flip(CK_BYTE *out, CK_ULONG *len)
+{
+    if (out && len && *len > 0)
+        out[0] ^= 0x01;
+}
+
 static void wipe(CK_BYTE *out, CK_ULONG *len)
 {
     if (out && len)
@@ -413,8 +433,13 @@ static void wipe(CK_BYTE *out, CK_ULONG *len)
     static CK_RV w_##name params                                                                   \
     {                                                                                              \
         CK_RV rv_;                                                                                 \
-        if (!inject(#name, true, s, false, 0, &rv_))                                               \
-            return REAL(real->name args);                                                          \
+        bool corrupt_ = false;                                                                     \
+        if (!inject(#name, true, s, false, 0, &rv_, &corrupt_)) {                                  \
+            CK_RV rv_out_ = REAL(real->name args);                                                 \
+            if (corrupt_ && rv_out_ == CKR_OK)                                                     \
+                flip((out), (outlen));                                                             \
+            return rv_out_;                                                                        \
+        }                                                                                          \
         if (REAL(real->name args) == CKR_OK)                                                       \
             wipe((out), (outlen));                                                                 \
         return rv_;                                                                                \

@@ -356,6 +356,24 @@ static void close_all_waits_for_calls_in_flight(void **state)
     assert_int_equal(rv, CKR_SESSION_HANDLE_INVALID);
 }
 
+/* corrupt-output: the real call succeeds and the shim flips the first bit
+ * of what it returned; Ed25519 is deterministic, so the good signature is
+ * known. times=1: the next call is not touched. */
+static void corrupt_output_flips_one_bit_of_a_good_result(void **state)
+{
+    CK_SESSION_HANDLE h = open_session();
+    login(h);
+    uint8_t good[64], bad[64], again[64];
+    assert_int_equal(sign(h, good), CKR_OK);
+    write_rules("C_Sign CKR_OK effect=corrupt-output\n");
+    assert_int_equal(sign(h, bad), CKR_OK);
+    assert_int_equal(log_count(" C_Sign CKR_OK corrupt-output"), 1);
+    assert_int_equal(bad[0], good[0] ^ 0x01);
+    assert_memory_equal(bad + 1, good + 1, sizeof(good) - 1);
+    assert_int_equal(sign(h, again), CKR_OK);
+    assert_memory_equal(again, good, sizeof(good));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -369,6 +387,7 @@ int main(void)
         cmocka_unit_test_teardown(wildcard_spares_teardown_and_bad_rules_are_reported,
                                   test_teardown),
         cmocka_unit_test_teardown(close_all_waits_for_calls_in_flight, test_teardown),
+        cmocka_unit_test_teardown(corrupt_output_flips_one_bit_of_a_good_result, test_teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
