@@ -73,6 +73,12 @@ enum {
  * Refuses a file that is another kind of database, a newer schema, or one
  * that group or others may write. Errors carry detail naming the path. */
 int witness_open(const char *path, unsigned flags, Witness **ret);
+/* A second, read-only connection to w's database, for reading beside w in
+ * the same process (witness_presign_batch). Never open the database file
+ * again with witness_open while w is open: checking the file opens and
+ * closes it, and closing any descriptor of a file drops all the POSIX locks
+ * the process holds on it, which SQLite's safety across processes rests on. */
+int witness_open_reader(const Witness *w, Witness **ret);
 /* Accepts NULL, returns NULL. */
 Witness *witness_close(Witness *w);
 

@@ -59,26 +59,53 @@ typedef struct Pending {
 
 #define BATCH_MAX WITNESS_BATCH_MAX /* decisions per transaction at most */
 
+/* A batch between the planner and the committer. */
+typedef struct Batch {
+    enum { BATCH_FREE, BATCH_FILLING, BATCH_READY, BATCH_COMMITTING } state;
+    uint64_t seq; /* handed over in this order, committed in this order */
+    size_t n;
+    Pending *items[BATCH_MAX];
+    WitnessJob jobs[BATCH_MAX];
+} Batch;
+
 typedef struct Server {
     const HttpdConfig *cfg;
 
-    /* Group commit: the request handlers queue their checkpoints and
-     * suspend their connections (a worker thread serves its other
-     * connections meanwhile); one committer thread decides every pending
-     * checkpoint in order inside one transaction, COMMITs once (one fsync),
-     * and only then resumes their connections to answer. */
+    /* Group commit, pipelined: the request handlers queue their checkpoints
+     * and suspend their connections (a worker thread serves its other
+     * connections meanwhile). The planner takes what is queued as a batch,
+     * decides it against the committed state (reader) and has the token sign
+     * what the decisions need (witness_presign_batch), while the committer
+     * writes the batch before: it decides every checkpoint again in order
+     * inside one transaction, keeps a signature made ahead only when it
+     * comes to the same statement, COMMITs once (one fsync), and only then
+     * resumes the connections to answer. */
     pthread_mutex_t queue_lock;
     pthread_cond_t queue_cond; /* work queued, or stop */
     Pending *queue_head, **queue_tail;
     bool queue_stop;
-    pthread_t committer;
-    bool committer_started;
+    pthread_t planner, committer;
+    bool threads_started;
 
-    /* lock serializes the witness database connection and every use of the
-     * token: a PKCS#11 session runs one operation at a time, and one
-     * decision at a time is what BEGIN IMMEDIATE would enforce anyway. */
+    /* Between the two: one batch committing, one signed ahead at most. */
+    pthread_mutex_t batch_lock;
+    pthread_cond_t batch_cond; /* a batch changed state, or stop */
+    Batch batches[2];
+    uint64_t batch_seq;
+    bool batch_stop;
+
+    /* lock serializes the witness database connection (the committer's,
+     * and the health check's ping); the planner reads through its own. */
     pthread_mutex_t lock;
     Witness *w;
+    Witness *reader; /* NULL: nothing is signed ahead */
+
+    /* token_lock guards the token fields below. A thread that uses the
+     * token holds token_use for reading while it does; closing the token
+     * takes it for writing, so no one is using it then. Order: token_use,
+     * then token_lock. */
+    pthread_rwlock_t token_use;
+    pthread_mutex_t token_lock;
     Token *token;
     bool pin_refused;
     int64_t token_retry_at;
@@ -115,8 +142,8 @@ typedef struct Req {
 
 /* ---- token --------------------------------------------------------------------------------- */
 
-/* Under s->lock. Opens the token when it is not open and a retry is due. A
- * PIN the token rejected is never tried again (no lockout loops). */
+/* Under s->token_lock. Opens the token when it is not open and a retry is
+ * due. A PIN the token rejected is never tried again (no lockout loops). */
 static void ensure_token(Server *s)
 {
     if (s->token || s->pin_refused || lv_mono_ms() < s->token_retry_at)
@@ -143,7 +170,8 @@ static void ensure_token(Server *s)
     log_info("token ready, signing key %s", s->kid);
 }
 
-/* Under s->lock, after an operation on the token failed. */
+/* Under s->token_use (for writing) and s->token_lock, after an operation on
+ * the token failed. */
 static void drop_token(Server *s, const char *why)
 {
     atomic_fetch_add(&s->token_failures, 1);
@@ -260,69 +288,199 @@ static enum MHD_Result send_document(Server *s, struct MHD_Connection *c, unsign
 
 /* ---- group commit ---------------------------------------------------------------------------- */
 
-/* Under s->lock: the batch's token failures, as one request at a time would
- * have seen them. The first drops the token; the later ones say it is
- * unavailable and why. */
-static void settle_token_errors(Server *s, Pending **batch, size_t n)
+/* The token, for a thread about to use it: hold s->token_use for reading
+ * until done (token_release). NULL when it is not open. */
+static Token *token_acquire(Server *s)
 {
+    pthread_rwlock_rdlock(&s->token_use);
+    pthread_mutex_lock(&s->token_lock);
+    ensure_token(s);
+    Token *t = s->token;
+    pthread_mutex_unlock(&s->token_lock);
+    return t;
+}
+
+static void token_release(Server *s)
+{
+    pthread_rwlock_unlock(&s->token_use);
+}
+
+/* After token_release: t failed; drops it unless another thread already did. */
+static void token_failed(Server *s, Token *t, const char *why)
+{
+    pthread_rwlock_wrlock(&s->token_use);
+    pthread_mutex_lock(&s->token_lock);
+    if (t && s->token == t)
+        drop_token(s, why);
+    pthread_mutex_unlock(&s->token_lock);
+    pthread_rwlock_unlock(&s->token_use);
+}
+
+/* After token_release: the batch's token failures, as one request at a time
+ * would have seen them. The first drops the token t the batch used; the
+ * later ones say it is unavailable and why. */
+static void settle_token_errors(Server *s, Token *t, WitnessJob *jobs, size_t n)
+{
+    bool any = false;
+    for (size_t i = 0; i < n && !any; i++)
+        any = jobs[i].r < 0 && lv_is_token_error(jobs[i].r);
+    if (!any)
+        return;
+    pthread_rwlock_wrlock(&s->token_use);
+    pthread_mutex_lock(&s->token_lock);
     for (size_t i = 0; i < n; i++) {
-        WitnessJob *j = &batch[i]->job;
+        WitnessJob *j = &jobs[i];
         if (j->r >= 0 || !lv_is_token_error(j->r))
             continue;
-        if (s->token)
+        if (t && s->token == t)
             drop_token(s, j->detail);
         else if (s->token_error[0])
             snprintf(j->detail, sizeof(j->detail), "token unavailable: %s", s->token_error);
     }
+    pthread_mutex_unlock(&s->token_lock);
+    pthread_rwlock_unlock(&s->token_use);
 }
 
-static void *committer_main(void *arg)
+static bool same_stream(const WitnessRequest *a, const WitnessRequest *b)
+{
+    return strcmp(a->tenant_id, b->tenant_id) == 0 && strcmp(a->stream_id, b->stream_id) == 0;
+}
+
+/* Under s->batch_lock: which jobs of b have a stream with a checkpoint in a
+ * batch handed to the committer and not yet committed. Their state is not
+ * in the committed snapshot the planner reads, so they are not signed ahead
+ * (the committer decides and signs them in its transaction). */
+static void in_flight_streams(Server *s, const Batch *b, bool *skip)
+{
+    for (size_t i = 0; i < b->n; i++) {
+        skip[i] = false;
+        for (size_t k = 0; k < ELEMENTSOF(s->batches) && !skip[i]; k++) {
+            const Batch *o = &s->batches[k];
+            if (o == b || (o->state != BATCH_READY && o->state != BATCH_COMMITTING))
+                continue;
+            for (size_t m = 0; m < o->n && !skip[i]; m++)
+                skip[i] = same_stream(b->jobs[i].req, o->jobs[m].req);
+        }
+    }
+}
+
+static void *planner_main(void *arg)
 {
     Server *s = arg;
-    Pending *batch[BATCH_MAX];
-    WitnessJob jobs[BATCH_MAX];
-    pthread_mutex_lock(&s->queue_lock);
     for (;;) {
+        /* A free batch, then what is queued (waiting for work). */
+        pthread_mutex_lock(&s->batch_lock);
+        Batch *b = NULL;
+        while (!b) {
+            for (size_t k = 0; k < ELEMENTSOF(s->batches) && !b; k++)
+                if (s->batches[k].state == BATCH_FREE)
+                    b = &s->batches[k];
+            if (!b)
+                pthread_cond_wait(&s->batch_cond, &s->batch_lock);
+        }
+        b->state = BATCH_FILLING;
+        b->n = 0;
+        pthread_mutex_unlock(&s->batch_lock);
+
+        pthread_mutex_lock(&s->queue_lock);
         while (!s->queue_head && !s->queue_stop)
             pthread_cond_wait(&s->queue_cond, &s->queue_lock);
-        if (!s->queue_head)
-            break;
-        size_t n = 0;
-        while (s->queue_head && n < BATCH_MAX) {
-            batch[n++] = s->queue_head;
+        while (s->queue_head && b->n < BATCH_MAX) {
+            b->items[b->n++] = s->queue_head;
             s->queue_head = s->queue_head->next;
         }
         if (!s->queue_head)
             s->queue_tail = &s->queue_head;
         pthread_mutex_unlock(&s->queue_lock);
+        if (b->n == 0) /* stopping, and nothing left */
+            break;
 
-        for (size_t i = 0; i < n; i++)
-            jobs[i] = (WitnessJob){.req = batch[i]->job.req};
-        pthread_mutex_lock(&s->lock);
-        ensure_token(s);
-        witness_submit_batch(s->w, s->token, s->cfg->witness_id, jobs, n);
-        for (size_t i = 0; i < n; i++)
-            batch[i]->job = jobs[i];
-        settle_token_errors(s, batch, n);
-        pthread_mutex_unlock(&s->lock);
-
-        /* After COMMIT (or its failure) only: the answers go out. A
-         * resumed connection may be answered and freed at once, so nothing
-         * of it is touched after its resume. */
-        for (size_t i = 0; i < n; i++) {
-            struct MHD_Connection *c = batch[i]->conn;
-            pthread_mutex_lock(&s->queue_lock);
-            batch[i]->done = true;
-            pthread_mutex_unlock(&s->queue_lock);
-            MHD_resume_connection(c);
+        for (size_t i = 0; i < b->n; i++)
+            b->jobs[i] = (WitnessJob){.req = b->items[i]->job.req};
+        if (s->reader) {
+            bool skip[BATCH_MAX];
+            pthread_mutex_lock(&s->batch_lock);
+            in_flight_streams(s, b, skip);
+            pthread_mutex_unlock(&s->batch_lock);
+            Token *t = token_acquire(s);
+            lv_error_clear();
+            int r = witness_presign_batch(s->reader, t, s->cfg->witness_id, b->jobs, b->n, skip);
+            char why[1024];
+            snprintf(why, sizeof(why), "%s", lv_error());
+            token_release(s);
+            if (lv_is_token_error(r))
+                token_failed(s, t, why);
         }
-        pthread_mutex_lock(&s->queue_lock);
+
+        pthread_mutex_lock(&s->batch_lock);
+        b->state = BATCH_READY;
+        b->seq = ++s->batch_seq;
+        pthread_cond_broadcast(&s->batch_cond);
+        pthread_mutex_unlock(&s->batch_lock);
     }
-    pthread_mutex_unlock(&s->queue_lock);
+    pthread_mutex_lock(&s->batch_lock);
+    s->batch_stop = true;
+    for (size_t k = 0; k < ELEMENTSOF(s->batches); k++)
+        if (s->batches[k].state == BATCH_FILLING)
+            s->batches[k].state = BATCH_FREE;
+    pthread_cond_broadcast(&s->batch_cond);
+    pthread_mutex_unlock(&s->batch_lock);
     return NULL;
 }
 
-/* Queues one checkpoint for the committer, its connection suspended first
+static void *committer_main(void *arg)
+{
+    Server *s = arg;
+    for (;;) {
+        pthread_mutex_lock(&s->batch_lock);
+        Batch *b = NULL;
+        for (;;) {
+            for (size_t k = 0; k < ELEMENTSOF(s->batches); k++) {
+                Batch *o = &s->batches[k];
+                if (o->state == BATCH_READY && (!b || o->seq < b->seq))
+                    b = o;
+            }
+            if (b || s->batch_stop)
+                break;
+            pthread_cond_wait(&s->batch_cond, &s->batch_lock);
+        }
+        if (b)
+            b->state = BATCH_COMMITTING;
+        pthread_mutex_unlock(&s->batch_lock);
+        if (!b)
+            break;
+
+        Token *t = token_acquire(s);
+        pthread_mutex_lock(&s->lock);
+        witness_commit_batch(s->w, t, s->cfg->witness_id, b->jobs, b->n);
+        pthread_mutex_unlock(&s->lock);
+        token_release(s);
+        settle_token_errors(s, t, b->jobs, b->n);
+
+        /* After COMMIT (or its failure) only: the answers go out. A
+         * resumed connection may be answered and freed at once, so nothing
+         * of it is touched after its resume, and the batch is free for the
+         * planner before. */
+        struct MHD_Connection *conns[BATCH_MAX];
+        size_t n = b->n;
+        pthread_mutex_lock(&s->queue_lock);
+        for (size_t i = 0; i < n; i++) {
+            b->items[i]->job = b->jobs[i];
+            b->items[i]->done = true;
+            conns[i] = b->items[i]->conn;
+        }
+        pthread_mutex_unlock(&s->queue_lock);
+        pthread_mutex_lock(&s->batch_lock);
+        b->state = BATCH_FREE;
+        pthread_cond_broadcast(&s->batch_cond);
+        pthread_mutex_unlock(&s->batch_lock);
+        for (size_t i = 0; i < n; i++)
+            MHD_resume_connection(conns[i]);
+    }
+    return NULL;
+}
+
+/* Queues one checkpoint for the planner, its connection suspended first
  * (the committer resumes it). False when the server is stopping. */
 static bool submit(Server *s, Pending *p)
 {
@@ -356,28 +514,39 @@ static void pending_free(Pending *p)
     free(p);
 }
 
-static int start_committer(Server *s)
+static int start_threads(Server *s)
 {
     int e = pthread_create(&s->committer, NULL, committer_main, s);
     if (e != 0)
         return lv_error_set(-e, "witness-serve: cannot start the committer thread: %s",
                             strerror(e));
-    s->committer_started = true;
+    e = pthread_create(&s->planner, NULL, planner_main, s);
+    if (e != 0) {
+        pthread_mutex_lock(&s->batch_lock);
+        s->batch_stop = true;
+        pthread_cond_broadcast(&s->batch_cond);
+        pthread_mutex_unlock(&s->batch_lock);
+        pthread_join(s->committer, NULL);
+        return lv_error_set(-e, "witness-serve: cannot start the planner thread: %s", strerror(e));
+    }
+    s->threads_started = true;
     return 0;
 }
 
 /* Answers (and resumes) everything queued, then stops: before the daemons
- * stop, which must not find a connection suspended. */
-static void stop_committer(Server *s)
+ * stop, which must not find a connection suspended. The planner hands over
+ * what is left and stops; the committer commits it all, then stops. */
+static void stop_threads(Server *s)
 {
-    if (!s->committer_started)
+    if (!s->threads_started)
         return;
     pthread_mutex_lock(&s->queue_lock);
     s->queue_stop = true;
     pthread_cond_signal(&s->queue_cond);
     pthread_mutex_unlock(&s->queue_lock);
+    pthread_join(s->planner, NULL);
     pthread_join(s->committer, NULL);
-    s->committer_started = false;
+    s->threads_started = false;
 }
 
 /* ---- routes --------------------------------------------------------------------------------- */
@@ -475,13 +644,13 @@ static enum MHD_Result get_identity(Server *s, struct MHD_Connection *c)
 {
     uint8_t pk[TOKEN_ED25519_PK_LEN];
     char kid[TOKEN_KID_MAX], err[300];
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->token_lock);
     ensure_token(s);
     bool ok = s->token != NULL;
     memcpy(pk, s->pk, sizeof(pk));
     memcpy(kid, s->kid, sizeof(kid));
     snprintf(err, sizeof(err), "token unavailable: %s", s->token_error);
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->token_lock);
     if (!ok) {
         const char *h[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
         return send_error(s, c, 503, "token_unavailable", err, NULL, h);
@@ -512,9 +681,11 @@ static enum MHD_Result get_health(Server *s, struct MHD_Connection *c)
 {
     pthread_mutex_lock(&s->lock);
     int db = witness_ping(s->w);
+    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_lock(&s->token_lock);
     ensure_token(s);
     bool token = s->token != NULL;
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->token_lock);
     char body[128];
     int n =
         snprintf(body, sizeof(body), "{\"status\":\"%s\",\"database\":\"%s\",\"token\":\"%s\"}\n",
@@ -551,9 +722,9 @@ static enum MHD_Result get_metrics(Server *s, struct MHD_Connection *c)
         fprintf(f, "attesto_witness_http_requests_total{code=\"%s\"} %" PRIuFAST64 "\n", code,
                 atomic_load(&s->status_count[i]));
     }
-    pthread_mutex_lock(&s->lock);
+    pthread_mutex_lock(&s->token_lock);
     bool token = s->token != NULL;
-    pthread_mutex_unlock(&s->lock);
+    pthread_mutex_unlock(&s->token_lock);
     fprintf(f,
             "# HELP attesto_witness_token_failures_total Token operations that failed.\n"
             "# TYPE attesto_witness_token_failures_total counter\n"
@@ -883,7 +1054,7 @@ static void stop_daemons(Server *s)
     }
     /* libmicrohttpd must not be stopped with a connection suspended: the
      * committer answers and resumes whatever is still queued first. */
-    stop_committer(s);
+    stop_threads(s);
     for (size_t i = 0; i < s->n_fds; i++) {
         if (s->daemons[i])
             MHD_stop_daemon(s->daemons[i]);
@@ -901,6 +1072,16 @@ int httpd_run(const HttpdConfig *cfg)
     for (size_t i = 0; i < HTTPD_MAX_LISTEN; i++)
         s->fds[i] = -1;
     pthread_mutex_init(&s->lock, NULL);
+    pthread_mutex_init(&s->token_lock, NULL);
+    /* Writers first: a token to close must not wait behind an endless
+     * overlap of the planner's and the committer's uses. */
+    pthread_rwlockattr_t ra;
+    pthread_rwlockattr_init(&ra);
+    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
+    pthread_rwlock_init(&s->token_use, &ra);
+    pthread_rwlockattr_destroy(&ra);
+    pthread_mutex_init(&s->batch_lock, NULL);
+    pthread_cond_init(&s->batch_cond, NULL);
     pthread_mutex_init(&s->rate_lock, NULL);
     pthread_mutex_init(&s->queue_lock, NULL);
     pthread_cond_init(&s->queue_cond, NULL);
@@ -919,12 +1100,17 @@ int httpd_run(const HttpdConfig *cfg)
     int r = witness_open(cfg->witness_db, 0, &s->w);
     if (r < 0)
         goto done;
+    /* The planner's own connection, for reading only. Without it, every
+     * checkpoint is signed in its transaction. */
+    if (witness_open_reader(s->w, &s->reader) < 0)
+        log_warning("witness database %s: no second connection, nothing is signed ahead: %s",
+                    cfg->witness_db, lv_error());
     ensure_token(s);
     if (s->pin_refused) {
         r = lv_error_set(LV_ERR_PIN, "%s", s->token_error);
         goto done;
     }
-    if ((r = start_committer(s)) < 0 || (r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
+    if ((r = start_threads(s)) < 0 || (r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
         goto done;
 
     sd_notifyf(0, "READY=1\nSTATUS=witness %s serving %zu socket(s)", cfg->witness_id, s->n_fds);
@@ -951,8 +1137,13 @@ done:
         s->daemons[i] = NULL;
     s->token = token_close(s->token);
     s->w = witness_close(s->w);
+    s->reader = witness_close(s->reader);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
     pthread_mutex_destroy(&s->lock);
+    pthread_mutex_destroy(&s->token_lock);
+    pthread_rwlock_destroy(&s->token_use);
+    pthread_cond_destroy(&s->batch_cond);
+    pthread_mutex_destroy(&s->batch_lock);
     pthread_mutex_destroy(&s->rate_lock);
     pthread_cond_destroy(&s->queue_cond);
     pthread_mutex_destroy(&s->queue_lock);

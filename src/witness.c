@@ -388,6 +388,31 @@ fail:
     return r;
 }
 
+int witness_open_reader(const Witness *w, Witness **ret)
+{
+    /* Not through prepare_file(): w's checks hold, and an open() and close()
+     * of the database file here would drop every POSIX lock this process
+     * holds on it, w's too. Another process could then take the file for
+     * its own, checkpoint, and remove the WAL that w goes on committing
+     * into: those commits would be lost. */
+    Witness *r = calloc(1, sizeof(*r));
+    if (!r || !(r->path = strdup(w->path))) {
+        free(r);
+        return -ENOMEM;
+    }
+    r->readonly = true;
+    int rc = sqlite3_open_v2(
+        r->path, &r->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW | SQLITE_OPEN_EXRESCODE, NULL);
+    if (rc != SQLITE_OK) {
+        int e = db_error(r, rc, "open a second connection");
+        witness_close(r);
+        return e;
+    }
+    sqlite3_busy_timeout(r->db, BUSY_TIMEOUT_MS);
+    *ret = r;
+    return 0;
+}
+
 Witness *witness_close(Witness *w)
 {
     if (!w)
