@@ -57,7 +57,8 @@ typedef struct Pending {
     struct Pending *next;
 } Pending;
 
-#define BATCH_MAX WITNESS_BATCH_MAX /* decisions per transaction at most */
+#define BATCH_MAX WITNESS_BATCH_MAX /* checkpoints per batch at most */
+#define N_BATCHES 3                 /* one committing, the others signed ahead */
 
 /* A batch between the planner and the committer. */
 typedef struct Batch {
@@ -87,10 +88,10 @@ typedef struct Server {
     pthread_t planner, committer;
     bool threads_started;
 
-    /* Between the two: one batch committing, one signed ahead at most. */
+    /* Between the two: batches committing, and batches signed ahead. */
     pthread_mutex_t batch_lock;
     pthread_cond_t batch_cond; /* a batch changed state, or stop */
-    Batch batches[2];
+    Batch batches[N_BATCHES];
     uint64_t batch_seq;
     bool batch_stop;
 
@@ -428,54 +429,69 @@ static void *planner_main(void *arg)
     return NULL;
 }
 
+/* Every batch ready is committed in one transaction, oldest first. Static:
+ * one committer per process, and too large for its stack. */
+static WitnessJob committing[N_BATCHES * BATCH_MAX];
+static struct MHD_Connection *answering[N_BATCHES * BATCH_MAX];
+
 static void *committer_main(void *arg)
 {
     Server *s = arg;
     for (;;) {
+        Batch *take[N_BATCHES];
+        size_t nb = 0;
         pthread_mutex_lock(&s->batch_lock);
-        Batch *b = NULL;
         for (;;) {
-            for (size_t k = 0; k < ELEMENTSOF(s->batches); k++) {
-                Batch *o = &s->batches[k];
-                if (o->state == BATCH_READY && (!b || o->seq < b->seq))
-                    b = o;
-            }
-            if (b || s->batch_stop)
+            for (size_t k = 0; k < N_BATCHES; k++)
+                if (s->batches[k].state == BATCH_READY) {
+                    size_t at = nb++;
+                    while (at > 0 && take[at - 1]->seq > s->batches[k].seq) {
+                        take[at] = take[at - 1];
+                        at--;
+                    }
+                    take[at] = &s->batches[k];
+                }
+            if (nb || s->batch_stop)
                 break;
             pthread_cond_wait(&s->batch_cond, &s->batch_lock);
         }
-        if (b)
-            b->state = BATCH_COMMITTING;
+        for (size_t k = 0; k < nb; k++)
+            take[k]->state = BATCH_COMMITTING;
         pthread_mutex_unlock(&s->batch_lock);
-        if (!b)
+        if (!nb)
             break;
 
+        size_t n = 0;
+        for (size_t k = 0; k < nb; k++) {
+            memcpy(&committing[n], take[k]->jobs, take[k]->n * sizeof(*committing));
+            n += take[k]->n;
+        }
         Token *t = token_acquire(s);
         pthread_mutex_lock(&s->lock);
-        witness_commit_batch(s->w, t, s->cfg->witness_id, b->jobs, b->n);
+        witness_commit_batch(s->w, t, s->cfg->witness_id, committing, n);
         pthread_mutex_unlock(&s->lock);
         token_release(s);
-        settle_token_errors(s, t, b->jobs, b->n);
+        settle_token_errors(s, t, committing, n);
 
         /* After COMMIT (or its failure) only: the answers go out. A
          * resumed connection may be answered and freed at once, so nothing
-         * of it is touched after its resume, and the batch is free for the
-         * planner before. */
-        struct MHD_Connection *conns[BATCH_MAX];
-        size_t n = b->n;
+         * of it is touched after its resume, and the batches are free for
+         * the planner before. */
         pthread_mutex_lock(&s->queue_lock);
-        for (size_t i = 0; i < n; i++) {
-            b->items[i]->job = b->jobs[i];
-            b->items[i]->done = true;
-            conns[i] = b->items[i]->conn;
-        }
+        for (size_t k = 0, i = 0; k < nb; k++)
+            for (size_t m = 0; m < take[k]->n; m++, i++) {
+                take[k]->items[m]->job = committing[i];
+                take[k]->items[m]->done = true;
+                answering[i] = take[k]->items[m]->conn;
+            }
         pthread_mutex_unlock(&s->queue_lock);
         pthread_mutex_lock(&s->batch_lock);
-        b->state = BATCH_FREE;
+        for (size_t k = 0; k < nb; k++)
+            take[k]->state = BATCH_FREE;
         pthread_cond_broadcast(&s->batch_cond);
         pthread_mutex_unlock(&s->batch_lock);
         for (size_t i = 0; i < n; i++)
-            MHD_resume_connection(conns[i]);
+            MHD_resume_connection(answering[i]);
     }
     return NULL;
 }
