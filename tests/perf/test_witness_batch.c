@@ -320,6 +320,71 @@ static void bad_signature_again_refuses_that_job_alone(void **state)
     assert_int_equal(committed_head(f, streams[2]), -1);
 }
 
+/* A statement signed ahead is only a proposal: here the head moves between
+ * the signing ahead and the commit (as when the CLI, another process, wins
+ * the seq), and the commit decides again: the submission is now a fork, and
+ * the acceptance signed ahead is neither stored nor answered. */
+static void proposal_signed_ahead_of_a_moved_head_is_not_used(void **state)
+{
+    Fixture *f = *state;
+    char mine[65], theirs[65];
+    hash_of("mine", 0, mine);
+    hash_of("theirs", 0, theirs);
+    WitnessRequest req = {TEN, "moved", "c0", 0, mine, NULL};
+    WitnessJob job = {.req = &req};
+    assert_int_equal(witness_presign_batch(f->w, f->t, WID, &job, 1, NULL), 0);
+    assert_non_null(job.pre);
+
+    WitnessRequest other = {TEN, "moved", "c0", 0, theirs, NULL};
+    WitnessOutcome o = {0};
+    assert_int_equal(witness_submit(f->w, f->t, WID, &other, &o), 0);
+    assert_int_equal(o.result, WITNESS_ACCEPTED);
+
+    assert_int_equal(witness_commit_batch(f->w, f->t, WID, &job, 1), 0);
+    assert_null(job.pre);
+    check_ok(f, &job, WITNESS_FORK, WITNESS_REASON_CONFLICTING);
+    assert_null(strstr(job.out.document, "\"result\":\"accepted\""));
+    /* The head is theirs, and its receipt is the one stored. */
+    int64_t seq = -1;
+    char *receipt = NULL;
+    assert_int_equal(witness_head(f->w, WID, TEN, "moved", &seq, &receipt), 0);
+    assert_int_equal(seq, 0);
+    assert_string_equal(receipt, o.document);
+    free(receipt);
+    witness_outcome_done(&o);
+    witness_outcome_done(&job.out);
+}
+
+/* What is not signed ahead: a stream the caller says is in flight, and a
+ * second submission of a stream within one batch (it depends on the
+ * first). Both are then signed in the transaction, and all are answered. */
+static void skipped_and_repeated_streams_are_signed_in_the_transaction(void **state)
+{
+    Fixture *f = *state;
+    char h0[65], h1[65], g0[65];
+    hash_of("rep", 0, h0);
+    hash_of("rep", 1, h1);
+    hash_of("skip", 0, g0);
+    WitnessRequest reqs[] = {
+        {TEN, "rep", "c0", 0, h0, NULL},
+        {TEN, "rep", "c1", 1, h1, h0},
+        {TEN, "skip", "c0", 0, g0, NULL},
+    };
+    WitnessJob jobs[3] = {{.req = &reqs[0]}, {.req = &reqs[1]}, {.req = &reqs[2]}};
+    const bool skip[3] = {false, false, true};
+    assert_int_equal(witness_presign_batch(f->w, f->t, WID, jobs, 3, skip), 0);
+    assert_non_null(jobs[0].pre);
+    assert_null(jobs[1].pre);
+    assert_null(jobs[2].pre);
+    assert_int_equal(witness_commit_batch(f->w, f->t, WID, jobs, 3), 0);
+    for (int i = 0; i < 3; i++) {
+        check_ok(f, &jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+        witness_outcome_done(&jobs[i].out);
+    }
+    assert_int_equal(committed_head(f, "rep"), 1);
+    assert_int_equal(committed_head(f, "skip"), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -328,6 +393,8 @@ int main(void)
         cmocka_unit_test(many_streams_in_one_batch),
         cmocka_unit_test(bad_signature_ahead_is_signed_again_in_the_transaction),
         cmocka_unit_test(bad_signature_again_refuses_that_job_alone),
+        cmocka_unit_test(proposal_signed_ahead_of_a_moved_head_is_not_used),
+        cmocka_unit_test(skipped_and_repeated_streams_are_signed_in_the_transaction),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
