@@ -253,15 +253,31 @@ static void many_streams_in_one_batch(void **state)
 }
 
 /* Four first uses, one on each of the streams <tag>0..3. */
-static void first_uses(const char *tag, WitnessRequest reqs[4], WitnessJob jobs[4],
-                       char streams[4][16], char hashes[4][65])
+typedef struct Four {
+    WitnessRequest reqs[4];
+    WitnessJob jobs[4];
+    char streams[4][16], hashes[4][65];
+} Four;
+
+static void first_uses(const char *tag, Four *q)
 {
     for (int i = 0; i < 4; i++) {
-        snprintf(streams[i], 16, "%s%d", tag, i);
-        hash_of(streams[i], 0, hashes[i]);
-        reqs[i] = (WitnessRequest){TEN, streams[i], "c0", 0, hashes[i], NULL};
-        jobs[i] = (WitnessJob){.req = &reqs[i]};
+        snprintf(q->streams[i], 16, "%s%d", tag, i);
+        hash_of(q->streams[i], 0, q->hashes[i]);
+        q->reqs[i] = (WitnessRequest){TEN, q->streams[i], "c0", 0, q->hashes[i], NULL};
+        q->jobs[i] = (WitnessJob){.req = &q->reqs[i]};
     }
+}
+
+/* Submits the four jobs as one batch with the shim's rules in force;
+ * returns how many outputs the shim corrupted. */
+static int submit_with_rules(Fixture *f, const char *rules, WitnessJob jobs[4])
+{
+    int before = log_count(f, " C_Sign CKR_OK corrupt-output");
+    write_rules(f, rules);
+    assert_int_equal(witness_submit_batch(f->w, f->t, WID, jobs, 4), 0);
+    write_rules(f, "");
+    return log_count(f, " C_Sign CKR_OK corrupt-output") - before;
 }
 
 /* The token returns a wrong signature for the third job when the batch is
@@ -272,19 +288,14 @@ static void first_uses(const char *tag, WitnessRequest reqs[4], WitnessJob jobs[
 static void bad_signature_ahead_is_signed_again_in_the_transaction(void **state)
 {
     Fixture *f = *state;
-    WitnessRequest reqs[4];
-    WitnessJob jobs[4];
-    char streams[4][16], hashes[4][65];
-    first_uses("bad", reqs, jobs, streams, hashes);
-    int before = log_count(f, " C_Sign CKR_OK corrupt-output");
-    write_rules(f, "C_Sign CKR_OK effect=corrupt-output after=2 times=1\n");
-    assert_int_equal(witness_submit_batch(f->w, f->t, WID, jobs, 4), 0);
-    write_rules(f, "");
-    assert_int_equal(log_count(f, " C_Sign CKR_OK corrupt-output") - before, 1);
+    Four q;
+    first_uses("bad", &q);
+    assert_int_equal(
+        submit_with_rules(f, "C_Sign CKR_OK effect=corrupt-output after=2 times=1\n", q.jobs), 1);
     for (int i = 0; i < 4; i++) {
-        check_ok(f, &jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
-        witness_outcome_done(&jobs[i].out);
-        assert_int_equal(committed_head(f, streams[i]), 0);
+        check_ok(f, &q.jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+        witness_outcome_done(&q.jobs[i].out);
+        assert_int_equal(committed_head(f, q.streams[i]), 0);
     }
 }
 
@@ -295,29 +306,26 @@ static void bad_signature_ahead_is_signed_again_in_the_transaction(void **state)
 static void bad_signature_again_refuses_that_job_alone(void **state)
 {
     Fixture *f = *state;
-    WitnessRequest reqs[4];
-    WitnessJob jobs[4];
-    char streams[4][16], hashes[4][65];
-    first_uses("worse", reqs, jobs, streams, hashes);
-    int before = log_count(f, " C_Sign CKR_OK corrupt-output");
+    Four q;
+    first_uses("worse", &q);
     /* C_Sign calls 1-4 sign ahead (the 3rd wrong); call 5 signs the third
      * job again in the transaction, wrong too. */
-    write_rules(f, "C_Sign CKR_OK effect=corrupt-output after=2 times=1\n"
-                   "C_Sign CKR_OK effect=corrupt-output after=4 times=1\n");
-    assert_int_equal(witness_submit_batch(f->w, f->t, WID, jobs, 4), 0);
-    write_rules(f, "");
-    assert_int_equal(log_count(f, " C_Sign CKR_OK corrupt-output") - before, 2);
+    assert_int_equal(submit_with_rules(f,
+                                       "C_Sign CKR_OK effect=corrupt-output after=2 times=1\n"
+                                       "C_Sign CKR_OK effect=corrupt-output after=4 times=1\n",
+                                       q.jobs),
+                     2);
     for (int i = 0; i < 4; i++) {
         if (i == 2)
             continue;
-        check_ok(f, &jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
-        witness_outcome_done(&jobs[i].out);
-        assert_int_equal(committed_head(f, streams[i]), 0);
+        check_ok(f, &q.jobs[i], WITNESS_ACCEPTED, WITNESS_REASON_NONE);
+        witness_outcome_done(&q.jobs[i].out);
+        assert_int_equal(committed_head(f, q.streams[i]), 0);
     }
-    assert_int_equal(jobs[2].r, LV_ERR_TOKEN);
-    assert_non_null(strstr(jobs[2].detail, "does not verify"));
-    assert_null(jobs[2].out.document);
-    assert_int_equal(committed_head(f, streams[2]), -1);
+    assert_int_equal(q.jobs[2].r, LV_ERR_TOKEN);
+    assert_non_null(strstr(q.jobs[2].detail, "does not verify"));
+    assert_null(q.jobs[2].out.document);
+    assert_int_equal(committed_head(f, q.streams[2]), -1);
 }
 
 /* A statement signed ahead is only a proposal: here the head moves between
