@@ -7,6 +7,9 @@
 #include <string.h>
 #include <sys/wait.h>
 
+#include "lv.h"
+#include "token.h"
+
 static char *dirs[16];
 static size_t ndirs;
 
@@ -32,6 +35,23 @@ void lvtest_cleanup(void)
     ndirs = 0;
 }
 
+Token *lvtest_open_token(const char *module_path, uint8_t pk[32])
+{
+    TokenConfig c = {
+        .module_path = module_path ? module_path : getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"),
+        .signing_uri = getenv("ATTESTO_LOCAL_VAULT_SIGNING_KEY"),
+        .kek_uri = getenv("ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"),
+        .pin_file = getenv("ATTESTO_LOCAL_VAULT_PIN_FILE"),
+    };
+    Token *t = NULL;
+    bool s, k;
+    if (token_open(&c, &t) < 0 || token_keys_init(t, &s, &k) < 0 ||
+        token_check_signing_key(t) < 0 || token_check_kek(t) < 0 ||
+        (pk && token_public_key(t, pk) < 0))
+        fail_msg("token: %s", lv_error());
+    return t;
+}
+
 const char *lvtest_make_token(const char *label)
 {
     const char *dir = lvtest_tmpdir();
@@ -39,7 +59,8 @@ const char *lvtest_make_token(const char *label)
     if (!script)
         abort();
     char cmd[1024];
-    snprintf(cmd, sizeof(cmd), "'%s' '%s/token' --label '%s'", script, dir, label ? label : "attesto");
+    snprintf(cmd, sizeof(cmd), "'%s' '%s/token' --label '%s'", script, dir,
+             label ? label : "attesto");
     FILE *p = popen(cmd, "r");
     if (!p)
         abort();

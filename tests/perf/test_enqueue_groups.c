@@ -23,15 +23,7 @@ static struct {
 static int group_setup(void **state)
 {
     lvtest_make_token("attesto");
-    TokenConfig c = {
-        .module_path = getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"),
-        .signing_uri = getenv("ATTESTO_LOCAL_VAULT_SIGNING_KEY"),
-        .kek_uri = getenv("ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"),
-        .pin_file = getenv("ATTESTO_LOCAL_VAULT_PIN_FILE"),
-    };
-    bool s, k;
-    if (token_open(&c, &fx.tok) < 0 || token_keys_init(fx.tok, &s, &k) < 0)
-        fail_msg("token: %s", lv_error());
+    fx.tok = lvtest_open_token(NULL, NULL);
     fx.dir = lvtest_tmpdir();
     return 0;
 }

@@ -46,16 +46,7 @@ static int setup(void **state)
     setenv("LV_SHIM_MODULE", getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"), 1);
     setenv("LV_SHIM_RULES", f->rules, 1);
     setenv("LV_SHIM_LOG", f->log, 1);
-    TokenConfig c = {
-        .module_path = getenv("LV_SHIM"),
-        .signing_uri = getenv("ATTESTO_LOCAL_VAULT_SIGNING_KEY"),
-        .kek_uri = getenv("ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"),
-        .pin_file = getenv("ATTESTO_LOCAL_VAULT_PIN_FILE"),
-    };
-    bool s, k;
-    if (token_open(&c, &f->t) < 0 || token_keys_init(f->t, &s, &k) < 0 ||
-        token_check_signing_key(f->t) < 0 || token_public_key(f->t, f->pk) < 0)
-        fail_msg("token: %s", lv_error());
+    f->t = lvtest_open_token(getenv("LV_SHIM"), f->pk);
     snprintf(f->path, sizeof(f->path), "%s/witness.sqlite3", dir);
     if (witness_open(f->path, 0, &f->w) < 0)
         fail_msg("witness_open: %s", lv_error());

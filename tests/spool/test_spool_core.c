@@ -29,18 +29,7 @@ static int spool_counter;
 static int group_setup(void **state)
 {
     lvtest_make_token("attesto");
-    TokenConfig c = {
-        .module_path = getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"),
-        .signing_uri = getenv("ATTESTO_LOCAL_VAULT_SIGNING_KEY"),
-        .kek_uri = getenv("ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"),
-        .pin_file = getenv("ATTESTO_LOCAL_VAULT_PIN_FILE"),
-    };
-    if (token_open(&c, &fx.tok) < 0)
-        fail_msg("token_open: %s", lv_error());
-    bool s, k;
-    if (token_keys_init(fx.tok, &s, &k) < 0 || token_check_signing_key(fx.tok) < 0 ||
-        token_check_kek(fx.tok) < 0 || token_public_key(fx.tok, fx.pk) < 0)
-        fail_msg("keys: %s", lv_error());
+    fx.tok = lvtest_open_token(NULL, fx.pk);
     fx.dir = lvtest_tmpdir();
     return 0;
 }

@@ -38,16 +38,7 @@ static int setup(void **state)
 {
     const char *dir = lvtest_make_token("attesto");
     Fixture *f = calloc(1, sizeof(*f));
-    TokenConfig c = {
-        .module_path = getenv("ATTESTO_LOCAL_VAULT_PKCS11_MODULE"),
-        .signing_uri = getenv("ATTESTO_LOCAL_VAULT_SIGNING_KEY"),
-        .kek_uri = getenv("ATTESTO_LOCAL_VAULT_ENCRYPTION_KEY"),
-        .pin_file = getenv("ATTESTO_LOCAL_VAULT_PIN_FILE"),
-    };
-    bool s, k;
-    if (token_open(&c, &f->t) < 0 || token_keys_init(f->t, &s, &k) < 0 ||
-        token_check_signing_key(f->t) < 0 || token_public_key(f->t, f->pk) < 0)
-        fail_msg("token: %s", lv_error());
+    f->t = lvtest_open_token(NULL, f->pk);
     snprintf(f->path, sizeof(f->path), "%s/witness.sqlite3", dir);
     if (witness_open(f->path, 0, &f->w) < 0)
         fail_msg("witness_open: %s", lv_error());
