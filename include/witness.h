@@ -156,6 +156,9 @@ int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJo
 int witness_presign_batch(Witness *r, Token *t, const char *witness_id, WitnessJob *jobs, size_t n,
                           const bool *skip);
 
+/* Same tenant and stream: one state, decided in order. */
+bool witness_same_stream(const WitnessRequest *a, const WitnessRequest *b);
+
 /* witness_presign_batch on w, then witness_commit_batch. */
 int witness_submit_batch(Witness *w, Token *t, const char *witness_id, WitnessJob *jobs, size_t n);
 

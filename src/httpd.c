@@ -342,11 +342,6 @@ static void settle_token_errors(Server *s, Token *t, WitnessJob *jobs, size_t n)
     pthread_rwlock_unlock(&s->token_use);
 }
 
-static bool same_stream(const WitnessRequest *a, const WitnessRequest *b)
-{
-    return strcmp(a->tenant_id, b->tenant_id) == 0 && strcmp(a->stream_id, b->stream_id) == 0;
-}
-
 /* Under s->batch_lock: which jobs of b have a stream with a checkpoint in a
  * batch handed to the committer and not yet committed. Their state is not
  * in the committed snapshot the planner reads, so they are not signed ahead
@@ -360,7 +355,7 @@ static void in_flight_streams(Server *s, const Batch *b, bool *skip)
             if (o == b || (o->state != BATCH_READY && o->state != BATCH_COMMITTING))
                 continue;
             for (size_t m = 0; m < o->n && !skip[i]; m++)
-                skip[i] = same_stream(b->jobs[i].req, o->jobs[m].req);
+                skip[i] = witness_same_stream(b->jobs[i].req, o->jobs[m].req);
         }
     }
 }

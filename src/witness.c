@@ -5,7 +5,6 @@
 
 #include <fcntl.h>
 #include <inttypes.h>
-#include <openssl/evp.h>
 #include <pthread.h>
 #include <sqlite3.h>
 #include <sys/stat.h>
@@ -782,7 +781,7 @@ static cJSON *fork_statement(const char *witness_id, const WitnessRequest *req,
 /* Signatures made ahead of the write transaction (witness_presign_batch) are
  * checked against the public key on a thread of their own, while the token
  * signs the next ones: a check costs about half a SoftHSM C_Sign. The thread
- * lives as long as the Witness and keeps the last public key decoded. Each
+ * lives as long as the Witness (not one per batch). Each
  * check reports into its presign's state; witness_commit_batch waits for it
  * before it stores the signature. */
 typedef struct Check {
@@ -800,24 +799,7 @@ struct Verifier {
     Check *head, **tail;
     bool stop;
     pthread_t thread;
-    /* The thread's own: the key of the last check, decoded once. */
-    uint8_t key_pk[TOKEN_ED25519_PK_LEN];
-    EVP_PKEY *key;
 };
-
-static bool verifier_check(Verifier *v, const Check *c)
-{
-    if (!v->key || memcmp(v->key_pk, c->pk, sizeof(c->pk)) != 0) {
-        EVP_PKEY_free(v->key);
-        v->key = EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, NULL, c->pk, sizeof(c->pk));
-        memcpy(v->key_pk, c->pk, sizeof(c->pk));
-    }
-    EVP_MD_CTX *ctx = v->key ? EVP_MD_CTX_new() : NULL;
-    bool ok = ctx && EVP_DigestVerifyInit(ctx, NULL, NULL, NULL, v->key) == 1 &&
-              EVP_DigestVerify(ctx, c->sig, sizeof(c->sig), c->msg, c->len) == 1;
-    EVP_MD_CTX_free(ctx);
-    return ok;
-}
 
 static void *verifier_main(void *arg)
 {
@@ -832,7 +814,7 @@ static void *verifier_main(void *arg)
         if (!(v->head = c->next))
             v->tail = &v->head;
         pthread_mutex_unlock(&v->lock);
-        bool ok = verifier_check(v, c);
+        bool ok = pubkey_verify(c->pk, c->msg, c->len, c->sig) == 0;
         pthread_mutex_lock(&v->lock);
         *c->state = ok ? 1 : -1;
         pthread_cond_broadcast(&v->done);
@@ -872,7 +854,6 @@ static void verifier_free(Verifier *v)
     pthread_cond_signal(&v->work);
     pthread_mutex_unlock(&v->lock);
     pthread_join(v->thread, NULL);
-    EVP_PKEY_free(v->key);
     pthread_cond_destroy(&v->done);
     pthread_cond_destroy(&v->work);
     pthread_mutex_destroy(&v->lock);
@@ -1269,41 +1250,36 @@ static int decide(Witness *w, Token *t, const char *witness_id, const WitnessReq
         memcpy(now, pre->now, sizeof(now));
     else
         lv_format_time(lv_now_ms(), now);
-    int r = plan_decision(w, witness_id, req, now, &p);
-    if (r < 0)
-        return r;
-    if (!p.statement) { /* a gap, a replay, or fork evidence already stored */
-        *ret = p.out;
-        p.out = (WitnessOutcome){0};
-        *ret_write = false;
-        plan_done(&p);
-        return 0;
-    }
-    if ((r = canon_statement(p.statement, &st)) < 0)
-        goto done;
-    if (pre && st.len == pre->st.len && memcmp(st.jcs, pre->st.jcs, st.len) == 0 &&
-        verifier_wait(pre->v, &pre->check)) {
-        doc = TAKE_PTR(pre->doc);
-        doc_len = pre->doc_len;
-    } else {
-        if (pre) { /* decided otherwise than ahead: decide again, at this time */
-            plan_done(&p);
-            canon_done(&st);
-            lv_format_time(lv_now_ms(), now);
-            if ((r = plan_decision(w, witness_id, req, now, &p)) < 0)
-                goto done;
-            if (!p.statement) {
-                *ret = p.out;
-                p.out = (WitnessOutcome){0};
-                *ret_write = false;
-                goto done;
-            }
-            if ((r = canon_statement(p.statement, &st)) < 0)
-                goto done;
-        }
-        if ((r = sign_statement(w, t, p.domain, p.result_name, &st, NULL, NULL, &doc, &doc_len)) <
-            0)
+    int r;
+    for (;;) {
+        if ((r = plan_decision(w, witness_id, req, now, &p)) < 0)
             goto done;
+        if (!p.statement) { /* a gap, a replay, or fork evidence already stored */
+            *ret = p.out;
+            p.out = (WitnessOutcome){0};
+            *ret_write = false;
+            goto done;
+        }
+        if ((r = canon_statement(p.statement, &st)) < 0)
+            goto done;
+        if (!pre) {
+            r = sign_statement(w, t, p.domain, p.result_name, &st, NULL, NULL, &doc, &doc_len);
+            if (r < 0)
+                goto done;
+            break;
+        }
+        if (st.len == pre->st.len && memcmp(st.jcs, pre->st.jcs, st.len) == 0 &&
+            verifier_wait(pre->v, &pre->check)) {
+            doc = TAKE_PTR(pre->doc);
+            doc_len = pre->doc_len;
+            break;
+        }
+        /* Decided otherwise than ahead (or its signature failed the check):
+         * decide again, at this time, and sign here. */
+        pre = NULL;
+        plan_done(&p);
+        canon_done(&st);
+        lv_format_time(lv_now_ms(), now);
     }
     if (p.out.result == WITNESS_ACCEPTED) {
         if ((r = insert_checkpoint(w, witness_id, req, now, st.hash, doc)) >= 0)
@@ -1355,7 +1331,7 @@ static int job_check(Witness *w, const char *witness_id, const WitnessRequest *r
     return 0;
 }
 
-static bool same_key(const WitnessRequest *a, const WitnessRequest *b)
+bool witness_same_stream(const WitnessRequest *a, const WitnessRequest *b)
 {
     return strcmp(a->tenant_id, b->tenant_id) == 0 && strcmp(a->stream_id, b->stream_id) == 0;
 }
@@ -1375,7 +1351,7 @@ int witness_presign_batch(Witness *r, Token *t, const char *witness_id, WitnessJ
         WitnessJob *j = &jobs[i];
         bool later = false;
         for (size_t k = 0; k < i && !later; k++)
-            later = same_key(jobs[k].req, j->req);
+            later = witness_same_stream(jobs[k].req, j->req);
         if (j->pre || later || (skip && skip[i]) || !lv_valid_id(witness_id) ||
             witness_request_check(j->req, WITNESS_NAMES_JSON) < 0)
             continue;
