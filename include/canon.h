@@ -14,8 +14,7 @@
  * LV_ERR_INPUT (or LV_ERR_TOOBIG past max_len) with detail naming the path,
  * e.g. "payload.score: non-integer number 0.87 (send decimals as strings)";
  * path_prefix ("payload") starts the path. */
-int canon_parse(const char *in, size_t len, size_t max_len, const char *path_prefix,
-                cJSON **ret);
+int canon_parse(const char *in, size_t len, size_t max_len, const char *path_prefix, cJSON **ret);
 
 /* Serializes a tree canonically: object members sorted by UTF-16 code units,
  * no white space, JCS string escaping, integers only (a non-integral or
@@ -25,3 +24,10 @@ int canon_serialize(const cJSON *node, char **ret, size_t *ret_len);
 /* parse + serialize in one step. */
 int canon_json(const char *in, size_t len, size_t max_len, const char *path_prefix, char **ret,
                size_t *ret_len);
+
+/* The one cleanup helper for cJSON trees (cJSON_Delete accepts NULL). */
+static inline void cjson_deletep(cJSON **j)
+{
+    cJSON_Delete(*j);
+}
+#define _cleanup_cjson_ __attribute__((cleanup(cjson_deletep)))

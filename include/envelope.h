@@ -45,6 +45,11 @@ int envelope_verify(const char *body, size_t len, const uint8_t pk[32]);
 /* Deletes a cJSON tree after wiping its names and strings: for trees that
  * held payload plaintext (an opt-in envelope, a decrypted payload). NULL ok. */
 void envelope_json_erase(cJSON *j);
+static inline void envelope_json_erasep(cJSON **j)
+{
+    envelope_json_erase(*j);
+}
+#define _cleanup_cjson_erase_ __attribute__((cleanup(envelope_json_erasep)))
 
 /* "local-vault:<installation_id>:<source_ref>" into out (>= ENVELOPE_EVENT_ID_MAX). */
 void envelope_event_id(const char *installation_id, const char *source_ref,

@@ -225,6 +225,25 @@ int spool_set_pause(Spool *s, int64_t until_ms, const char *reason);
 
 /* The user_version this program writes (doctor compares a spool with it). */
 int spool_schema_version(void);
+/* What a spool database looks like (db.h), for doctor's read-only look. */
+struct DbSchema;
+const struct DbSchema *spool_db_schema(void);
+
+/* What doctor reads of a spool file it opened read-only (db_open with
+ * DB_READONLY, schema checked): its installation, the wrapped DEKs rows may
+ * still need (want_deks; every DEK of the deks table, or the single one of
+ * a spool from before rotation, TOKEN_WRAPPED_DEK_LEN bytes each,
+ * concatenated) and the number of items. LV_ERR_INPUT when it has no valid
+ * spool id; another error with detail when the metadata does not read. */
+struct Db;
+typedef struct SpoolFileInfo {
+    char installation_id[129]; /* "" when none is recorded */
+    uint8_t *wrapped_deks;
+    size_t n_deks;
+    int64_t items;
+} SpoolFileInfo;
+int spool_file_info(struct Db *db, bool want_deks, SpoolFileInfo *ret);
+void spool_file_info_done(SpoolFileInfo *info);
 
 /* ---- key rotation (docs/operations.md, "Key rotation") ---- */
 

@@ -177,6 +177,10 @@ int witness_forks_foreach(Witness *w, const char *tenant_id, const char *stream_
 /* Quick database round trip for health checks. */
 int witness_ping(Witness *w);
 
+/* What a witness database looks like (db.h), for doctor's read-only look. */
+struct DbSchema;
+const struct DbSchema *witness_db_schema(void);
+
 /* true when a parsed JSON document has the shape of a witness document
  * (members "statement", "statement_hash", "signature", "public_key"). */
 bool witness_document_shape(const cJSON *doc);
@@ -198,3 +202,59 @@ int witness_verify_document(const char *doc, size_t len, const uint8_t *expected
 bool witness_receipt_match(const cJSON *doc);
 bool witness_fork_match(const cJSON *doc);
 int witness_verify_check(const char *text, size_t len, const uint8_t pk[32], cJSON *ret);
+
+/* ---- the witness as a service (witness-serve) ------------------------------------------------ */
+
+/* A running witness: its database, a second read-only connection, the
+ * token (opened at the start, retried while it is unavailable, dropped
+ * after it failed an operation; a refused or locked PIN is never retried),
+ * and two threads that decide queued checkpoints in pipelined batches
+ * (witness_presign_batch on the reader while witness_commit_batch commits
+ * the batch before). Nothing in it knows HTTP. */
+typedef struct WitnessService WitnessService;
+
+/* One checkpoint handed to the service. The caller sets req (which must
+ * live until the ticket is released), hold, release and userdata; the
+ * service fills job (valid once witness_service_answered() says so). */
+typedef struct WitnessTicket {
+    const WitnessRequest *req;
+    /* Called under the service's queue lock just before the ticket is
+     * queued (witness-serve suspends the connection there), so that
+     * release can never come first. NULL: nothing to do. */
+    void (*hold)(void *userdata);
+    /* Called once the ticket's batch has committed (or failed), with no
+     * lock held. The ticket may be freed as soon as this runs: the service
+     * touches neither it nor userdata afterwards. */
+    void (*release)(void *userdata);
+    void *userdata;
+    WitnessJob job; /* the decision, its document or its error */
+    /* the service's own: */
+    bool done;
+    struct WitnessTicket *next;
+} WitnessTicket;
+
+/* Opens the database and the token and starts the threads. token's strings
+ * must outlive the service. A PIN the token refused ends the start with
+ * LV_ERR_PIN; a token unavailable otherwise is retried later (checkpoints
+ * that need a signature fail with a token error meanwhile). */
+int witness_service_start(const char *witness_db, const char *witness_id, const TokenConfig *token,
+                          WitnessService **ret);
+/* Queues t; false (and t untouched) when the service is stopping. */
+bool witness_service_submit(WitnessService *s, WitnessTicket *t);
+/* true once t's decision is in t->job. */
+bool witness_service_answered(WitnessService *s, const WitnessTicket *t);
+/* Decides and releases everything queued, then stops the threads. The
+ * caller stops submitting first. Idempotent. */
+void witness_service_stop(WitnessService *s);
+/* Stops, then closes the token and the database. Accepts NULL, returns NULL. */
+WitnessService *witness_service_free(WitnessService *s);
+
+/* The token's key (opening the token when a retry is due); false with err
+ * ("token unavailable: ...") when it is not open. */
+bool witness_service_identity(WitnessService *s, uint8_t pk[TOKEN_ED25519_PK_LEN],
+                              char kid[TOKEN_KID_MAX], char *err, size_t err_size);
+/* Whether the token is open (retry: opening it when a retry is due), and
+ * how many token operations failed so far. */
+bool witness_service_token_up(WitnessService *s, bool retry, uint64_t *ret_failures);
+/* A database round trip, for health checks. */
+int witness_service_ping(WitnessService *s);

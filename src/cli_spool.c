@@ -29,16 +29,6 @@
 #define LIST_DEFAULT    100
 #define LIST_MAX        10000
 
-static void cjson_freep(cJSON **j)
-{
-    cJSON_Delete(*j);
-}
-#define _cleanup_cjson_ _cleanup_(cjson_freep)
-static void cjson_erasep(cJSON **j)
-{
-    envelope_json_erase(*j);
-}
-
 static int usage_error(const char *verb, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 static int usage_error(const char *verb, const char *fmt, ...)
@@ -1213,7 +1203,7 @@ int verify_main(const Config *cfg, int argc, char **argv)
         text[--len] = '\0';
     if (len && text[len - 1] == '\r')
         text[--len] = '\0';
-    _cleanup_(cjson_erasep) cJSON *doc = cJSON_ParseWithLength(text, len);
+    _cleanup_cjson_erase_ cJSON *doc = cJSON_ParseWithLength(text, len);
     if (!cJSON_IsObject(doc))
         return cli_fail(verb, lv_error_set(LV_ERR_INPUT, "%s: not a JSON object", path));
     const DocKind *kind = NULL;

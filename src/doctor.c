@@ -6,18 +6,17 @@
 #include <libgen.h>
 #include <stdio.h>
 #include <limits.h>
-#include <sqlite3.h>
 #include <strings.h>
 #include <sys/stat.h>
 
 #include "config.h"
+#include "db.h"
 #include "lv.h"
 #include "spool.h"
 #include "witness.h"
 
-#define WITNESS_APP_ID 0x4C565749 /* "LVWI", as witness.c stamps it */
-#define BUSY_MS        5000
-#define INTEGRITY_MAX  10 /* messages integrity_check reports at most */
+#define BUSY_MS       5000
+#define INTEGRITY_MAX 10 /* messages integrity_check reports at most */
 
 const char *doctor_status_name(DoctorStatus st)
 {
@@ -67,135 +66,6 @@ static const char *err_text(int r)
 
 /* ---- databases ---------------------------------------------------------- */
 
-static void finalizep(sqlite3_stmt **st)
-{
-    sqlite3_finalize(*st);
-}
-
-static void closedbp(sqlite3 **db)
-{
-    sqlite3_close_v2(*db);
-}
-
-/* One integer from a pragma or query; false with *ret_rc set on failure. */
-static bool query_int(sqlite3 *db, const char *sql, int64_t *ret, int *ret_rc)
-{
-    _cleanup_(finalizep) sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(db, sql, -1, &st, NULL);
-    if (rc == SQLITE_OK) {
-        rc = sqlite3_step(st);
-        if (rc == SQLITE_ROW) {
-            *ret = sqlite3_column_int64(st, 0);
-            return true;
-        }
-        if (rc == SQLITE_DONE) {
-            *ret = 0;
-            return true;
-        }
-    }
-    *ret_rc = rc;
-    return false;
-}
-
-static bool table_exists(sqlite3 *db, const char *name)
-{
-    _cleanup_(finalizep) sqlite3_stmt *st = NULL;
-    if (sqlite3_prepare_v2(db, "SELECT 1 FROM sqlite_schema WHERE type = 'table' AND name = ?1", -1,
-                           &st, NULL) != SQLITE_OK)
-        return false;
-    sqlite3_bind_text(st, 1, name, -1, SQLITE_STATIC);
-    return sqlite3_step(st) == SQLITE_ROW;
-}
-
-/* Reads a meta value of the spool (NULL when absent). */
-static int meta_blob(sqlite3 *db, const char *key, uint8_t **ret, size_t *ret_len)
-{
-    _cleanup_(finalizep) sqlite3_stmt *st = NULL;
-    int rc = sqlite3_prepare_v2(db, "SELECT value FROM meta WHERE key = ?1", -1, &st, NULL);
-    if (rc != SQLITE_OK)
-        return -EIO;
-    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
-    rc = sqlite3_step(st);
-    if (rc == SQLITE_DONE) {
-        *ret = NULL;
-        *ret_len = 0;
-        return 0;
-    }
-    if (rc != SQLITE_ROW)
-        return -EIO;
-    size_t n = (size_t)sqlite3_column_bytes(st, 0);
-    uint8_t *v = malloc(n + 1);
-    if (!v)
-        return -ENOMEM;
-    if (n)
-        memcpy(v, sqlite3_column_blob(st, 0), n);
-    v[n] = '\0';
-    *ret = v;
-    *ret_len = n;
-    return 0;
-}
-
-/* The wrapped DEKs rows may still need: every DEK of the deks table when the
- * spool has one (rotation), else the single meta blob. */
-static int spool_deks(sqlite3 *db, uint8_t **ret, size_t *ret_n, char *why, size_t why_len)
-{
-    *ret = NULL;
-    *ret_n = 0;
-    if (table_exists(db, "deks")) {
-        _cleanup_(finalizep) sqlite3_stmt *st = NULL;
-        if (sqlite3_prepare_v2(db, "SELECT id, wrapped FROM deks ORDER BY id", -1, &st, NULL) !=
-            SQLITE_OK)
-            return snprintf(why, why_len, "cannot read the deks table: %s", sqlite3_errmsg(db)),
-                   -EIO;
-        uint8_t *all = NULL;
-        size_t n = 0;
-        int rc;
-        while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-            if ((size_t)sqlite3_column_bytes(st, 1) != TOKEN_WRAPPED_DEK_LEN) {
-                free(all);
-                snprintf(why, why_len, "DEK %lld: wrapped blob is %d bytes, not %d",
-                         (long long)sqlite3_column_int64(st, 0), sqlite3_column_bytes(st, 1),
-                         TOKEN_WRAPPED_DEK_LEN);
-                return -EUCLEAN;
-            }
-            uint8_t *v = realloc(all, (n + 1) * TOKEN_WRAPPED_DEK_LEN);
-            if (!v) {
-                free(all);
-                return -ENOMEM;
-            }
-            all = v;
-            memcpy(all + n * TOKEN_WRAPPED_DEK_LEN, sqlite3_column_blob(st, 1),
-                   TOKEN_WRAPPED_DEK_LEN);
-            n++;
-        }
-        if (rc != SQLITE_DONE) {
-            free(all);
-            snprintf(why, why_len, "cannot read the deks table: %s", sqlite3_errmsg(db));
-            return -EIO;
-        }
-        *ret = all;
-        *ret_n = n;
-        return 0;
-    }
-    uint8_t *v = NULL;
-    size_t n = 0;
-    int r = meta_blob(db, "wrapped_dek", &v, &n);
-    if (r < 0) {
-        snprintf(why, why_len, "cannot read the wrapped DEK: %s", sqlite3_errmsg(db));
-        return r;
-    }
-    if (!v)
-        return 0;
-    if (n != TOKEN_WRAPPED_DEK_LEN) {
-        free(v);
-        snprintf(why, why_len, "wrapped DEK is %zu bytes, not %d", n, TOKEN_WRAPPED_DEK_LEN);
-        return -EUCLEAN;
-    }
-    *ret = v;
-    *ret_n = 1;
-    return 0;
-}
-
 static void db_missing(DoctorCheck *c, const char *path, const char *creator)
 {
     char dir[PATH_MAX];
@@ -243,114 +113,74 @@ void doctor_check_database(const char *kind, const char *path, const char *insta
         set(c, DOCTOR_FAIL, "unreadable", "%s: %s", path, strerror(errno));
         return;
     }
-    _cleanup_(closedbp) sqlite3 *db = NULL;
+    _cleanup_(db_closep) Db *db = NULL;
     /* Read-only: doctor neither creates nor migrates. */
-    int rc = sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOFOLLOW, NULL);
-    if (rc != SQLITE_OK) {
-        set(c, DOCTOR_FAIL, "open_failed", "%s: cannot open: %s", path,
-            db ? sqlite3_errmsg(db) : sqlite3_errstr(rc));
+    DbOptions o = {.path = path,
+                   .label = spool ? "spool" : "witness database",
+                   .flags = DB_READONLY | DB_NO_SCHEMA,
+                   .busy_timeout_ms = BUSY_MS};
+    lv_error_clear();
+    int r = db_open(&o, &db);
+    if (r < 0) {
+        set(c, DOCTOR_FAIL, r == -EUCLEAN ? "corrupt" : "open_failed", "%s", err_text(r));
         return;
     }
-    sqlite3_busy_timeout(db, BUSY_MS);
-    int64_t version = 0, app = 0, tables = 0;
-    if (!query_int(db, "PRAGMA user_version", &version, &rc) ||
-        !query_int(db, "PRAGMA application_id", &app, &rc) ||
-        !query_int(db, "SELECT count(*) FROM sqlite_schema", &tables, &rc)) {
-        bool corrupt = rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT;
-        set(c, DOCTOR_FAIL, corrupt ? "corrupt" : "open_failed", "%s: %s%s", path,
-            sqlite3_errmsg(db), corrupt ? " (corrupt, or not a SQLite database)" : "");
-        return;
-    }
-    int want = spool ? spool_schema_version() : WITNESS_SCHEMA_VERSION;
-    if (version == 0 && tables == 0) {
+    const DbSchema *schema = spool ? spool_db_schema() : witness_db_schema();
+    int64_t version = 0;
+    r = db_schema_check(db, schema, &version);
+    if (r == 1) {
         set(c, DOCTOR_WARN, "not_initialized", "%s is empty; it is initialized on first use", path);
         return;
     }
-    if (spool ? !table_exists(db, "meta") || !table_exists(db, "items") : app != WITNESS_APP_ID) {
-        set(c, DOCTOR_FAIL, "wrong_schema", "%s: not a %s database%s", path, kind,
-            spool ? "" : " (application_id differs; the spool, or another file?)");
+    if (r < 0) {
+        set(c, DOCTOR_FAIL,
+            r == LV_ERR_INPUT ? "wrong_schema"
+            : r == -EPROTO    ? "schema_newer"
+            : r == -EUCLEAN   ? "corrupt"
+                              : "open_failed",
+            "%s%s", err_text(r), r == -EUCLEAN ? " (corrupt, or not a SQLite database)" : "");
         return;
     }
-    if (version > want) {
-        set(c, DOCTOR_FAIL, "schema_newer",
-            "%s: schema version %lld is newer than this program's %d; upgrade the program", path,
-            (long long)version, want);
-        return;
-    }
-    if (version < 1) {
-        set(c, DOCTOR_FAIL, "wrong_schema", "%s: schema version %lld unknown", path,
-            (long long)version);
-        return;
-    }
+    int want = (int)schema->n_migrations;
 
     /* integrity_check reads every page: the one check that finds a torn or
      * altered file before the service trips over it. */
-    {
-        _cleanup_(finalizep) sqlite3_stmt *q = NULL;
-        char sql[64];
-        snprintf(sql, sizeof(sql), "PRAGMA integrity_check(%d)", INTEGRITY_MAX);
-        rc = sqlite3_prepare_v2(db, sql, -1, &q, NULL);
-        char first[256] = "";
-        int n = 0;
-        while (rc == SQLITE_OK || rc == SQLITE_ROW) {
-            rc = sqlite3_step(q);
-            if (rc != SQLITE_ROW)
-                break;
-            const char *m = (const char *)sqlite3_column_text(q, 0);
-            if (n++ == 0) {
-                /* One line: SQLite's report spans several. */
-                if (m && strncmp(m, "*** in database main ***\n", 25) == 0)
-                    m += 25;
-                snprintf(first, sizeof(first), "%s", m ? m : "");
-                for (char *p = first; *p; p++)
-                    if (*p == '\n' || *p == '\r' || *p == '\t')
-                        *p = ';';
-            }
-        }
-        if (rc != SQLITE_DONE) {
-            bool corrupt = rc == SQLITE_NOTADB || rc == SQLITE_CORRUPT;
-            set(c, DOCTOR_FAIL, corrupt ? "corrupt" : "integrity_check_failed",
-                "%s: integrity_check: %s", path, sqlite3_errmsg(db));
-            return;
-        }
-        if (n != 1 || strcmp(first, "ok") != 0) {
-            set(c, DOCTOR_FAIL, "corrupt", "%s: integrity_check: %s%s", path, first,
-                n > 1 ? " (and more)" : "");
-            return;
-        }
+    char first[256];
+    int problems = 0;
+    r = db_integrity_check(db, INTEGRITY_MAX, first, sizeof(first), &problems);
+    if (r < 0) {
+        set(c, DOCTOR_FAIL, r == -EUCLEAN ? "corrupt" : "integrity_check_failed", "%s",
+            err_text(r));
+        return;
+    }
+    if (problems) {
+        set(c, DOCTOR_FAIL, "corrupt", "%s: integrity_check: %s%s", path, first,
+            problems > 1 ? " (and more)" : "");
+        return;
     }
 
     char extra[200] = "";
     if (spool) {
-        _cleanup_free_ uint8_t *sid = NULL, *inst = NULL;
-        size_t sid_len = 0, inst_len = 0;
-        if (meta_blob(db, "spool_id", &sid, &sid_len) < 0 ||
-            meta_blob(db, "installation_id", &inst, &inst_len) < 0) {
-            set(c, DOCTOR_FAIL, "corrupt", "%s: cannot read the spool metadata: %s", path,
-                sqlite3_errmsg(db));
+        SpoolFileInfo info;
+        r = spool_file_info(db, ret_deks != NULL, &info);
+        if (r < 0) {
+            set(c, DOCTOR_FAIL, r == LV_ERR_INPUT ? "wrong_schema" : "corrupt", "%s", err_text(r));
             return;
         }
-        if (!sid || sid_len != 16) {
-            set(c, DOCTOR_FAIL, "wrong_schema", "%s: no valid spool id in the metadata", path);
-            return;
-        }
-        if (inst && installation_id && strcmp((char *)inst, installation_id) != 0) {
+        if (info.installation_id[0] && installation_id &&
+            strcmp(info.installation_id, installation_id) != 0) {
             set(c, DOCTOR_FAIL, "installation_mismatch",
-                "%s belongs to installation %s, not %s (--installation-id)", path, (char *)inst,
-                installation_id);
+                "%s belongs to installation %s, not %s (--installation-id)", path,
+                info.installation_id, installation_id);
+            spool_file_info_done(&info);
             return;
         }
         if (ret_deks) {
-            char why[200] = "";
-            int r = spool_deks(db, ret_deks, ret_n_deks, why, sizeof(why));
-            if (r < 0) {
-                set(c, DOCTOR_FAIL, "corrupt", "%s: %s", path, why);
-                return;
-            }
+            *ret_deks = TAKE_PTR(info.wrapped_deks);
+            *ret_n_deks = info.n_deks;
         }
-        int64_t items = 0;
-        if (query_int(db, "SELECT count(*) FROM items", &items, &rc))
-            snprintf(extra, sizeof(extra), ", %lld item(s)", (long long)items);
+        snprintf(extra, sizeof(extra), ", %lld item(s)", (long long)info.items);
+        spool_file_info_done(&info);
     }
     if (version < want)
         set(c, DOCTOR_WARN, "schema_older",

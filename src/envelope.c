@@ -186,17 +186,6 @@ void envelope_json_erase(cJSON *j)
     cJSON_Delete(j);
 }
 
-static void cjson_freep(cJSON **j)
-{
-    cJSON_Delete(*j);
-}
-#define _cleanup_cjson_ _cleanup_(cjson_freep)
-static void cjson_erasep(cJSON **j)
-{
-    envelope_json_erase(*j);
-}
-#define _cleanup_cjson_erase_ _cleanup_(cjson_erasep)
-
 /* A string member, present and a string, or NULL. */
 static const char *member_str(const cJSON *obj, const char *name)
 {

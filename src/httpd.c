@@ -31,7 +31,6 @@
 #define ROUTE_METRICS     "/metrics"
 
 #define RATE_SLOTS         1024
-#define TOKEN_RETRY_MS     2000
 #define DISCARD_MAX        (1024 * 1024) /* drop the connection past this much refused body */
 #define STOP_GRACE_MS      10000
 #define CONNECTION_LIMIT   256
@@ -46,73 +45,17 @@ typedef struct Bucket {
     int64_t last_ms;
 } Bucket;
 
-/* A checkpoint request handed to the committer; its connection is
- * suspended until the committer has answered it. */
+/* A checkpoint request handed to the witness service; its connection is
+ * suspended until the service has decided on it. */
 typedef struct Pending {
     WitnessRequest req;
-    cJSON *tree; /* req's strings */
-    WitnessJob job;
-    struct MHD_Connection *conn;
-    bool done;
-    struct Pending *next;
+    cJSON *tree;          /* req's strings */
+    WitnessTicket ticket; /* userdata: the connection */
 } Pending;
-
-#define BATCH_MAX WITNESS_BATCH_MAX /* checkpoints per batch at most */
-#define N_BATCHES 3                 /* one committing, the others signed ahead */
-
-/* A batch between the planner and the committer. */
-typedef struct Batch {
-    enum { BATCH_FREE, BATCH_FILLING, BATCH_READY, BATCH_COMMITTING } state;
-    uint64_t seq; /* handed over in this order, committed in this order */
-    size_t n;
-    Pending *items[BATCH_MAX];
-    WitnessJob jobs[BATCH_MAX];
-} Batch;
 
 typedef struct Server {
     const HttpdConfig *cfg;
-
-    /* Group commit, pipelined: the request handlers queue their checkpoints
-     * and suspend their connections (a worker thread serves its other
-     * connections meanwhile). The planner takes what is queued as a batch,
-     * decides it against the committed state (reader) and has the token sign
-     * what the decisions need (witness_presign_batch), while the committer
-     * writes the batch before: it decides every checkpoint again in order
-     * inside one transaction, keeps a signature made ahead only when it
-     * comes to the same statement, COMMITs once (one fsync), and only then
-     * resumes the connections to answer. */
-    pthread_mutex_t queue_lock;
-    pthread_cond_t queue_cond; /* work queued, or stop */
-    Pending *queue_head, **queue_tail;
-    bool queue_stop;
-    pthread_t planner, committer;
-    bool threads_started;
-
-    /* Between the two: batches committing, and batches signed ahead. */
-    pthread_mutex_t batch_lock;
-    pthread_cond_t batch_cond; /* a batch changed state, or stop */
-    Batch batches[N_BATCHES];
-    uint64_t batch_seq;
-    bool batch_stop;
-
-    /* lock serializes the witness database connection (the committer's,
-     * and the health check's ping); the planner reads through its own. */
-    pthread_mutex_t lock;
-    Witness *w;
-    Witness *reader; /* NULL: nothing is signed ahead */
-
-    /* token_lock guards the token fields below. A thread that uses the
-     * token holds token_use for reading while it does; closing the token
-     * takes it for writing, so no one is using it then. Order: token_use,
-     * then token_lock. */
-    pthread_rwlock_t token_use;
-    pthread_mutex_t token_lock;
-    Token *token;
-    bool pin_refused;
-    int64_t token_retry_at;
-    uint8_t pk[TOKEN_ED25519_PK_LEN];
-    char kid[TOKEN_KID_MAX];
-    char token_error[256];
+    WitnessService *svc;
 
     pthread_mutex_t rate_lock;
     Bucket buckets[RATE_SLOTS];
@@ -121,7 +64,6 @@ typedef struct Server {
     atomic_uint_fast64_t decisions[_WITNESS_RESULT_MAX];
     atomic_uint_fast64_t forks[_WITNESS_REASON_MAX];
     atomic_uint_fast64_t status_count[N_STATUS];
-    atomic_uint_fast64_t token_failures;
     atomic_int inflight;
     atomic_int_fast64_t last_activity;
 
@@ -140,47 +82,6 @@ typedef struct Req {
     size_t len;
     size_t drained;
 } Req;
-
-/* ---- token --------------------------------------------------------------------------------- */
-
-/* Under s->token_lock. Opens the token when it is not open and a retry is
- * due. A PIN the token rejected is never tried again (no lockout loops). */
-static void ensure_token(Server *s)
-{
-    if (s->token || s->pin_refused || lv_mono_ms() < s->token_retry_at)
-        return;
-    Token *t = NULL;
-    int r = token_open(&s->cfg->token, &t);
-    if (r >= 0)
-        r = token_check_signing_key(t);
-    if (r >= 0)
-        r = token_public_key(t, s->pk);
-    if (r < 0) {
-        snprintf(s->token_error, sizeof(s->token_error), "%s", lv_error());
-        token_close(t);
-        s->token_retry_at = lv_mono_ms() + TOKEN_RETRY_MS;
-        if (r == LV_ERR_PIN)
-            s->pin_refused = true;
-        log_warning("token unavailable%s: %s", s->pin_refused ? " (PIN refused, not retried)" : "",
-                    s->token_error);
-        return;
-    }
-    snprintf(s->kid, sizeof(s->kid), "%s", token_key_id(t));
-    s->token = t;
-    s->token_error[0] = '\0';
-    log_info("token ready, signing key %s", s->kid);
-}
-
-/* Under s->token_use (for writing) and s->token_lock, after an operation on
- * the token failed. */
-static void drop_token(Server *s, const char *why)
-{
-    atomic_fetch_add(&s->token_failures, 1);
-    snprintf(s->token_error, sizeof(s->token_error), "%.255s", why);
-    log_warning("token failed, reopening later: %s", why);
-    s->token = token_close(s->token);
-    s->token_retry_at = lv_mono_ms() + TOKEN_RETRY_MS / 2;
-}
 
 /* ---- rate limit ------------------------------------------------------------------------------ */
 
@@ -287,277 +188,25 @@ static enum MHD_Result send_document(Server *s, struct MHD_Connection *c, unsign
     return send_body(s, c, code, "application/json", body, len + 1, headers);
 }
 
-/* ---- group commit ---------------------------------------------------------------------------- */
+/* ---- the witness service ----------------------------------------------------------------- */
 
-/* The token, for a thread about to use it: hold s->token_use for reading
- * until done (token_release). NULL when it is not open. */
-static Token *token_acquire(Server *s)
+static void suspend_conn(void *userdata)
 {
-    pthread_rwlock_rdlock(&s->token_use);
-    pthread_mutex_lock(&s->token_lock);
-    ensure_token(s);
-    Token *t = s->token;
-    pthread_mutex_unlock(&s->token_lock);
-    return t;
+    MHD_suspend_connection(userdata);
 }
 
-static void token_release(Server *s)
+static void resume_conn(void *userdata)
 {
-    pthread_rwlock_unlock(&s->token_use);
-}
-
-/* After token_release: t failed; drops it unless another thread already did. */
-static void token_failed(Server *s, Token *t, const char *why)
-{
-    pthread_rwlock_wrlock(&s->token_use);
-    pthread_mutex_lock(&s->token_lock);
-    if (t && s->token == t)
-        drop_token(s, why);
-    pthread_mutex_unlock(&s->token_lock);
-    pthread_rwlock_unlock(&s->token_use);
-}
-
-/* After token_release: the batch's token failures, as one request at a time
- * would have seen them. The first drops the token t the batch used; the
- * later ones say it is unavailable and why. */
-static void settle_token_errors(Server *s, Token *t, WitnessJob *jobs, size_t n)
-{
-    bool any = false;
-    for (size_t i = 0; i < n && !any; i++)
-        any = jobs[i].r < 0 && lv_is_token_error(jobs[i].r);
-    if (!any)
-        return;
-    pthread_rwlock_wrlock(&s->token_use);
-    pthread_mutex_lock(&s->token_lock);
-    for (size_t i = 0; i < n; i++) {
-        WitnessJob *j = &jobs[i];
-        if (j->r >= 0 || !lv_is_token_error(j->r))
-            continue;
-        if (t && s->token == t)
-            drop_token(s, j->detail);
-        else if (s->token_error[0])
-            snprintf(j->detail, sizeof(j->detail), "token unavailable: %s", s->token_error);
-    }
-    pthread_mutex_unlock(&s->token_lock);
-    pthread_rwlock_unlock(&s->token_use);
-}
-
-/* Under s->batch_lock: which jobs of b have a stream with a checkpoint in a
- * batch handed to the committer and not yet committed. Their state is not
- * in the committed snapshot the planner reads, so they are not signed ahead
- * (the committer decides and signs them in its transaction). */
-static void in_flight_streams(Server *s, const Batch *b, bool *skip)
-{
-    for (size_t i = 0; i < b->n; i++) {
-        skip[i] = false;
-        for (size_t k = 0; k < ELEMENTSOF(s->batches) && !skip[i]; k++) {
-            const Batch *o = &s->batches[k];
-            if (o == b || (o->state != BATCH_READY && o->state != BATCH_COMMITTING))
-                continue;
-            for (size_t m = 0; m < o->n && !skip[i]; m++)
-                skip[i] = witness_same_stream(b->jobs[i].req, o->jobs[m].req);
-        }
-    }
-}
-
-static void *planner_main(void *arg)
-{
-    Server *s = arg;
-    for (;;) {
-        /* A free batch, then what is queued (waiting for work). */
-        pthread_mutex_lock(&s->batch_lock);
-        Batch *b = NULL;
-        while (!b) {
-            for (size_t k = 0; k < ELEMENTSOF(s->batches) && !b; k++)
-                if (s->batches[k].state == BATCH_FREE)
-                    b = &s->batches[k];
-            if (!b)
-                pthread_cond_wait(&s->batch_cond, &s->batch_lock);
-        }
-        b->state = BATCH_FILLING;
-        b->n = 0;
-        pthread_mutex_unlock(&s->batch_lock);
-
-        pthread_mutex_lock(&s->queue_lock);
-        while (!s->queue_head && !s->queue_stop)
-            pthread_cond_wait(&s->queue_cond, &s->queue_lock);
-        while (s->queue_head && b->n < BATCH_MAX) {
-            b->items[b->n++] = s->queue_head;
-            s->queue_head = s->queue_head->next;
-        }
-        if (!s->queue_head)
-            s->queue_tail = &s->queue_head;
-        pthread_mutex_unlock(&s->queue_lock);
-        if (b->n == 0) /* stopping, and nothing left */
-            break;
-
-        for (size_t i = 0; i < b->n; i++)
-            b->jobs[i] = (WitnessJob){.req = b->items[i]->job.req};
-        if (s->reader) {
-            bool skip[BATCH_MAX];
-            pthread_mutex_lock(&s->batch_lock);
-            in_flight_streams(s, b, skip);
-            pthread_mutex_unlock(&s->batch_lock);
-            Token *t = token_acquire(s);
-            lv_error_clear();
-            int r = witness_presign_batch(s->reader, t, s->cfg->witness_id, b->jobs, b->n, skip);
-            char why[1024];
-            snprintf(why, sizeof(why), "%s", lv_error());
-            token_release(s);
-            if (lv_is_token_error(r))
-                token_failed(s, t, why);
-        }
-
-        pthread_mutex_lock(&s->batch_lock);
-        b->state = BATCH_READY;
-        b->seq = ++s->batch_seq;
-        pthread_cond_broadcast(&s->batch_cond);
-        pthread_mutex_unlock(&s->batch_lock);
-    }
-    pthread_mutex_lock(&s->batch_lock);
-    s->batch_stop = true;
-    for (size_t k = 0; k < ELEMENTSOF(s->batches); k++)
-        if (s->batches[k].state == BATCH_FILLING)
-            s->batches[k].state = BATCH_FREE;
-    pthread_cond_broadcast(&s->batch_cond);
-    pthread_mutex_unlock(&s->batch_lock);
-    return NULL;
-}
-
-/* Every batch ready is committed in one transaction, oldest first. Static:
- * one committer per process, and too large for its stack. */
-static WitnessJob committing[N_BATCHES * BATCH_MAX];
-static struct MHD_Connection *answering[N_BATCHES * BATCH_MAX];
-
-static void *committer_main(void *arg)
-{
-    Server *s = arg;
-    for (;;) {
-        Batch *take[N_BATCHES];
-        size_t nb = 0;
-        pthread_mutex_lock(&s->batch_lock);
-        for (;;) {
-            for (size_t k = 0; k < N_BATCHES; k++)
-                if (s->batches[k].state == BATCH_READY) {
-                    size_t at = nb++;
-                    while (at > 0 && take[at - 1]->seq > s->batches[k].seq) {
-                        take[at] = take[at - 1];
-                        at--;
-                    }
-                    take[at] = &s->batches[k];
-                }
-            if (nb || s->batch_stop)
-                break;
-            pthread_cond_wait(&s->batch_cond, &s->batch_lock);
-        }
-        for (size_t k = 0; k < nb; k++)
-            take[k]->state = BATCH_COMMITTING;
-        pthread_mutex_unlock(&s->batch_lock);
-        if (!nb)
-            break;
-
-        size_t n = 0;
-        for (size_t k = 0; k < nb; k++) {
-            memcpy(&committing[n], take[k]->jobs, take[k]->n * sizeof(*committing));
-            n += take[k]->n;
-        }
-        Token *t = token_acquire(s);
-        pthread_mutex_lock(&s->lock);
-        witness_commit_batch(s->w, t, s->cfg->witness_id, committing, n);
-        pthread_mutex_unlock(&s->lock);
-        token_release(s);
-        settle_token_errors(s, t, committing, n);
-
-        /* After COMMIT (or its failure) only: the answers go out. A
-         * resumed connection may be answered and freed at once, so nothing
-         * of it is touched after its resume, and the batches are free for
-         * the planner before. */
-        pthread_mutex_lock(&s->queue_lock);
-        for (size_t k = 0, i = 0; k < nb; k++)
-            for (size_t m = 0; m < take[k]->n; m++, i++) {
-                take[k]->items[m]->job = committing[i];
-                take[k]->items[m]->done = true;
-                answering[i] = take[k]->items[m]->conn;
-            }
-        pthread_mutex_unlock(&s->queue_lock);
-        pthread_mutex_lock(&s->batch_lock);
-        for (size_t k = 0; k < nb; k++)
-            take[k]->state = BATCH_FREE;
-        pthread_cond_broadcast(&s->batch_cond);
-        pthread_mutex_unlock(&s->batch_lock);
-        for (size_t i = 0; i < n; i++)
-            MHD_resume_connection(answering[i]);
-    }
-    return NULL;
-}
-
-/* Queues one checkpoint for the planner, its connection suspended first
- * (the committer resumes it). False when the server is stopping. */
-static bool submit(Server *s, Pending *p)
-{
-    pthread_mutex_lock(&s->queue_lock);
-    bool ok = !s->queue_stop;
-    if (ok) {
-        MHD_suspend_connection(p->conn);
-        p->next = NULL;
-        *s->queue_tail = p;
-        s->queue_tail = &p->next;
-        pthread_cond_signal(&s->queue_cond);
-    }
-    pthread_mutex_unlock(&s->queue_lock);
-    return ok;
-}
-
-static bool answered(Server *s, Pending *p)
-{
-    pthread_mutex_lock(&s->queue_lock);
-    bool done = p->done;
-    pthread_mutex_unlock(&s->queue_lock);
-    return done;
+    MHD_resume_connection(userdata);
 }
 
 static void pending_free(Pending *p)
 {
     if (!p)
         return;
-    witness_outcome_done(&p->job.out);
+    witness_outcome_done(&p->ticket.job.out);
     cJSON_Delete(p->tree);
     free(p);
-}
-
-static int start_threads(Server *s)
-{
-    int e = pthread_create(&s->committer, NULL, committer_main, s);
-    if (e != 0)
-        return lv_error_set(-e, "witness-serve: cannot start the committer thread: %s",
-                            strerror(e));
-    e = pthread_create(&s->planner, NULL, planner_main, s);
-    if (e != 0) {
-        pthread_mutex_lock(&s->batch_lock);
-        s->batch_stop = true;
-        pthread_cond_broadcast(&s->batch_cond);
-        pthread_mutex_unlock(&s->batch_lock);
-        pthread_join(s->committer, NULL);
-        return lv_error_set(-e, "witness-serve: cannot start the planner thread: %s", strerror(e));
-    }
-    s->threads_started = true;
-    return 0;
-}
-
-/* Answers (and resumes) everything queued, then stops: before the daemons
- * stop, which must not find a connection suspended. The planner hands over
- * what is left and stops; the committer commits it all, then stops. */
-static void stop_threads(Server *s)
-{
-    if (!s->threads_started)
-        return;
-    pthread_mutex_lock(&s->queue_lock);
-    s->queue_stop = true;
-    pthread_cond_signal(&s->queue_cond);
-    pthread_mutex_unlock(&s->queue_lock);
-    pthread_join(s->planner, NULL);
-    pthread_join(s->committer, NULL);
-    s->threads_started = false;
 }
 
 /* ---- routes --------------------------------------------------------------------------------- */
@@ -594,10 +243,10 @@ static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req 
     }
     p->req = req;
     p->tree = tree;
-    p->job.req = &p->req;
-    p->conn = c;
+    p->ticket = (WitnessTicket){
+        .req = &p->req, .hold = suspend_conn, .release = resume_conn, .userdata = c};
     q->pending = p;
-    if (!submit(s, p)) {
+    if (!witness_service_submit(s->svc, &p->ticket)) {
         const char *h[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
         return send_error(s, c, 503, "stopping", "the witness is stopping; retry later", NULL, h);
     }
@@ -607,10 +256,10 @@ static enum MHD_Result post_checkpoint(Server *s, struct MHD_Connection *c, Req 
 /* The committer's decision on a queued checkpoint, after its COMMIT. */
 static enum MHD_Result answer_checkpoint(Server *s, struct MHD_Connection *c, Pending *p)
 {
-    int r = p->job.r;
+    int r = p->ticket.job.r;
     const WitnessRequest req = p->req;
-    WitnessOutcome out = p->job.out;
-    const char *detail = p->job.detail;
+    WitnessOutcome out = p->ticket.job.out;
+    const char *detail = p->ticket.job.detail;
 
     if (r < 0) {
         if (r == LV_ERR_INPUT || r == LV_ERR_TOOBIG)
@@ -655,14 +304,7 @@ static enum MHD_Result get_identity(Server *s, struct MHD_Connection *c)
 {
     uint8_t pk[TOKEN_ED25519_PK_LEN];
     char kid[TOKEN_KID_MAX], err[300];
-    pthread_mutex_lock(&s->token_lock);
-    ensure_token(s);
-    bool ok = s->token != NULL;
-    memcpy(pk, s->pk, sizeof(pk));
-    memcpy(kid, s->kid, sizeof(kid));
-    snprintf(err, sizeof(err), "token unavailable: %s", s->token_error);
-    pthread_mutex_unlock(&s->token_lock);
-    if (!ok) {
+    if (!witness_service_identity(s->svc, pk, kid, err, sizeof(err))) {
         const char *h[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
         return send_error(s, c, 503, "token_unavailable", err, NULL, h);
     }
@@ -690,13 +332,8 @@ static enum MHD_Result get_identity(Server *s, struct MHD_Connection *c)
 
 static enum MHD_Result get_health(Server *s, struct MHD_Connection *c)
 {
-    pthread_mutex_lock(&s->lock);
-    int db = witness_ping(s->w);
-    pthread_mutex_unlock(&s->lock);
-    pthread_mutex_lock(&s->token_lock);
-    ensure_token(s);
-    bool token = s->token != NULL;
-    pthread_mutex_unlock(&s->token_lock);
+    int db = witness_service_ping(s->svc);
+    bool token = witness_service_token_up(s->svc, true, NULL);
     char body[128];
     int n =
         snprintf(body, sizeof(body), "{\"status\":\"%s\",\"database\":\"%s\",\"token\":\"%s\"}\n",
@@ -733,9 +370,8 @@ static enum MHD_Result get_metrics(Server *s, struct MHD_Connection *c)
         fprintf(f, "attesto_witness_http_requests_total{code=\"%s\"} %" PRIuFAST64 "\n", code,
                 atomic_load(&s->status_count[i]));
     }
-    pthread_mutex_lock(&s->token_lock);
-    bool token = s->token != NULL;
-    pthread_mutex_unlock(&s->token_lock);
+    uint64_t failures = 0;
+    bool token = witness_service_token_up(s->svc, false, &failures);
     fprintf(f,
             "# HELP attesto_witness_token_failures_total Token operations that failed.\n"
             "# TYPE attesto_witness_token_failures_total counter\n"
@@ -746,7 +382,7 @@ static enum MHD_Result get_metrics(Server *s, struct MHD_Connection *c)
             "# HELP attesto_witness_requests_in_flight Requests being handled.\n"
             "# TYPE attesto_witness_requests_in_flight gauge\n"
             "attesto_witness_requests_in_flight %d\n",
-            atomic_load(&s->token_failures), token ? 1 : 0, atomic_load(&s->inflight) - 1);
+            (uint_fast64_t)failures, token ? 1 : 0, atomic_load(&s->inflight) - 1);
     if (fclose(f) != 0) {
         free(buf);
         return MHD_NO;
@@ -859,8 +495,10 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         }
         if (q->preset)
             return send_preset(s, c, q);
-        if (q->pending) /* resumed by the committer */
-            return answered(s, q->pending) ? answer_checkpoint(s, c, q->pending) : MHD_YES;
+        if (q->pending) /* resumed by the witness service */
+            return witness_service_answered(s->svc, &q->pending->ticket)
+                       ? answer_checkpoint(s, c, q->pending)
+                       : MHD_YES;
         return post_checkpoint(s, c, q);
     case R_IDENTITY:
     case R_HEALTH:
@@ -1065,8 +703,8 @@ static void stop_daemons(Server *s)
         nanosleep(&ts, NULL);
     }
     /* libmicrohttpd must not be stopped with a connection suspended: the
-     * committer answers and resumes whatever is still queued first. */
-    stop_threads(s);
+     * witness service answers and resumes whatever is still queued first. */
+    witness_service_stop(s->svc);
     for (size_t i = 0; i < s->n_fds; i++) {
         if (s->daemons[i])
             MHD_stop_daemon(s->daemons[i]);
@@ -1083,21 +721,7 @@ int httpd_run(const HttpdConfig *cfg)
     s->cfg = cfg;
     for (size_t i = 0; i < HTTPD_MAX_LISTEN; i++)
         s->fds[i] = -1;
-    pthread_mutex_init(&s->lock, NULL);
-    pthread_mutex_init(&s->token_lock, NULL);
-    /* Writers first: a token to close must not wait behind an endless
-     * overlap of the planner's and the committer's uses. */
-    pthread_rwlockattr_t ra;
-    pthread_rwlockattr_init(&ra);
-    pthread_rwlockattr_setkind_np(&ra, PTHREAD_RWLOCK_PREFER_WRITER_NONRECURSIVE_NP);
-    pthread_rwlock_init(&s->token_use, &ra);
-    pthread_rwlockattr_destroy(&ra);
-    pthread_mutex_init(&s->batch_lock, NULL);
-    pthread_cond_init(&s->batch_cond, NULL);
     pthread_mutex_init(&s->rate_lock, NULL);
-    pthread_mutex_init(&s->queue_lock, NULL);
-    pthread_cond_init(&s->queue_cond, NULL);
-    s->queue_tail = &s->queue_head;
     atomic_store(&s->last_activity, lv_mono_ms());
 
     /* Every thread started below inherits this mask, so SIGTERM and SIGINT
@@ -1109,20 +733,10 @@ int httpd_run(const HttpdConfig *cfg)
     pthread_sigmask(SIG_BLOCK, &set, &old);
     signal(SIGPIPE, SIG_IGN);
 
-    int r = witness_open(cfg->witness_db, 0, &s->w);
+    int r = witness_service_start(cfg->witness_db, cfg->witness_id, &cfg->token, &s->svc);
     if (r < 0)
         goto done;
-    /* The planner's own connection, for reading only. Without it, every
-     * checkpoint is signed in its transaction. */
-    if (witness_open_reader(s->w, &s->reader) < 0)
-        log_warning("witness database %s: no second connection, nothing is signed ahead: %s",
-                    cfg->witness_db, lv_error());
-    ensure_token(s);
-    if (s->pin_refused) {
-        r = lv_error_set(LV_ERR_PIN, "%s", s->token_error);
-        goto done;
-    }
-    if ((r = start_threads(s)) < 0 || (r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
+    if ((r = open_sockets(s)) < 0 || (r = start_daemons(s)) < 0)
         goto done;
 
     sd_notifyf(0, "READY=1\nSTATUS=witness %s serving %zu socket(s)", cfg->witness_id, s->n_fds);
@@ -1147,17 +761,8 @@ done:
     stop_daemons(s);
     for (size_t i = 0; i < HTTPD_MAX_LISTEN; i++)
         s->daemons[i] = NULL;
-    s->token = token_close(s->token);
-    s->w = witness_close(s->w);
-    s->reader = witness_close(s->reader);
+    s->svc = witness_service_free(s->svc);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    pthread_mutex_destroy(&s->lock);
-    pthread_mutex_destroy(&s->token_lock);
-    pthread_rwlock_destroy(&s->token_use);
-    pthread_cond_destroy(&s->batch_cond);
-    pthread_mutex_destroy(&s->batch_lock);
     pthread_mutex_destroy(&s->rate_lock);
-    pthread_cond_destroy(&s->queue_cond);
-    pthread_mutex_destroy(&s->queue_lock);
     return r;
 }
