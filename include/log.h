@@ -15,8 +15,8 @@ void log_set_prog(const char *prog);
  * journal (EVENT_ID=..., STREAM_ID=..., ATTEMPT=..., REASON=...). */
 void log_fields(int level, const char *const *fields, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-#define log_error(...)  log_fields(LV_LOG_ERR, NULL, __VA_ARGS__)
+#define log_error(...)   log_fields(LV_LOG_ERR, NULL, __VA_ARGS__)
 #define log_warning(...) log_fields(LV_LOG_WARNING, NULL, __VA_ARGS__)
-#define log_notice(...) log_fields(LV_LOG_NOTICE, NULL, __VA_ARGS__)
-#define log_info(...)   log_fields(LV_LOG_INFO, NULL, __VA_ARGS__)
-#define log_debug(...)  log_fields(LV_LOG_DEBUG, NULL, __VA_ARGS__)
+#define log_notice(...)  log_fields(LV_LOG_NOTICE, NULL, __VA_ARGS__)
+#define log_info(...)    log_fields(LV_LOG_INFO, NULL, __VA_ARGS__)
+#define log_debug(...)   log_fields(LV_LOG_DEBUG, NULL, __VA_ARGS__)

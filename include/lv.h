@@ -15,17 +15,17 @@
 
 /* One error space: 0 or a negative errno. The classes below decide the exit
  * code of the verb that reports them (see lv_exit_code()). */
-#define LV_ERR_INPUT   (-EINVAL)       /* invalid input or usage: exit 2 */
-#define LV_ERR_TOOBIG  (-E2BIG)        /* input over a cap: exit 2 */
-#define LV_ERR_NOMOD   (-ELIBACC)      /* PKCS#11 module cannot be loaded: exit 5 */
-#define LV_ERR_NOTOKEN (-ENODEV)       /* token absent: exit 5 */
-#define LV_ERR_PIN     (-EACCES)       /* PIN missing, rejected or locked: exit 5 */
-#define LV_ERR_NOKEY   (-ENOKEY)       /* key not found: exit 5 */
-#define LV_ERR_KEYBAD  (-EKEYREJECTED) /* key of wrong type or attributes: exit 5 */
-#define LV_ERR_AMBIG   (-ENOTUNIQ)     /* URI matches several objects/tokens: exit 5 */
-#define LV_ERR_TOKEN   (-EREMOTEIO)    /* token failed an operation: exit 5 */
-#define LV_ERR_CRYPTO  (-EBADMSG)      /* data failed authentication/verification */
-#define LV_ERR_CONFLICT (-EEXIST)      /* enqueue drift conflict: exit 4 */
+#define LV_ERR_INPUT    (-EINVAL)       /* invalid input or usage: exit 2 */
+#define LV_ERR_TOOBIG   (-E2BIG)        /* input over a cap: exit 2 */
+#define LV_ERR_NOMOD    (-ELIBACC)      /* PKCS#11 module cannot be loaded: exit 5 */
+#define LV_ERR_NOTOKEN  (-ENODEV)       /* token absent: exit 5 */
+#define LV_ERR_PIN      (-EACCES)       /* PIN missing, rejected or locked: exit 5 */
+#define LV_ERR_NOKEY    (-ENOKEY)       /* key not found: exit 5 */
+#define LV_ERR_KEYBAD   (-EKEYREJECTED) /* key of wrong type or attributes: exit 5 */
+#define LV_ERR_AMBIG    (-ENOTUNIQ)     /* URI matches several objects/tokens: exit 5 */
+#define LV_ERR_TOKEN    (-EREMOTEIO)    /* token failed an operation: exit 5 */
+#define LV_ERR_CRYPTO   (-EBADMSG)      /* data failed authentication/verification */
+#define LV_ERR_CONFLICT (-EEXIST)       /* enqueue drift conflict: exit 4 */
 
 /* Exit codes of the CLI contract (DESIGN §8). */
 enum {
@@ -54,8 +54,8 @@ static inline void freep(void *p)
 {
     free(*(void **)p);
 }
-#define _cleanup_(f)    __attribute__((cleanup(f)))
-#define _cleanup_free_  _cleanup_(freep)
+#define _cleanup_(f)   __attribute__((cleanup(f)))
+#define _cleanup_free_ _cleanup_(freep)
 #define TAKE_PTR(p)                                                                                \
     ({                                                                                             \
         __typeof__(p) _p = (p);                                                                    \

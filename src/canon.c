@@ -401,7 +401,8 @@ static int parse_string(Parser *ps, const char *what, char **ret)
                                       "\\u0000 in %s at byte %zu is not supported", what,
                                       off(ps, esc));
                 uint8_t buf[4];
-                r = scratch_put(ps, &len, buf, utf8_encode(cp, buf));
+                size_t k = utf8_encode(cp, buf);
+                r = scratch_put(ps, &len, buf, k);
                 if (r < 0)
                     return r;
                 continue;

@@ -212,7 +212,7 @@ static void reload_file(FaultSet *fs)
     FILE *f = fopen(fs->path, "re");
     if (!f)
         return;
-    Fault parsed[MAX_FAULTS];
+    Fault parsed[MAX_FAULTS] = {0};
     size_t n = 0;
     char line[512];
     bool ok = true;

@@ -80,6 +80,8 @@ static enum MHD_Result queue(struct MHD_Connection *c, unsigned status, const ch
 
 static enum MHD_Result queue_json(struct MHD_Connection *c, unsigned status, const char *body)
 {
+    if (!body)
+        return MHD_NO;
     return queue(c, status, "application/json", body, strlen(body), NULL, NULL);
 }
 

@@ -100,8 +100,12 @@ int lvtest_run(char **out, const char *fmt, ...)
     size_t k;
     while ((k = fread(buf + len, 1, cap - len - 1, p)) > 0) {
         len += k;
-        if (cap - len < 2)
-            buf = realloc(buf, cap *= 2);
+        if (cap - len < 2) {
+            char *nb = realloc(buf, cap *= 2);
+            if (!nb)
+                abort();
+            buf = nb;
+        }
     }
     buf[len] = '\0';
     int st = pclose(p);
