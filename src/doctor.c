@@ -193,32 +193,58 @@ void doctor_check_database(const char *kind, const char *path, const char *insta
 
 /* ---- relay -------------------------------------------------------------- */
 
-static const char *status_hint(long st)
+/* The reason a status names, and what it most likely means. The probe is an
+ * OPTIONS request; the protocol requires only POST of a receiver, so 405 and
+ * 501 (method not allowed, not implemented) mean a server is there and
+ * answers at this path, which is all the probe can learn without sending an
+ * envelope. */
+static const char *status_reason(long st, const char **ret_hint)
 {
-    if (st == 401 || st == 403)
-        return "the receiver refuses this installation (registered? its key known?)";
-    if (st == 404)
-        return "nothing at this path (check --relay-url)";
-    if (st == 405 || st == 501)
-        return "the server does not answer OPTIONS here (is this the receiver's events URL?)";
-    if (st >= 300 && st < 400)
-        return "a redirect, never followed: --relay-url must be the receiver's final address";
-    if (st >= 500)
-        return "the receiver or a proxy in front of it is failing";
-    return "an Attesto receiver answers 2xx";
+    if (st == 401) {
+        *ret_hint = "the receiver wants a credential this installation does not send, or another "
+                    "one (the relay-token credential?)";
+        return "unauthorized";
+    }
+    if (st == 403) {
+        *ret_hint = "the receiver refuses this installation (registered? its key known?)";
+        return "forbidden";
+    }
+    if (st == 404) {
+        *ret_hint = "nothing at this path (check --relay-url)";
+        return "not_found";
+    }
+    if (st >= 300 && st < 400) {
+        *ret_hint = "a redirect, never followed: --relay-url must be the receiver's final address";
+        return "redirect";
+    }
+    if (st >= 500) {
+        *ret_hint = "the receiver or a proxy in front of it is failing";
+        return "server_error";
+    }
+    *ret_hint =
+        "an Attesto receiver answers OPTIONS with 2xx, or 405/501 if it implements only POST";
+    return "http_status";
 }
 
 void doctor_check_probe(const RelayProbe *p, DoctorCheck *c)
 {
     const char *tr = p->transport_reason;
     if (!tr) {
+        const char *hint = NULL;
         if (p->http_status >= 200 && p->http_status < 300)
             set(c, DOCTOR_PASS, NULL, "TLS verified, OPTIONS answered HTTP %ld in %lld ms%s",
                 p->http_status, (long long)p->elapsed_ms,
                 p->protocol_ok ? " (ATTESTO-LOCAL-VAULT-RELAY/1)" : "");
-        else
-            set(c, DOCTOR_FAIL, "http_status", "HTTP status %ld after a verified TLS handshake: %s",
-                p->http_status, status_hint(p->http_status));
+        else if (p->http_status == 405 || p->http_status == 501)
+            set(c, DOCTOR_PASS, NULL,
+                "TLS verified, OPTIONS answered HTTP %ld in %lld ms (a receiver that implements "
+                "only POST%s%s)",
+                p->http_status, (long long)p->elapsed_ms, p->allow[0] ? "; Allow: " : "", p->allow);
+        else {
+            const char *reason = status_reason(p->http_status, &hint);
+            set(c, DOCTOR_FAIL, reason, "HTTP status %ld after a verified TLS handshake: %s",
+                p->http_status, hint);
+        }
         return;
     }
     if (strcmp(p->stage, "dns") == 0)

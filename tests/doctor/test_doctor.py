@@ -196,12 +196,85 @@ def test_unresolvable_host_is_a_dns_failure(shared, pki, tmp_path):
     assert checks["relay"]["detail"].startswith("DNS:")
 
 
-def test_wrong_path_is_an_http_status_failure(shared):
+def test_wrong_path_is_a_not_found_failure(shared):
     env = cfg(shared, RELAY_URL=shared.receiver.base + "/v2/elsewhere")
     checks, _ = doctor(shared, check=1, env=env)
     assert failed(checks) == ["relay"]
-    assert checks["relay"]["reason"] == "http_status"
+    assert checks["relay"]["reason"] == "not_found"
     assert checks["relay"]["detail"].startswith("HTTP status 404")
+
+
+class OptionsServer:
+    """An HTTPS server (the test PKI's certificate for 127.0.0.1) that answers
+    every request with one status: a receiver that implements only the POST
+    of the protocol (405 or 501 to OPTIONS), or one that refuses (401, 403,
+    404, 5xx). It records the methods it saw."""
+
+    def __init__(self, pki, status):
+        import http.server
+        import ssl
+        import threading
+        seen = self.methods = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def answer(self):
+                seen.append(self.command)
+                body = json.dumps({"error": "status", "detail": str(status)}).encode()
+                self.send_response(status)
+                if status == 405:
+                    self.send_header("Allow", "POST")
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_OPTIONS = do_POST = do_GET = answer
+
+            def log_message(self, *a):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(pki.server_cert, pki.server_key)
+        self.httpd.socket = ctx.wrap_socket(self.httpd.socket, server_side=True)
+        self.url = (f"https://127.0.0.1:{self.httpd.server_address[1]}"
+                    "/v2/local-vault/installations/inst-test/events")
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.mark.parametrize("status", [405, 501])
+def test_receiver_that_implements_only_post_passes(shared, pki, status):
+    srv = OptionsServer(pki, status)
+    try:
+        checks, _ = doctor(shared, check=0, env=cfg(shared, RELAY_URL=srv.url))
+    finally:
+        srv.stop()
+    assert checks["relay"]["status"] == "pass", checks["relay"]
+    assert f"OPTIONS answered HTTP {status}" in checks["relay"]["detail"]
+    assert "implements only POST" in checks["relay"]["detail"]
+    if status == 405:
+        assert "Allow: POST" in checks["relay"]["detail"]
+    # The probe never sends an envelope: one OPTIONS, no POST.
+    assert srv.methods == ["OPTIONS"]
+
+
+@pytest.mark.parametrize("status,reason", [(401, "unauthorized"), (403, "forbidden"),
+                                           (404, "not_found"), (500, "server_error"),
+                                           (502, "server_error"), (503, "server_error")])
+def test_refusing_receiver_fails_with_a_named_reason(shared, pki, status, reason):
+    srv = OptionsServer(pki, status)
+    try:
+        checks, p = doctor(shared, check=1, env=cfg(shared, RELAY_URL=srv.url))
+    finally:
+        srv.stop()
+    assert failed(checks) == ["relay"]
+    assert checks["relay"]["reason"] == reason
+    assert checks["relay"]["detail"].startswith(f"HTTP status {status} after a verified TLS")
 
 
 # ---- keys ----
