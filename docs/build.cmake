@@ -9,3 +9,5 @@ file(GLOB LV_DOCS CONFIGURE_DEPENDS ${CMAKE_CURRENT_LIST_DIR}/*.md)
 # The receiver's guide belongs with the receiver (-tools), not the service.
 list(FILTER LV_DOCS EXCLUDE REGEX "/receiver\\.md$")
 install(FILES ${LV_DOCS} ${CMAKE_SOURCE_DIR}/README.md DESTINATION ${CMAKE_INSTALL_DOCDIR})
+install(FILES ${CMAKE_CURRENT_LIST_DIR}/receiver.md
+        DESTINATION ${CMAKE_INSTALL_DATAROOTDIR}/doc/attesto-local-vault-tools)

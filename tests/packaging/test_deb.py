@@ -97,6 +97,9 @@ def test_tools_package_holds_the_receiver_and_nothing_of_the_service(tree, tools
     assert (tools / "usr/bin/attesto-local-vault-receiver").is_file()
     assert (tools / "usr/share/man/man1/attesto-local-vault-receiver.1.gz").is_file()
     assert (tools / f"usr/share/doc/{pkglib.TOOLS}/copyright").is_file()
+    # Its guide (staging included) goes with it, uncompressed like the product's docs.
+    assert (tools / f"usr/share/doc/{pkglib.TOOLS}/receiver.md").read_bytes() == \
+        open(os.path.join(pkglib.CLONE, "docs", "receiver.md"), "rb").read()
     assert not (tools / "etc").exists() and not (tools / "lib").exists()
     assert not (tree / "usr/bin/attesto-local-vault-receiver").exists()
     # It stands alone: no dependency on the product package.
