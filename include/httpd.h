@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The witness HTTP endpoint (libmicrohttpd): sockets from systemd or
- * --listen, the routes of DESIGN §7, body cap, per-tenant rate limit,
- * idle exit for socket activation, graceful stop on SIGTERM. */
+/* The HTTP layer (libmicrohttpd, src/httpd/): one core (sockets from
+ * systemd or --listen, body caps, idle exit for socket activation, graceful
+ * stop on SIGTERM) serving a service's route set. witness-serve: the routes
+ * of DESIGN §7 and the per-tenant rate limit. */
 #pragma once
 #include <stddef.h>
 
@@ -15,6 +16,7 @@
 #define HTTPD_DEFAULT_BURST   200
 #define HTTPD_DEFAULT_BODY    WITNESS_REQUEST_MAX
 
+/* witness-serve. */
 typedef struct HttpdConfig {
     const char *witness_db;
     const char *witness_id;

@@ -1,0 +1,361 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* witness-serve's routes: checkpoints handed to the witness service (each
+ * answered after its batch's COMMIT), the witness's identity, health and
+ * metrics, and the per-tenant rate limit. */
+#include "internal.h"
+
+#include <inttypes.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+
+#include "log.h"
+#include "lv.h"
+#include "pubkey.h"
+#include "version.h"
+#include "witness.h"
+
+#define RATE_SLOTS 1024
+
+typedef struct Bucket {
+    char tenant[129];
+    double tokens;
+    int64_t last_ms;
+} Bucket;
+
+/* A checkpoint request handed to the witness service; its connection is
+ * suspended until the service has decided on it. */
+typedef struct Pending {
+    WitnessRequest req;
+    cJSON *tree;          /* req's strings */
+    WitnessTicket ticket; /* userdata: the connection */
+} Pending;
+
+typedef struct Server {
+    const HttpdConfig *cfg;
+    WitnessService *svc;
+
+    pthread_mutex_t rate_lock;
+    Bucket buckets[RATE_SLOTS];
+    size_t n_buckets;
+
+    atomic_uint_fast64_t decisions[_WITNESS_RESULT_MAX];
+    atomic_uint_fast64_t forks[_WITNESS_REASON_MAX];
+} Server;
+
+/* ---- rate limit ------------------------------------------------------------------------------ */
+
+/* A token bucket per tenant. The table is bounded; when full, the bucket
+ * idle longest is recycled (it was refilling towards full anyway). */
+static bool rate_take(Server *s, const char *tenant, unsigned *ret_retry_s)
+{
+    const HttpdConfig *c = s->cfg;
+    if (c->rate_per_s <= 0)
+        return true;
+    int64_t now = lv_mono_ms();
+    pthread_mutex_lock(&s->rate_lock);
+    Bucket *b = NULL, *oldest = NULL;
+    for (size_t i = 0; i < s->n_buckets; i++) {
+        if (strcmp(s->buckets[i].tenant, tenant) == 0) {
+            b = &s->buckets[i];
+            break;
+        }
+        if (!oldest || s->buckets[i].last_ms < oldest->last_ms)
+            oldest = &s->buckets[i];
+    }
+    if (!b) {
+        b = s->n_buckets < RATE_SLOTS ? &s->buckets[s->n_buckets++] : oldest;
+        snprintf(b->tenant, sizeof(b->tenant), "%s", tenant);
+        b->tokens = c->rate_burst;
+        b->last_ms = now;
+    }
+    b->tokens = fmin((double)c->rate_burst,
+                     b->tokens + (double)(now - b->last_ms) * c->rate_per_s / 1000.0);
+    b->last_ms = now;
+    bool ok = b->tokens >= 1.0;
+    if (ok)
+        b->tokens -= 1.0;
+    else
+        *ret_retry_s = (unsigned)ceil((1.0 - b->tokens) / c->rate_per_s);
+    pthread_mutex_unlock(&s->rate_lock);
+    return ok;
+}
+
+static enum MHD_Result send_document(Httpd *h, struct MHD_Connection *c, unsigned code,
+                                     const char *result, const char *doc, size_t len)
+{
+    /* The same bytes the CLI prints: the document and a newline. */
+    _cleanup_free_ char *body = malloc(len + 1);
+    if (!body)
+        return MHD_NO;
+    memcpy(body, doc, len);
+    body[len] = '\n';
+    const char *headers[] = {"Attesto-Witness-Result", result, NULL};
+    return httpd_send_body(h, c, code, "application/json", body, len + 1, headers);
+}
+
+static void pending_free(Pending *p)
+{
+    if (!p)
+        return;
+    witness_outcome_done(&p->ticket.job.out);
+    cJSON_Delete(p->tree);
+    free(p);
+}
+
+/* ---- routes --------------------------------------------------------------------------------- */
+
+static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pending *p);
+
+/* Parses and queues a checkpoint (the connection is suspended until the
+ * committer has decided on it), or answers a refusal at once. */
+static enum MHD_Result post_checkpoint(Httpd *h, struct MHD_Connection *c, HttpdRequest *q)
+{
+    Server *s = httpd_userdata(h);
+    Pending *p = calloc(1, sizeof(*p));
+    if (!p)
+        return MHD_NO;
+    WitnessRequest req;
+    cJSON *tree = NULL;
+    lv_error_clear();
+    int r = witness_request_parse(q->body ? q->body : "", q->len, &req, &tree);
+    if (r < 0) {
+        free(p);
+        if (r == LV_ERR_TOOBIG)
+            return httpd_send_error(h, c, 413, "too_large", lv_error(), NULL, NULL);
+        return httpd_send_error(h, c, 400, "invalid_request", lv_error(), NULL, NULL);
+    }
+    unsigned retry = 0;
+    if (!rate_take(s, req.tenant_id, &retry)) {
+        char secs[16], msg[200];
+        snprintf(secs, sizeof(secs), "%u", retry ? retry : 1);
+        snprintf(msg, sizeof(msg), "tenant_id %s: over %.0f checkpoints per second; retry later",
+                 req.tenant_id, s->cfg->rate_per_s);
+        cJSON_Delete(tree);
+        free(p);
+        const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, secs, NULL};
+        return httpd_send_error(h, c, 429, "rate_limited", msg, NULL, hd);
+    }
+    p->req = req;
+    p->tree = tree;
+    p->ticket = (WitnessTicket){
+        .req = &p->req, .hold = httpd_suspend, .release = httpd_resume, .userdata = c};
+    q->pending = p;
+    if (!witness_service_submit(s->svc, &p->ticket)) {
+        const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
+        return httpd_send_error(h, c, 503, "stopping", "the witness is stopping; retry later", NULL,
+                                hd);
+    }
+    return MHD_YES;
+}
+
+/* The committer's decision on a queued checkpoint, after its COMMIT. */
+static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pending *p)
+{
+    Server *s = httpd_userdata(h);
+    int r = p->ticket.job.r;
+    const WitnessRequest req = p->req;
+    WitnessOutcome out = p->ticket.job.out;
+    const char *detail = p->ticket.job.detail;
+
+    if (r < 0) {
+        if (r == LV_ERR_INPUT || r == LV_ERR_TOOBIG)
+            return httpd_send_error(h, c, 400, "invalid_request", detail, NULL, NULL);
+        const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
+        if (lv_is_token_error(r))
+            return httpd_send_error(h, c, 503, "token_unavailable", detail, NULL, hd);
+        if (r == -EBUSY)
+            return httpd_send_error(h, c, 503, "database_busy", detail, NULL, hd);
+        log_error("witness: %s", detail);
+        return httpd_send_error(h, c, 500, "internal_error", detail, NULL, NULL);
+    }
+    atomic_fetch_add(&s->decisions[out.result], 1);
+    if (out.result == WITNESS_FORK)
+        atomic_fetch_add(&s->forks[out.reason], 1);
+    enum MHD_Result ret;
+    switch (out.result) {
+    case WITNESS_ACCEPTED:
+    case WITNESS_REPLAYED:
+        ret = send_document(h, c, 200, witness_result_name(out.result), out.document,
+                            out.document_len);
+        break;
+    case WITNESS_FORK:
+        ret = send_document(h, c, 409, "fork_evidence", out.document, out.document_len);
+        break;
+    default: {
+        char msg[256], extra[128];
+        snprintf(msg, sizeof(msg),
+                 "checkpoint_seq_no %" PRId64 " skips ahead of the head at %" PRId64
+                 "; submit %" PRId64 " first (nothing signed)",
+                 req.seq, out.head_seq, out.head_seq + 1);
+        snprintf(extra, sizeof(extra),
+                 ",\"head_seq_no\":%" PRId64 ",\"checkpoint_seq_no\":%" PRId64, out.head_seq,
+                 req.seq);
+        ret = httpd_send_error(h, c, 422, "checkpoint_gap", msg, extra, NULL);
+    }
+    }
+    return ret;
+}
+
+static enum MHD_Result get_identity(Httpd *h, struct MHD_Connection *c, HttpdRequest *q)
+{
+    const Server *s = httpd_userdata(h);
+    uint8_t pk[TOKEN_ED25519_PK_LEN];
+    char kid[TOKEN_KID_MAX], err[300];
+    if (!witness_service_identity(s->svc, pk, kid, err, sizeof(err))) {
+        const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
+        return httpd_send_error(h, c, 503, "token_unavailable", err, NULL, hd);
+    }
+    cJSON *o = cJSON_CreateObject(), *pko = NULL;
+    char *text = NULL;
+    if (o && pubkey_json(pk, kid, &pko) >= 0 &&
+        cJSON_AddStringToObject(o, "witness_id", s->cfg->witness_id) &&
+        cJSON_AddItemToObject(o, "public_key", pko) &&
+        cJSON_AddStringToObject(o, "receipt_domain", WITNESS_RECEIPT_DOMAIN) &&
+        cJSON_AddStringToObject(o, "fork_evidence_domain", WITNESS_FORK_DOMAIN) &&
+        cJSON_AddStringToObject(o, "version", LV_VERSION))
+        text = cJSON_PrintUnformatted(o);
+    else if (pko && !cJSON_GetObjectItem(o, "public_key"))
+        cJSON_Delete(pko);
+    cJSON_Delete(o);
+    if (!text)
+        return MHD_NO;
+    _cleanup_free_ char *body = NULL;
+    int len = asprintf(&body, "%s\n", text);
+    free(text);
+    if (len < 0)
+        return MHD_NO;
+    return httpd_send_body(h, c, 200, "application/json", body, (size_t)len, NULL);
+}
+
+static enum MHD_Result get_health(Httpd *h, struct MHD_Connection *c, HttpdRequest *q)
+{
+    const Server *s = httpd_userdata(h);
+    int db = witness_service_ping(s->svc);
+    bool token = witness_service_token_up(s->svc, true, NULL);
+    char body[128];
+    int n =
+        snprintf(body, sizeof(body), "{\"status\":\"%s\",\"database\":\"%s\",\"token\":\"%s\"}\n",
+                 db >= 0 && token ? "ok" : "degraded", db >= 0 ? "ok" : "failed",
+                 token ? "ok" : "unavailable");
+    return httpd_send_body(h, c, db >= 0 && token ? 200 : 503, "application/json", body, (size_t)n,
+                           NULL);
+}
+
+static enum MHD_Result get_metrics(Httpd *h, struct MHD_Connection *c, HttpdRequest *q)
+{
+    Server *s = httpd_userdata(h);
+    char *buf = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&buf, &len);
+    if (!f)
+        return MHD_NO;
+    fprintf(f, "# HELP attesto_witness_decisions_total Witness decisions by result.\n"
+               "# TYPE attesto_witness_decisions_total counter\n");
+    for (int i = 0; i < _WITNESS_RESULT_MAX; i++)
+        fprintf(f, "attesto_witness_decisions_total{result=\"%s\"} %" PRIuFAST64 "\n",
+                witness_result_name(i), atomic_load(&s->decisions[i]));
+    fprintf(f, "# HELP attesto_witness_fork_evidence_total Fork evidence answered, by reason.\n"
+               "# TYPE attesto_witness_fork_evidence_total counter\n");
+    for (int i = 1; i < _WITNESS_REASON_MAX; i++)
+        fprintf(f, "attesto_witness_fork_evidence_total{reason=\"%s\"} %" PRIuFAST64 "\n",
+                witness_reason_name(i), atomic_load(&s->forks[i]));
+    httpd_print_requests(h, f);
+    uint64_t failures = 0;
+    bool token = witness_service_token_up(s->svc, false, &failures);
+    fprintf(f,
+            "# HELP attesto_witness_token_failures_total Token operations that failed.\n"
+            "# TYPE attesto_witness_token_failures_total counter\n"
+            "attesto_witness_token_failures_total %" PRIuFAST64 "\n"
+            "# HELP attesto_witness_token_up Whether the signing token is open.\n"
+            "# TYPE attesto_witness_token_up gauge\n"
+            "attesto_witness_token_up %d\n"
+            "# HELP attesto_witness_requests_in_flight Requests being handled.\n"
+            "# TYPE attesto_witness_requests_in_flight gauge\n"
+            "attesto_witness_requests_in_flight %d\n",
+            (uint_fast64_t)failures, token ? 1 : 0, httpd_requests_in_flight(h));
+    if (fclose(f) != 0) {
+        free(buf);
+        return MHD_NO;
+    }
+    enum MHD_Result ret =
+        httpd_send_body(h, c, 200, "text/plain; version=0.0.4; charset=utf-8", buf, len, NULL);
+    free(buf);
+    return ret;
+}
+
+/* A checkpoint: queued to the service, then answered once it is decided
+ * (the service resumes the connection after the batch's COMMIT). */
+static enum MHD_Result checkpoints(Httpd *h, struct MHD_Connection *c, HttpdRequest *q)
+{
+    Server *s = httpd_userdata(h);
+    Pending *p = q->pending;
+    if (p) /* resumed by the witness service */
+        return witness_service_answered(s->svc, &p->ticket) ? answer_checkpoint(h, c, p) : MHD_YES;
+    return post_checkpoint(h, c, q);
+}
+
+static void request_done(void *userdata, HttpdRequest *q)
+{
+    pending_free(q->pending);
+    q->pending = NULL;
+}
+
+static void stop(void *userdata)
+{
+    Server *s = userdata;
+    witness_service_stop(s->svc);
+}
+
+static void status(void *userdata, size_t n_sockets, char *buf, size_t size)
+{
+    const Server *s = userdata;
+    snprintf(buf, size, "witness %s serving %zu socket(s)", s->cfg->witness_id, n_sockets);
+}
+
+static const char *const json_types[] = {"application/json", NULL};
+
+static const HttpdRoute routes[] = {
+    {.path = "/v1/witness/checkpoints", .post = true, .types = json_types, .handle = checkpoints},
+    {.path = "/v1/witness/identity", .handle = get_identity},
+    {.path = "/healthz", .handle = get_health},
+    {.path = "/metrics", .handle = get_metrics},
+};
+
+int httpd_run(const HttpdConfig *cfg)
+{
+    static Server server; /* large (rate table); one per process */
+    Server *s = &server;
+    memset(s, 0, sizeof(*s));
+    s->cfg = cfg;
+    pthread_mutex_init(&s->rate_lock, NULL);
+
+    /* Before the service's threads start: they inherit the mask. */
+    sigset_t old;
+    httpd_signals_block(&old);
+
+    int r = witness_service_start(cfg->witness_db, cfg->witness_id, &cfg->token, &s->svc);
+    if (r >= 0) {
+        const HttpdOptions o = {
+            .listen = cfg->listen,
+            .n_listen = cfg->n_listen,
+            .threads = cfg->threads,
+            .body_max = cfg->body_max,
+            .idle_exit_s = cfg->idle_exit_s,
+        };
+        const HttpdService svc = {
+            .name = "witness",
+            .routes = routes,
+            .n_routes = ELEMENTSOF(routes),
+            .userdata = s,
+            .request_done = request_done,
+            .status = status,
+            .stop = stop,
+        };
+        r = httpd_serve(&o, &svc);
+    }
+    s->svc = witness_service_free(s->svc);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    pthread_mutex_destroy(&s->rate_lock);
+    return r;
+}
