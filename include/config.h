@@ -3,6 +3,7 @@
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct Config {
     const char *spool_db;
@@ -19,13 +20,20 @@ typedef struct Config {
     /* CURLOPT_PINNEDPUBLICKEY: sha256//BASE64[;...] or a PEM/DER file */
     const char *pinned_public_key;
     const char *log_level;
-    bool json; /* --json given globally */
+    const char *spool_max_items, *spool_max_bytes; /* as given; parsed below */
+    bool json;                                     /* --json given globally */
+    /* The spool quota (docs/spool.md "Quota"): items not yet delivered and
+     * their stored bytes; 0: no limit. enqueue and ingest-serve refuse what
+     * would go past it. */
+    int64_t quota_items, quota_bytes;
 } Config;
 
 #define LV_DEFAULT_SPOOL_DB       "/var/lib/attesto/local-vault.sqlite3"
 #define LV_DEFAULT_WITNESS_DB     "/var/lib/attesto/local-vault-witness.sqlite3"
 #define LV_DEFAULT_SIGNING_KEY    "pkcs11:token=attesto;object=lv-signing;type=private"
 #define LV_DEFAULT_ENCRYPTION_KEY "pkcs11:token=attesto;object=lv-spool-kek;type=secret-key"
+#define LV_DEFAULT_QUOTA_ITEMS    1000000
+#define LV_DEFAULT_QUOTA_BYTES    (2LL * 1024 * 1024 * 1024)
 
 /* Parses the global options that stand before the verb, fills in the
  * environment and defaults. On return *ret_index is the index of the verb in

@@ -26,6 +26,7 @@
 #define LV_ERR_TOKEN    (-EREMOTEIO)    /* token failed an operation: exit 5 */
 #define LV_ERR_CRYPTO   (-EBADMSG)      /* data failed authentication/verification */
 #define LV_ERR_CONFLICT (-EEXIST)       /* enqueue drift conflict: exit 4 */
+#define LV_ERR_QUOTA    (-EDQUOT)       /* spool quota reached, nothing written: exit 9 */
 
 /* Exit codes of the CLI contract (DESIGN §8). */
 enum {
@@ -37,6 +38,7 @@ enum {
     LV_EXIT_TOKEN = 5,
     LV_EXIT_GAP = 6,
     LV_EXIT_DELIVERY = 7,
+    LV_EXIT_QUOTA = 9, /* the spool is full (quota): nothing written, retry later */
 };
 
 /* Maps an error of the classes above to the documented exit code. */

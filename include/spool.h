@@ -18,6 +18,11 @@ typedef struct SpoolOptions {
     const char *installation_id; /* required for enqueue */
     bool include_payload;        /* opt-in: relay the payload inside the envelope */
     int max_attempts;            /* 0: default 25 */
+    /* The quota on items not yet delivered (every state but receipted):
+     * their number and the bytes their envelopes and sealed payloads take.
+     * Enqueue refuses with LV_ERR_QUOTA, writing nothing, what would go past
+     * either. 0: no limit. */
+    int64_t quota_items, quota_bytes;
 } SpoolOptions;
 
 /* Opens (creating with mode 0600 and migrating as needed) the spool, checks
@@ -170,6 +175,14 @@ typedef struct SpoolStats {
     char pause_reason[64];   /* e.g. "http_401" while paused */
 } SpoolStats;
 int spool_stats(Spool *s, SpoolStats *ret);
+
+/* What the quota measures: items not yet delivered and their stored bytes,
+ * with the spool's limits (0: none). O(1): counted by triggers. */
+typedef struct SpoolUsage {
+    int64_t items, bytes;
+    int64_t quota_items, quota_bytes;
+} SpoolUsage;
+int spool_usage(Spool *s, SpoolUsage *ret);
 
 /* --- for the verbs --- */
 

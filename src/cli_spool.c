@@ -90,6 +90,8 @@ static int open_spool(const char *verb, const Config *cfg, bool want_token, bool
         .path = cfg->spool_db,
         .installation_id = cfg->installation_id,
         .include_payload = include_payload,
+        .quota_items = cfg->quota_items,
+        .quota_bytes = cfg->quota_bytes,
     };
     lv_error_clear();
     int r = spool_open(&opt, tok, ret_spool);
@@ -630,9 +632,12 @@ int status_main(const Config *cfg, int argc, char **argv)
     if (ec != 0)
         return ec;
     SpoolStats st;
+    SpoolUsage use;
     SpoolItemInfo *q = NULL;
     size_t nq = 0;
     int r = spool_stats(s, &st);
+    if (r >= 0)
+        r = spool_usage(s, &use);
     if (r >= 0 && st.quarantined > 0)
         r = spool_list(s, "quarantined", NULL, 0, 10, &q, &nq);
     spool_close(s);
@@ -665,6 +670,17 @@ int status_main(const Config *cfg, int argc, char **argv)
             cJSON_AddStringToObject(o, "pause_reason", st.pause_reason);
         else
             cJSON_AddNullToObject(o, "pause_reason");
+        cJSON *quota = cJSON_AddObjectToObject(o, "quota");
+        cJSON_AddNumberToObject(quota, "items", (double)use.items);
+        cJSON_AddNumberToObject(quota, "bytes", (double)use.bytes);
+        if (use.quota_items)
+            cJSON_AddNumberToObject(quota, "max_items", (double)use.quota_items);
+        else
+            cJSON_AddNullToObject(quota, "max_items");
+        if (use.quota_bytes)
+            cJSON_AddNumberToObject(quota, "max_bytes", (double)use.quota_bytes);
+        else
+            cJSON_AddNullToObject(quota, "max_bytes");
         cJSON *qa = cJSON_AddArrayToObject(o, "quarantined_items");
         for (size_t i = 0; i < nq; i++) {
             cJSON *e = cJSON_CreateObject();
@@ -681,6 +697,13 @@ int status_main(const Config *cfg, int argc, char **argv)
         printf("dead_letter:  %lld\n", (long long)st.dead_letter);
         printf("quarantined:  %lld\n", (long long)st.quarantined);
         printf("conflicts:    %lld\n", (long long)st.conflicts);
+        char mi[24] = "unlimited", mb[24] = "unlimited";
+        if (use.quota_items)
+            snprintf(mi, sizeof(mi), "%lld", (long long)use.quota_items);
+        if (use.quota_bytes)
+            snprintf(mb, sizeof(mb), "%lld", (long long)use.quota_bytes);
+        printf("quota:        %lld of %s items, %lld of %s bytes (not yet delivered)\n",
+               (long long)use.items, mi, (long long)use.bytes, mb);
         if (st.oldest_queued_ms > 0) {
             char t[32];
             lv_format_time(st.oldest_queued_ms, t);

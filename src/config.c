@@ -31,7 +31,30 @@ static const Option options[] = {
     OPT("pinned-public-key", "PINNED_PUBLIC_KEY", pinned_public_key,
         "pin the relay's TLS key: sha256//BASE64 or a key file"),
     OPT("log-level", "LOG_LEVEL", log_level, "error|warning|notice|info|debug"),
+    OPT("spool-max-items", "SPOOL_MAX_ITEMS", spool_max_items,
+        "quota: items not yet delivered (0: none)"),
+    OPT("spool-max-bytes", "SPOOL_MAX_BYTES", spool_max_bytes,
+        "quota: their stored bytes (0: none)"),
 };
+
+/* A quota: decimal digits, at most 2^53 (as JSON carries it). */
+static int parse_quota(const char *flag, const char *v, int64_t dflt, int64_t *ret)
+{
+    if (!v) {
+        *ret = dflt;
+        return 0;
+    }
+    int64_t x = 0;
+    for (const char *p = v; *p; p++) {
+        if (*p < '0' || *p > '9' || x > ((INT64_C(1) << 53) - (*p - '0')) / 10)
+            return lv_error_set(LV_ERR_INPUT,
+                                "--%s: %s: must be a whole number from 0 (no limit) to 2^53", flag,
+                                v);
+        x = x * 10 + (*p - '0');
+    }
+    *ret = x;
+    return 0;
+}
 
 static const char **field(Config *cfg, const Option *o)
 {
@@ -104,6 +127,14 @@ int config_parse_globals(int argc, char **argv, Config *cfg, int *ret_index)
         return lv_error_set(LV_ERR_INPUT, "--witness-id: must be 1-128 bytes of [A-Za-z0-9._:@/-]");
     if (cfg->key_id && !lv_valid_id(cfg->key_id))
         return lv_error_set(LV_ERR_INPUT, "--key-id: must be 1-128 bytes of [A-Za-z0-9._:@/-]");
+    r = parse_quota("spool-max-items", cfg->spool_max_items, LV_DEFAULT_QUOTA_ITEMS,
+                    &cfg->quota_items);
+    if (r < 0)
+        return r;
+    r = parse_quota("spool-max-bytes", cfg->spool_max_bytes, LV_DEFAULT_QUOTA_BYTES,
+                    &cfg->quota_bytes);
+    if (r < 0)
+        return r;
     *ret_index = i;
     return 0;
 }

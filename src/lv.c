@@ -64,6 +64,8 @@ int lv_exit_code(int r)
         return LV_EXIT_USAGE;
     if (r == LV_ERR_CONFLICT)
         return LV_EXIT_CONFLICT;
+    if (r == LV_ERR_QUOTA)
+        return LV_EXIT_QUOTA;
     if (lv_is_token_error(r))
         return LV_EXIT_TOKEN;
     return LV_EXIT_FAILURE;

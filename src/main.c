@@ -44,7 +44,8 @@ static void usage(FILE *f)
     fprintf(f, "\nGlobal options (flag > environment > default):\n");
     config_print_help(f);
     fprintf(f, "\nExit codes: 0 ok, 1 runtime failure, 2 usage or invalid input, 3 fork evidence,\n"
-               "4 enqueue conflict, 5 token or key problem, 6 witness gap, 7 failed deliveries.\n"
+               "4 enqueue conflict, 5 token or key problem, 6 witness gap, 7 failed deliveries,\n"
+               "9 spool quota reached (nothing written; retry once the drain has delivered).\n"
                "See attesto-local-vault(1).\n");
 }
 

@@ -6,7 +6,7 @@
 
 _attesto_local_vault_globals="--spool-db --witness-db --installation-id --witness-id --relay-url
   --key-id --signing-key --encryption-key --pkcs11-module --pin-file --ca-file
-  --pinned-public-key --log-level --json --help --version"
+  --pinned-public-key --log-level --spool-max-items --spool-max-bytes --json --help --version"
 # Global options that take no value.
 _attesto_local_vault_global_flags=" --json --help --version "
 

@@ -4,6 +4,8 @@
  * (duplicate, conflict), group commit. */
 #include "internal.h"
 
+#include <inttypes.h>
+
 #include "canon.h"
 #include "envelope.h"
 
@@ -74,6 +76,48 @@ int spool_item_check(const SpoolItemIn *it, char **ret_canon, size_t *ret_len)
     } else {
         erase_and_free(c, n);
     }
+    return 0;
+}
+
+int spool_usage(Spool *s, SpoolUsage *ret)
+{
+    _cleanup_reset_ sqlite3_stmt *st = db_stmt(s->db, ST_USAGE);
+    if (!st)
+        return -EIO;
+    int rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW)
+        return db_error(s->db, rc, "read the spool's use");
+    *ret = (SpoolUsage){.items = sqlite3_column_int64(st, 0),
+                        .bytes = sqlite3_column_int64(st, 1),
+                        .quota_items = s->quota_items,
+                        .quota_bytes = s->quota_bytes};
+    return 0;
+}
+
+int spool_quota_check(Spool *s, size_t new_items, int64_t new_bytes, bool counted)
+{
+    if (new_items == 0 || (!s->quota_items && !s->quota_bytes))
+        return 0;
+    SpoolUsage u;
+    int r = spool_usage(s, &u);
+    if (r < 0)
+        return r;
+    int64_t items = u.items + (counted ? 0 : (int64_t)new_items);
+    int64_t bytes = u.bytes + (counted ? 0 : new_bytes);
+    if (s->quota_items && items > s->quota_items)
+        return lv_error_set(LV_ERR_QUOTA,
+                            "spool quota: %" PRId64 " items not yet delivered with these %zu, "
+                            "over the limit of %" PRId64
+                            " (--spool-max-items); nothing written: retry once the drain has "
+                            "delivered items",
+                            items, new_items, s->quota_items);
+    if (s->quota_bytes && bytes > s->quota_bytes)
+        return lv_error_set(LV_ERR_QUOTA,
+                            "spool quota: %" PRId64 " bytes held by items not yet delivered with "
+                            "these %zu, over the limit of %" PRId64
+                            " (--spool-max-bytes); nothing written: retry once the drain has "
+                            "delivered items",
+                            bytes, new_items, s->quota_bytes);
     return 0;
 }
 
@@ -493,6 +537,19 @@ static int enqueue_run(Spool *s, const SpoolItemIn *items, size_t n,
             pthread_mutex_unlock(&g.lock);
         }
     }
+    /* The quota before anything is written: the new items' number, and
+     * at least their sealed payloads' bytes (each group is held to the
+     * exact figure before its COMMIT, below). */
+    if (r >= 0) {
+        size_t fresh = 0;
+        int64_t bytes = 0;
+        for (size_t i = 0; i < n; i++)
+            if (prep[i].presign) {
+                fresh++;
+                bytes += (int64_t)(prep[i].canon_len + SPOOL_SEAL_OVERHEAD);
+            }
+        r = spool_quota_check(s, fresh, bytes, false);
+    }
     for (size_t first = 0; first < n && r >= 0; first += group) {
         size_t count = n - first < group ? n - first : group;
         if (!open && (r = db_begin(s->db)) < 0)
@@ -500,6 +557,12 @@ static int enqueue_run(Spool *s, const SpoolItemIn *items, size_t n,
         open = true;
         r = insert_range(s, signer ? &g : NULL, items, prep, first, first + count, now,
                          ret_results);
+        if (r >= 0) {
+            size_t stored = 0;
+            for (size_t i = first; i < first + count; i++)
+                stored += ret_results[i].status == SPOOL_QUEUED;
+            r = spool_quota_check(s, stored, 0, true);
+        }
         if (r >= 0)
             r = db_commit(s->db);
         if (r < 0)

@@ -37,6 +37,7 @@ enum {
     ST_HELD,
     ST_NEXT,
     ST_RELEASE_ONE,
+    ST_USAGE,
     ST__MAX
 };
 extern const char *const spool_statements[ST__MAX];
@@ -54,6 +55,7 @@ struct Spool {
     pthread_mutex_t dek_lock;          /* guards slot_dek: rows are verified on threads */
     bool key_recorded;                 /* the signing key is in signing_keys */
     int max_attempts;
+    int64_t quota_items, quota_bytes; /* 0: no limit */
     uint8_t spool_id[SPOOL_ID_LEN];
 };
 
@@ -62,6 +64,14 @@ int spool_meta_get(Spool *s, const char *key, uint8_t **ret, size_t *ret_len);
 int spool_meta_set(Spool *s, const char *key, const void *v, size_t n, bool text);
 /* The last failure, for status: "<time> <event_id>: <reason>". */
 int spool_note_error(Spool *s, const char *event_id, const char *reason);
+
+/* enqueue.c: the quota. LV_ERR_QUOTA with detail when items not yet
+ * delivered, with new_items more of them and new_bytes more stored bytes,
+ * would go past the spool's quota; 0 otherwise (and when new_items is 0:
+ * a repeat stores nothing). counted: they are inserted already (in the
+ * open transaction, which the caller rolls back on the error), so the
+ * counts hold them. Read inside the transaction that writes. */
+int spool_quota_check(Spool *s, size_t new_items, int64_t new_bytes, bool counted);
 
 /* deks.c: the data keys in the token's slots. */
 int spool_dek_current(Spool *s, int64_t *ret);
@@ -73,6 +83,7 @@ int spool_dek_refresh(Spool *s);
 
 /* seal.c: version || IV || ciphertext || tag, AAD binding the row to this
  * spool, its stream, source_ref and envelope hash. */
+#define SPOOL_SEAL_OVERHEAD (1 + TOKEN_GCM_IV_LEN + TOKEN_GCM_TAG_LEN)
 int spool_seal(Spool *s, const char *kind, const char *stream_id, const char *source_ref,
                const char *envelope_hash, const void *pt, size_t n, uint8_t **ret, size_t *ret_len);
 int spool_unseal(Spool *s, const char *kind, int64_t dek_id, const char *stream_id,

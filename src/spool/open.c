@@ -128,6 +128,8 @@ int spool_open(const SpoolOptions *opt, Token *tok, Spool **ret)
     s->tok = tok;
     s->include_payload = opt->include_payload;
     s->max_attempts = opt->max_attempts > 0 ? opt->max_attempts : DEFAULT_MAX_TRIES;
+    s->quota_items = opt->quota_items > 0 ? opt->quota_items : 0;
+    s->quota_bytes = opt->quota_bytes > 0 ? opt->quota_bytes : 0;
     pthread_mutex_init(&s->dek_lock, NULL);
     s->path = strdup(opt->path);
     if (!s->path) {

@@ -76,6 +76,28 @@ static const char *const migrations[] = {
     "CREATE INDEX items_dek ON items(dek_id, id);"
     "CREATE TABLE signing_keys(kid TEXT PRIMARY KEY, public_key BLOB NOT NULL,"
     " first_used_at INTEGER NOT NULL, last_used_at INTEGER NOT NULL) WITHOUT ROWID;",
+    /* 2 -> 3: the quota (docs/spool.md "Quota"). The bytes that items not
+     * yet delivered (every state but receipted) hold in the file, their
+     * envelope and sealed payload, counted by triggers as the states are,
+     * so enqueue reads the spool's use in O(1). */
+    "INSERT INTO counts VALUES ('held_bytes', (SELECT coalesce(sum(length(envelope) +"
+    " length(payload)), 0) FROM items WHERE state <> 'receipted'));"
+    "CREATE TRIGGER items_held_ins AFTER INSERT ON items WHEN NEW.state <> 'receipted' BEGIN"
+    " UPDATE counts SET n = n + length(NEW.envelope) + length(NEW.payload)"
+    " WHERE name = 'held_bytes'; END;"
+    "CREATE TRIGGER items_held_del AFTER DELETE ON items WHEN OLD.state <> 'receipted' BEGIN"
+    " UPDATE counts SET n = n - length(OLD.envelope) - length(OLD.payload)"
+    " WHERE name = 'held_bytes'; END;"
+    "CREATE TRIGGER items_held_upd AFTER UPDATE OF state, envelope, payload ON items"
+    " WHEN (OLD.state = 'receipted') <> (NEW.state = 'receipted')"
+    " OR (NEW.state <> 'receipted' AND (length(OLD.envelope) <> length(NEW.envelope)"
+    " OR length(OLD.payload) <> length(NEW.payload))) BEGIN"
+    " UPDATE counts SET n = n"
+    " - CASE WHEN OLD.state <> 'receipted' THEN length(OLD.envelope) + length(OLD.payload)"
+    " ELSE 0 END"
+    " + CASE WHEN NEW.state <> 'receipted' THEN length(NEW.envelope) + length(NEW.payload)"
+    " ELSE 0 END"
+    " WHERE name = 'held_bytes'; END;",
 };
 const char *const spool_statements[ST__MAX] = {
     [ST_FIND] = "SELECT id, stream_id, event_type, payload_hash, envelope_hash FROM items"
@@ -129,6 +151,10 @@ const char *const spool_statements[ST__MAX] = {
     [ST_RELEASE_ONE] = "UPDATE items SET state = 'queued', lease_owner = NULL,"
                        " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"
                        " AND lease_owner = ?2 RETURNING stream_id",
+    /* Items not yet delivered and their stored bytes (the quota). */
+    [ST_USAGE] = "SELECT coalesce(sum(n) FILTER (WHERE name IN ('queued','relaying','dead_letter',"
+                 "'quarantined')), 0), coalesce(sum(n) FILTER (WHERE name = 'held_bytes'), 0)"
+                 " FROM counts",
     [ST_MARK_DEAD] = "UPDATE items SET state = 'dead_letter', attempts = attempts + 1,"
                      " last_attempt_at = ?3, last_error = ?4, lease_owner = NULL,"
                      " lease_expires_at = NULL WHERE id = ?1 AND state = 'relaying'"

@@ -223,8 +223,10 @@ def test_a_spool_from_before_rotation_is_migrated(tmp_path):
     db = v.env["ATTESTO_LOCAL_VAULT_SPOOL_DB"]
     c = sqlite3.connect(db)
     (wrapped,) = c.execute("SELECT wrapped FROM deks WHERE id = 1").fetchone()
-    # Back to the schema-1 layout.
-    c.executescript("DROP INDEX items_dek; ALTER TABLE items DROP COLUMN dek_id;"
+    # Back to the schema-1 layout (and without what schema 3 added, the quota's count).
+    c.executescript("DROP TRIGGER items_held_ins; DROP TRIGGER items_held_del;"
+                    "DROP TRIGGER items_held_upd; DELETE FROM counts WHERE name = 'held_bytes';"
+                    "DROP INDEX items_dek; ALTER TABLE items DROP COLUMN dek_id;"
                     "DROP TABLE deks; DROP TABLE signing_keys;"
                     "DELETE FROM meta WHERE key = 'current_dek'; PRAGMA user_version = 1;")
     c.execute("INSERT INTO meta(key, value) VALUES ('wrapped_dek', ?)", (wrapped,))
@@ -232,7 +234,7 @@ def test_a_spool_from_before_rotation_is_migrated(tmp_path):
     c.close()
     assert payload(v, "old1") == {"n": 11}
     c = sqlite3.connect(db)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == 2
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 3
     assert c.execute("SELECT id, wrapped FROM deks").fetchall() == [(1, wrapped)]
     assert c.execute("SELECT count(*) FROM meta WHERE key = 'wrapped_dek'").fetchone()[0] == 0
     assert c.execute("SELECT dek_id FROM items").fetchall() == [(1,)]
