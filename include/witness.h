@@ -196,7 +196,7 @@ bool witness_document_shape(const cJSON *doc);
 int witness_verify_document(const char *doc, size_t len, const uint8_t *expected_pk,
                             cJSON **ret_summary);
 
-/* The witness's entries in verify's table of document kinds (src/cli_spool.c):
+/* The witness's entries in verify's table of document kinds (src/cli/verify.c):
  * the shape of a receipt / of fork evidence, and the check, which adds the
  * summary's members (but "valid" and "kind") to ret. */
 bool witness_receipt_match(const cJSON *doc);

@@ -32,7 +32,7 @@ _attesto_local_vault_verb_options() {
     drain-loop) echo "--max-in-flight --max-attempts --timeout-ms --connect-timeout-ms --lease-ms
         --backoff-base-ms --stop-grace-ms --metrics-file --json --help" ;;
     witness-checkpoint) echo "--tenant-id --stream-id --checkpoint-id --checkpoint-seq-no
-        --checkpoint-hash --previous-checkpoint-hash --json --help" ;;
+        --checkpoint-hash --previous-checkpoint-hash --help" ;;
     witness-serve) echo "--listen --threads --max-body-bytes --rate-limit --rate-burst --idle-exit
         --help" ;;
     witness-forks) echo "--tenant-id --stream-id --json --help" ;;

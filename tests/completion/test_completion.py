@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: Apache-2.0
 """bash completion: sourced in a clean bash, driven like readline does, and
 compared with the sources: every verb of src/main.c, every global option of
-src/config.c and every option a verb parses must be offered."""
+src/config.c and every option a verb parses must be offered; and for each
+verb (and subcommand) exactly the options of its table (src/cli/), which
+its --help lists."""
 import os
 import re
 import shlex
@@ -13,6 +15,7 @@ import lvtest
 
 SCRIPT = os.path.join(lvtest.SOURCE_DIR, "packaging", "completion", "attesto-local-vault.bash")
 SRC = os.path.join(lvtest.SOURCE_DIR, "src")
+CLI = os.path.join(SRC, "cli")
 
 
 def complete(*words):
@@ -42,15 +45,15 @@ def source_globals():
 
 
 def source_verb_options():
-    """Every long option the verbs parse: getopt tables and literal flags."""
+    """Every long option the verbs parse: the entries of their option tables
+    (CLI_*_OPT in src/cli/) and any literal flag."""
     opts = set()
-    for name in os.listdir(SRC):
-        if not (name.startswith("cli_") and name.endswith(".c")):
+    for name in os.listdir(CLI):
+        if not name.endswith(".c"):
             continue
-        with open(os.path.join(SRC, name)) as f:
+        with open(os.path.join(CLI, name)) as f:
             text = f.read()
-        opts |= {"--" + o for o in re.findall(r'\{"([a-z][a-z-]*)",\s*(?:required|no|optional)_argument',
-                                               text)}
+        opts |= {"--" + o for o in re.findall(r'CLI_[A-Z_]*OPT\(\s*"([a-z][a-z-]*)"', text)}
         opts |= set(re.findall(r'"(--[a-z][a-z-]*)"', text))
     return opts
 
@@ -110,6 +113,28 @@ def test_options_in_a_verbs_usage_are_offered_for_that_verb(verb):
     for sub in SUBCOMMANDS.get(verb, ()):
         offered |= set(verb_options(f"{verb} {sub}"))
     assert usage <= offered, sorted(usage - offered)
+
+
+def help_options(key):
+    """The options `KEY --help` lists (its table), --help included."""
+    p = lvtest.run([*key.split(), "--help"], check=0)
+    listed = p.stdout[p.stdout.index("Options:\n"):]
+    return sorted(set(re.findall(r"^  (--[a-z][a-z-]*)", listed, re.M)))
+
+
+def command_keys():
+    keys = []
+    for verb in source_verbs():
+        subs = SUBCOMMANDS.get(verb)
+        keys += [f"{verb} {s}" for s in subs] if subs else [verb]
+    return keys
+
+
+@pytest.mark.parametrize("key", command_keys())
+def test_each_command_completes_exactly_the_options_of_its_table(key):
+    """Adding an option to a verb's table shows in its --help; this test then
+    asks for the same option in the completion (and for nothing else)."""
+    assert verb_options(key) == help_options(key)
 
 
 def test_a_verbs_options_after_globals():

@@ -123,7 +123,7 @@ def test_cli_seq_must_be_plain_decimal(vault, value):
 
 def test_cli_unknown_argument(vault):
     p = vault.run(["witness-checkpoint", "--tenant", T], check=2)
-    assert "--tenant: unknown argument" in p.stderr
+    assert "--tenant: unknown option" in p.stderr
 
 
 @pytest.mark.parametrize("raw,fragment", [

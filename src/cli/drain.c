@@ -1,7 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* drain-once and drain-loop: check the relay configuration, open the token
  * and the spool, then run one pass or the service loop. */
-#include <getopt.h>
 #include <limits.h>
 #include <signal.h>
 #include <stdio.h>
@@ -17,34 +16,49 @@
 #include "spool.h"
 
 typedef struct DrainArgs {
-    long max_in_flight, backoff_base_ms, timeout_ms, connect_timeout_ms, lease_ms, stop_grace_ms,
+    int64_t max_in_flight, backoff_base_ms, timeout_ms, connect_timeout_ms, lease_ms, stop_grace_ms,
         max_attempts;
     bool json;
     const char *metrics_file; /* drain-loop: NULL when none is written */
 } DrainArgs;
 
-static int parse_num(const char *verb, const char *opt, const char *v, long lo, long hi, long *ret)
-{
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || end == v || *end || n < lo || n > hi) {
-        fprintf(stderr, "%s: --%s: %s: must be an integer from %ld to %ld\n", verb, opt, v, lo, hi);
-        return -1;
-    }
-    *ret = n;
-    return 0;
-}
+/* drain-once's options; drain-loop has two more. */
+#define DRAIN_OPTIONS                                                                              \
+    CLI_NUMBER_OPT("max-in-flight", "N", DrainArgs, max_in_flight, 1, 1024,                        \
+                   "requests in flight at once, one per stream (64)"),                             \
+        CLI_NUMBER_OPT("max-attempts", "N", DrainArgs, max_attempts, 1, 1000,                      \
+                       "attempts before an item is dead-lettered (25)"),                           \
+        CLI_NUMBER_OPT("timeout-ms", "MS", DrainArgs, timeout_ms, 100, 600000,                     \
+                       "whole request timeout (30000)"),                                           \
+        CLI_NUMBER_OPT("connect-timeout-ms", "MS", DrainArgs, connect_timeout_ms, 100, 600000,     \
+                       "connect timeout (10000)"),                                                 \
+        CLI_NUMBER_OPT("lease-ms", "MS", DrainArgs, lease_ms, 1000, 86400000,                      \
+                       "how long a lease holds an item (default max(2 x timeout, 120000))"),       \
+        CLI_NUMBER_OPT("backoff-base-ms", "MS", DrainArgs, backoff_base_ms, 1, 60000,              \
+                       "base of the exponential backoff (1000)"),                                  \
+        CLI_FLAG_OPT("json", DrainArgs, json, "the summary as JSON even on a terminal")
 
-static void usage(FILE *f, const char *verb, bool loop)
-{
-    fprintf(
-        f,
-        "Usage: attesto-local-vault [GLOBAL OPTIONS] %s [--max-in-flight N] [--max-attempts N]\n"
-        "         [--timeout-ms MS] [--connect-timeout-ms MS] [--lease-ms MS]\n"
-        "         [--backoff-base-ms MS]%s [--json]\n",
-        verb, loop ? " [--stop-grace-ms MS]\n         [--metrics-file PATH|none]" : "");
-}
+static const CliOption once_options[] = {DRAIN_OPTIONS, {0}};
+static const CliOption loop_options[] = {
+    DRAIN_OPTIONS,
+    CLI_NUMBER_OPT("stop-grace-ms", "MS", DrainArgs, stop_grace_ms, 0, 600000,
+                   "on SIGTERM, how long requests in flight may finish (10000)"),
+    CLI_STRING_OPT("metrics-file", "PATH|none", DrainArgs, metrics_file,
+                   "the Prometheus textfile (none: no file)"),
+    {0},
+};
+
+static const CliCommand once_command = {
+    .name = "drain-once",
+    .about = "One relay pass over what is due; exit 7 when deliveries failed.\n",
+    .options = once_options,
+};
+
+static const CliCommand loop_command = {
+    .name = "drain-loop",
+    .about = "Relays until SIGTERM (the systemd service).\n",
+    .options = loop_options,
+};
 
 /* drain-loop's textfile (docs/observability.md): --metrics-file, else
  * ATTESTO_LOCAL_VAULT_METRICS_FILE, else the default when its directory
@@ -85,42 +99,10 @@ static int check_metrics_file(const char *verb, DrainArgs *a)
     return -1;
 }
 
-/* Returns -1 after printing a usage error, 1 after --help, 0 otherwise. */
-static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainArgs *a)
+/* Returns 0, CLI_HELP or CLI_USAGE (as cli_parse does). */
+static int parse_args(bool loop, int argc, char **argv, DrainArgs *a)
 {
-    enum {
-        O_MIF = 256,
-        O_BASE,
-        O_TIMEOUT,
-        O_CTIMEOUT,
-        O_LEASE,
-        O_GRACE,
-        O_MAXATT,
-        O_JSON,
-        O_HELP,
-        O_METRICS
-    };
-    /* --stop-grace-ms and --metrics-file exist for drain-loop only:
-     * drain-once has no table entry for them, so getopt reports them as
-     * unknown. */
-    // clang-format off
-#define DRAIN_OPTS                                                         \
-    {"max-in-flight", required_argument, NULL, O_MIF},                     \
-    {"backoff-base-ms", required_argument, NULL, O_BASE},                  \
-    {"timeout-ms", required_argument, NULL, O_TIMEOUT},                    \
-    {"connect-timeout-ms", required_argument, NULL, O_CTIMEOUT},           \
-    {"lease-ms", required_argument, NULL, O_LEASE},                        \
-    {"max-attempts", required_argument, NULL, O_MAXATT},                   \
-    {"json", no_argument, NULL, O_JSON},                                   \
-    {"help", no_argument, NULL, O_HELP}
-    // clang-format on
-    static const struct option once_opts[] = {DRAIN_OPTS, {0}};
-    static const struct option loop_opts[] = {DRAIN_OPTS,
-                                              {"stop-grace-ms", required_argument, NULL, O_GRACE},
-                                              {"metrics-file", required_argument, NULL, O_METRICS},
-                                              {0}};
-#undef DRAIN_OPTS
-    const struct option *opts = loop ? loop_opts : once_opts;
+    const CliCommand *cmd = loop ? &loop_command : &once_command;
     *a = (DrainArgs){.max_in_flight = 64,
                      .backoff_base_ms = 1000,
                      .timeout_ms = 30000,
@@ -128,63 +110,18 @@ static int parse_args(const char *verb, bool loop, int argc, char **argv, DrainA
                      .lease_ms = 0,
                      .stop_grace_ms = 10000,
                      .max_attempts = 25};
-    optind = 1;
-    opterr = 0;
-    int o, r = 0;
-    while ((o = getopt_long(argc, argv, "", opts, NULL)) != -1 && r == 0) {
-        switch (o) {
-        case O_MIF:
-            r = parse_num(verb, "max-in-flight", optarg, 1, 1024, &a->max_in_flight);
-            break;
-        case O_BASE:
-            r = parse_num(verb, "backoff-base-ms", optarg, 1, 60000, &a->backoff_base_ms);
-            break;
-        case O_TIMEOUT:
-            r = parse_num(verb, "timeout-ms", optarg, 100, 600000, &a->timeout_ms);
-            break;
-        case O_CTIMEOUT:
-            r = parse_num(verb, "connect-timeout-ms", optarg, 100, 600000, &a->connect_timeout_ms);
-            break;
-        case O_LEASE:
-            r = parse_num(verb, "lease-ms", optarg, 1000, 86400000, &a->lease_ms);
-            break;
-        case O_GRACE:
-            r = parse_num(verb, "stop-grace-ms", optarg, 0, 600000, &a->stop_grace_ms);
-            break;
-        case O_MAXATT:
-            r = parse_num(verb, "max-attempts", optarg, 1, 1000, &a->max_attempts);
-            break;
-        case O_JSON:
-            a->json = true;
-            break;
-        case O_METRICS:
-            a->metrics_file = optarg;
-            break;
-        case O_HELP:
-            usage(stdout, verb, loop);
-            return 1;
-        default:
-            fprintf(stderr, "%s: %s: unknown option or missing value (see --help)\n", verb,
-                    argv[optind - 1]);
-            return -1;
-        }
-    }
-    if (r < 0)
-        return -1;
-    if (optind < argc) {
-        fprintf(stderr, "%s: %s: unexpected argument\n", verb, argv[optind]);
-        return -1;
-    }
-    if (loop && check_metrics_file(verb, a) < 0)
-        return -1;
+    int k = cli_parse(cmd, argc, argv, a, NULL, NULL);
+    if (k != 0)
+        return k;
+    if (loop && check_metrics_file(cmd->name, a) < 0)
+        return CLI_USAGE;
     /* A lease must outlive the longest request it covers. */
     if (!a->lease_ms)
         a->lease_ms = a->timeout_ms * 2 > 120000 ? a->timeout_ms * 2 : 120000;
-    if (a->lease_ms <= a->timeout_ms) {
-        fprintf(stderr, "%s: --lease-ms: %ld: must be longer than --timeout-ms (%ld)\n", verb,
-                a->lease_ms, a->timeout_ms);
-        return -1;
-    }
+    if (a->lease_ms <= a->timeout_ms)
+        return cli_usage_error(cmd->name,
+                               "--lease-ms: %lld: must be longer than --timeout-ms (%lld)",
+                               (long long)a->lease_ms, (long long)a->timeout_ms);
     return 0;
 }
 
@@ -261,9 +198,9 @@ int drain_once_main(const Config *cfg, int argc, char **argv)
 {
     const char *verb = argv[0];
     DrainArgs a;
-    int k = parse_args(verb, false, argc, argv, &a);
+    int k = parse_args(false, argc, argv, &a);
     if (k != 0)
-        return k > 0 ? LV_EXIT_OK : LV_EXIT_USAGE;
+        return cli_parse_exit(k);
     Run run = {0};
     int code = setup(verb, cfg, &a, false, &run);
     if (code != 0) {
@@ -389,9 +326,9 @@ int drain_loop_main(const Config *cfg, int argc, char **argv)
 {
     const char *verb = argv[0];
     DrainArgs a;
-    int k = parse_args(verb, true, argc, argv, &a);
+    int k = parse_args(true, argc, argv, &a);
     if (k != 0)
-        return k > 0 ? LV_EXIT_OK : LV_EXIT_USAGE;
+        return cli_parse_exit(k);
     log_set_prog("attesto-local-vault");
     Run run = {0};
     int code = setup(verb, cfg, &a, true, &run);

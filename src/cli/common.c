@@ -1,11 +1,14 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Helpers shared by the verbs: reporting an error once, opening the token. */
+/* Helpers shared by the verbs: reporting an error once, JSON output, opening
+ * the token and the spool. */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "cli.h"
 #include "lv.h"
+#include "spool.h"
 
 int cli_fail(const char *verb, int r)
 {
@@ -61,4 +64,43 @@ int cli_open_token(const char *verb, const Config *cfg, bool want_kek, Token **r
     }
     *ret = t;
     return 0;
+}
+
+int cli_open_spool(const char *verb, const Config *cfg, const CliSpool *how, Token **ret_tok,
+                   Spool **ret_spool)
+{
+    Token *tok = NULL;
+    if (how->token) {
+        int ec = cli_open_token(verb, cfg, true, &tok);
+        if (ec != 0)
+            return ec;
+    }
+    SpoolOptions opt = {
+        .path = cfg->spool_db,
+        .installation_id = cfg->installation_id,
+        .include_payload = how->include_payload,
+        .max_attempts = how->max_attempts,
+        .quota_items = cfg->quota_items,
+        .quota_bytes = cfg->quota_bytes,
+    };
+    lv_error_clear();
+    int r = spool_open(&opt, tok, ret_spool);
+    if (r < 0) {
+        token_close(tok);
+        return cli_fail(verb, r);
+    }
+    *ret_tok = tok;
+    return 0;
+}
+
+bool cli_print_json(const cJSON *j)
+{
+    char *s = cJSON_PrintUnformatted(j);
+    if (!s) {
+        fprintf(stderr, "out of memory\n");
+        return false;
+    }
+    printf("%s\n", s);
+    free(s);
+    return true;
 }

@@ -3,7 +3,6 @@
  * terminal, JSON otherwise. Exit 0 when nothing failed, 1 when a check
  * failed, 2 on a usage error (docs/observability.md). */
 #include <cjson/cJSON.h>
-#include <getopt.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -11,27 +10,28 @@
 #include "doctor.h"
 #include "lv.h"
 
-static void usage(FILE *f)
-{
-    fprintf(f, "Usage: attesto-local-vault [GLOBAL OPTIONS] doctor [--json]\n"
-               "         [--connect-timeout-ms MS] [--timeout-ms MS]\n"
-               "Checks, in turn: the PKCS#11 module, the token, the PIN (one login), the\n"
-               "signing key and the KEK, the spool and witness databases (read-only,\n"
-               "integrity_check), the spool DEK, the relay URL and one TLS + HTTP round\n"
-               "trip to it (OPTIONS). Exit 0 when no check fails, 1 otherwise.\n");
-}
+typedef struct DoctorArgs {
+    bool json;
+    int64_t connect_ms, timeout_ms;
+} DoctorArgs;
 
-static long parse_ms(const char *opt, const char *v, bool *ok)
-{
-    char *end;
-    errno = 0;
-    long n = strtol(v, &end, 10);
-    if (errno || end == v || *end || n < 100 || n > 600000) {
-        fprintf(stderr, "doctor: --%s: %s: must be an integer from 100 to 600000\n", opt, v);
-        *ok = false;
-    }
-    return n;
-}
+static const CliOption doctor_options[] = {
+    CLI_FLAG_OPT("json", DoctorArgs, json, "JSON even on a terminal"),
+    CLI_NUMBER_OPT("connect-timeout-ms", "MS", DoctorArgs, connect_ms, 100, 600000,
+                   "the relay probe's connect timeout (5000)"),
+    CLI_NUMBER_OPT("timeout-ms", "MS", DoctorArgs, timeout_ms, 100, 600000,
+                   "the relay probe's whole timeout (10000)"),
+    {0},
+};
+
+static const CliCommand doctor_command = {
+    .name = "doctor",
+    .about = "Checks, in turn: the PKCS#11 module, the token, the PIN (one login), the\n"
+             "signing key and the KEK, the spool and witness databases (read-only,\n"
+             "integrity_check), the spool DEK, the relay URL and one TLS + HTTP round\n"
+             "trip to it (OPTIONS). Exit 0 when no check fails, 1 otherwise.\n",
+    .options = doctor_options,
+};
 
 static const char *mark(DoctorStatus st)
 {
@@ -64,7 +64,7 @@ static void print_table(const DoctorReport *rep)
         printf("\nAll checks passed%s.\n", warned ? " (see the warnings)" : "");
 }
 
-static int print_json(const DoctorReport *rep)
+static bool print_report_json(const DoctorReport *rep)
 {
     cJSON *o = cJSON_CreateObject();
     cJSON_AddBoolToObject(o, "ok", doctor_ok(rep));
@@ -79,58 +79,19 @@ static int print_json(const DoctorReport *rep)
         cJSON_AddStringToObject(e, "detail", c->detail);
         cJSON_AddItemToArray(a, e);
     }
-    char *s = cJSON_PrintUnformatted(o);
+    bool ok = cli_print_json(o);
     cJSON_Delete(o);
-    if (!s) {
-        fprintf(stderr, "doctor: out of memory\n");
-        return -1;
-    }
-    printf("%s\n", s);
-    free(s);
-    return 0;
+    return ok;
 }
 
 int doctor_main(const Config *cfg, int argc, char **argv)
 {
-    enum { O_JSON = 256, O_CTIMEOUT, O_TIMEOUT, O_HELP };
-    static const struct option opts[] = {
-        {"json", no_argument, NULL, O_JSON},
-        {"connect-timeout-ms", required_argument, NULL, O_CTIMEOUT},
-        {"timeout-ms", required_argument, NULL, O_TIMEOUT},
-        {"help", no_argument, NULL, O_HELP},
-        {0},
-    };
-    bool json = false, ok = true;
-    long connect_ms = 5000, timeout_ms = 10000;
-    optind = 1;
-    opterr = 0;
-    int o;
-    while (ok && (o = getopt_long(argc, argv, "", opts, NULL)) != -1) {
-        switch (o) {
-        case O_JSON:
-            json = true;
-            break;
-        case O_CTIMEOUT:
-            connect_ms = parse_ms("connect-timeout-ms", optarg, &ok);
-            break;
-        case O_TIMEOUT:
-            timeout_ms = parse_ms("timeout-ms", optarg, &ok);
-            break;
-        case O_HELP:
-            usage(stdout);
-            return LV_EXIT_OK;
-        default:
-            fprintf(stderr, "doctor: %s: unknown option or missing value (see --help)\n",
-                    argv[optind - 1]);
-            return LV_EXIT_USAGE;
-        }
-    }
-    if (!ok)
-        return LV_EXIT_USAGE;
-    if (optind < argc) {
-        fprintf(stderr, "doctor: %s: unexpected argument\n", argv[optind]);
-        return LV_EXIT_USAGE;
-    }
+    DoctorArgs a = {.connect_ms = 5000, .timeout_ms = 10000};
+    int k = cli_parse(&doctor_command, argc, argv, &a, NULL, NULL);
+    if (k != 0)
+        return cli_parse_exit(k);
+    bool json = a.json;
+    long connect_ms = (long)a.connect_ms, timeout_ms = (long)a.timeout_ms;
     DoctorOptions dopt = {
         .spool_db = cfg->spool_db,
         .witness_db = cfg->witness_db,
@@ -150,7 +111,7 @@ int doctor_main(const Config *cfg, int argc, char **argv)
     doctor_run(&dopt, &rep);
     if (cli_human(cfg) && !json)
         print_table(&rep);
-    else if (print_json(&rep) < 0)
+    else if (!print_report_json(&rep))
         return LV_EXIT_FAILURE;
     return doctor_ok(&rep) ? LV_EXIT_OK : LV_EXIT_FAILURE;
 }

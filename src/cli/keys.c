@@ -9,18 +9,6 @@
 #include "pubkey.h"
 #include "spool.h"
 
-static int print_json(cJSON *j)
-{
-    char *s = cJSON_PrintUnformatted(j);
-    if (!s) {
-        fprintf(stderr, "out of memory\n");
-        return LV_EXIT_FAILURE;
-    }
-    printf("%s\n", s);
-    free(s);
-    return LV_EXIT_OK;
-}
-
 static int keys_init(const Config *cfg)
 {
     TokenConfig tc;
@@ -61,31 +49,31 @@ static int keys_init(const Config *cfg)
         cJSON_AddStringToObject(ek, "uri", tc.kek_uri);
         cJSON_AddBoolToObject(ek, "created", made_kek);
         cJSON_AddStringToObject(ek, "alg", "AES-256");
-        code = print_json(j);
+        code = cli_print_json(j) ? LV_EXIT_OK : LV_EXIT_FAILURE;
         cJSON_Delete(j);
     }
     token_close(t);
     return code;
 }
 
+static const CliOption keys_init_options[] = {{0}};
+
+static const CliCommand keys_init_command = {
+    .name = "keys init",
+    .about = "Creates the Ed25519 signing key pair and the AES-256 spool KEK at the\n"
+             "configured pkcs11: URIs when they are absent (sensitive, never\n"
+             "extractable); checks them when present. Idempotent.\n",
+    .options = keys_init_options,
+};
+
 int keys_main(const Config *cfg, int argc, char **argv)
 {
-    if (argc == 2 && strcmp(argv[1], "init") == 0)
-        return keys_init(cfg);
-    if (argc >= 2 && (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0)) {
-        printf("Usage: attesto-local-vault keys init\n"
-               "Creates the Ed25519 signing key pair and the AES-256 spool KEK at the\n"
-               "configured pkcs11: URIs when they are absent (sensitive, never\n"
-               "extractable); checks them when present. Idempotent.\n");
-        return LV_EXIT_OK;
-    }
-    if (argc < 2)
-        fprintf(stderr, "keys: missing subcommand (keys init)\n");
-    else if (strcmp(argv[1], "init") == 0)
-        fprintf(stderr, "keys init: %s: unexpected argument\n", argv[2]);
-    else
-        fprintf(stderr, "keys: %s: unknown subcommand (keys init)\n", argv[1]);
-    return LV_EXIT_USAGE;
+    static const CliCommand *const subs[] = {&keys_init_command};
+    int i = 0;
+    int k = cli_parse_subcommand("keys", argc, argv, subs, ELEMENTSOF(subs), &i, NULL, NULL, NULL);
+    if (k != 0)
+        return cli_parse_exit(k);
+    return keys_init(cfg);
 }
 
 /* After a signing key rotation the spool remembers the keys that signed its
@@ -117,28 +105,30 @@ static int add_previous_keys(const Config *cfg, const char *kid, cJSON *j)
     return r;
 }
 
+typedef struct PublicKeyArgs {
+    const char *format;
+} PublicKeyArgs;
+
+static const CliOption public_key_options[] = {
+    CLI_STRING_OPT("format", "json|pem|hex", PublicKeyArgs, format,
+                   "json (default: with the kid and earlier keys), pem or hex"),
+    {0},
+};
+
+static const CliCommand public_key_command = {
+    .name = "public-key",
+    .options = public_key_options,
+};
+
 int public_key_main(const Config *cfg, int argc, char **argv)
 {
-    const char *format = "json";
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--format") == 0 && i + 1 < argc)
-            format = argv[++i];
-        else if (strncmp(argv[i], "--format=", 9) == 0)
-            format = argv[i] + 9;
-        else if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            printf("Usage: attesto-local-vault public-key [--format json|pem|hex]\n");
-            return LV_EXIT_OK;
-        } else {
-            fprintf(stderr, "public-key: %s: %s\n", argv[i],
-                    strcmp(argv[i], "--format") == 0 ? "needs a value (json|pem|hex)"
-                                                     : "unexpected argument");
-            return LV_EXIT_USAGE;
-        }
-    }
-    if (strcmp(format, "json") != 0 && strcmp(format, "pem") != 0 && strcmp(format, "hex") != 0) {
-        fprintf(stderr, "public-key: --format %s: must be json, pem or hex\n", format);
-        return LV_EXIT_USAGE;
-    }
+    PublicKeyArgs a = {.format = "json"};
+    int k = cli_parse(&public_key_command, argc, argv, &a, NULL, NULL);
+    if (k != 0)
+        return cli_parse_exit(k);
+    const char *format = a.format;
+    if (strcmp(format, "json") != 0 && strcmp(format, "pem") != 0 && strcmp(format, "hex") != 0)
+        return cli_usage_error("public-key", "--format %s: must be json, pem or hex", format);
     Token *t = NULL;
     int code = cli_open_token("public-key", cfg, false, &t);
     if (code != 0)
@@ -170,7 +160,7 @@ int public_key_main(const Config *cfg, int argc, char **argv)
         if (r < 0)
             code = cli_fail("public-key", r);
         else
-            code = print_json(j);
+            code = cli_print_json(j) ? LV_EXIT_OK : LV_EXIT_FAILURE;
         cJSON_Delete(j);
     }
     token_close(t);
