@@ -98,7 +98,8 @@ static const CliOption *find(const CliCommand *cmd, const char *name, size_t len
     return NULL;
 }
 
-/* Decimal only: an optional minus, digits, no leading zeros, no spaces. */
+/* Decimal only: an optional minus, digits, no leading zeros, no spaces,
+ * no "-0". */
 static bool parse_int64(const char *v, int64_t *ret)
 {
     const char *p = v;
@@ -114,7 +115,7 @@ static bool parse_int64(const char *v, int64_t *ret)
             return false;
         x = x * 10 + (uint64_t)(p[i] - '0');
     }
-    if (x > (uint64_t)INT64_MAX)
+    if (x > (uint64_t)INT64_MAX || (neg && x == 0))
         return false;
     *ret = neg ? -(int64_t)x : (int64_t)x;
     return true;

@@ -110,7 +110,7 @@ def test_missing_field_cli_and_endpoint(vault, server, missing):
     assert snapshot(vault) == before
 
 
-@pytest.mark.parametrize("value", ["-1", "+1", "1e3", "0x10", "01", "1.0", " 1", "",
+@pytest.mark.parametrize("value", ["-1", "-0", "+1", "1e3", "0x10", "01", "1.0", " 1", "",
                                    "9007199254740992", "99999999999999999999999"])
 def test_cli_seq_must_be_plain_decimal(vault, value):
     before = snapshot(vault)
