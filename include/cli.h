@@ -21,6 +21,7 @@ int list_main(const Config *cfg, int argc, char **argv);
 int show_main(const Config *cfg, int argc, char **argv);
 int dead_letter_main(const Config *cfg, int argc, char **argv);
 int purge_main(const Config *cfg, int argc, char **argv);
+int retry_now_main(const Config *cfg, int argc, char **argv);
 int verify_main(const Config *cfg, int argc, char **argv);
 int drain_once_main(const Config *cfg, int argc, char **argv);
 int drain_loop_main(const Config *cfg, int argc, char **argv);

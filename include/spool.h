@@ -229,6 +229,12 @@ int spool_payload(Spool *s, const char *event_id, char **ret, size_t *ret_len);
 int spool_requeue(Spool *s, const char *event_id, size_t *ret_n);
 /* Deletes receipted items whose receipt is older than before_ms. */
 int spool_purge(Spool *s, int64_t before_ms, size_t *ret_n);
+/* Makes the queued items that wait for a retry (their backoff or a
+ * Retry-After) due now, in every stream (stream_id NULL) or in one; attempts
+ * are kept, nothing else changes. *ret_n: the items made due. A running
+ * drain-loop sees the change (inotify on the spool's directory) and relays
+ * them in each stream's order. */
+int spool_retry_now(Spool *s, const char *stream_id, size_t *ret_n);
 
 /* The drain's pause (DESIGN §5.5: a 401/403 means the installation is not
  * authorised; every stream waits). Kept in the spool's metadata so that

@@ -26,6 +26,8 @@ static const Verb verbs[] = {
     {"show", show_main, "show one item EVENT_ID [--payload]"},
     {"dead-letter", dead_letter_main, "dead-letter list | requeue (EVENT_ID|--all)"},
     {"purge", purge_main, "purge --receipted-before DATE"},
+    {"retry-now", retry_now_main,
+     "make items waiting for a retry due now (--all | --stream-id ID)"},
     {"verify", verify_main, "verify an envelope or witness document offline"},
     {"drain-once", drain_once_main, "one relay pass over what is due"},
     {"drain-loop", drain_loop_main, "relay until SIGTERM (the systemd service)"},

@@ -10,7 +10,7 @@ _attesto_local_vault_globals="--spool-db --witness-db --installation-id --witnes
 # Global options that take no value.
 _attesto_local_vault_global_flags=" --json --help --version "
 
-_attesto_local_vault_verbs="keys public-key enqueue status list show dead-letter purge verify
+_attesto_local_vault_verbs="keys public-key enqueue status list show dead-letter purge retry-now verify
   drain-once drain-loop witness-checkpoint witness-serve witness-forks doctor spool"
 
 # The options of a verb (or of "verb sub").
@@ -26,6 +26,7 @@ _attesto_local_vault_verb_options() {
     "dead-letter list") echo "--stream-id --limit --after --json --help" ;;
     "dead-letter requeue") echo "--all --help" ;;
     purge) echo "--receipted-before --help" ;;
+    retry-now) echo "--all --stream-id --help" ;;
     verify) echo "--public-key --json --help" ;;
     drain-once) echo "--max-in-flight --max-attempts --timeout-ms --connect-timeout-ms --lease-ms
         --backoff-base-ms --json --help" ;;

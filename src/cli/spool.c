@@ -413,6 +413,57 @@ int dead_letter_main(const Config *cfg, int argc, char **argv)
                       a.json);
 }
 
+/* ---------- retry-now ---------- */
+
+typedef struct RetryNowArgs {
+    const char *stream_id;
+    bool all;
+} RetryNowArgs;
+
+static const CliOption retry_now_options[] = {
+    CLI_FLAG_OPT("all", RetryNowArgs, all, "items waiting in every stream"),
+    CLI_STRING_OPT("stream-id", "ID", RetryNowArgs, stream_id, "only the items of this stream"),
+    {0},
+};
+
+static const CliCommand retry_now_command = {
+    .name = "retry-now",
+    .synopsis = "(--all|--stream-id ID)",
+    .about = "Queued items waiting for a retry (backoff, Retry-After) become due now; their\n"
+             "attempts are kept. A running drain-loop relays them at once, in stream order.\n",
+    .options = retry_now_options,
+};
+
+int retry_now_main(const Config *cfg, int argc, char **argv)
+{
+    const char *verb = argv[0];
+    RetryNowArgs a = {0};
+    int k = cli_parse(&retry_now_command, argc, argv, &a, NULL, NULL);
+    if (k != 0)
+        return cli_parse_exit(k);
+    /* Every waiting item is a deliberate choice: no default. */
+    if (a.all == (a.stream_id != NULL))
+        return cli_usage_error(verb, "give --all or --stream-id ID (one of them)");
+    if (a.stream_id && !lv_valid_id(a.stream_id))
+        return cli_usage_error(verb, "--stream-id: %s: must be 1-128 bytes of [A-Za-z0-9._:@/-]",
+                               a.stream_id);
+    Token *tok = NULL;
+    Spool *s = NULL;
+    int ec = cli_open_spool(verb, cfg, &(CliSpool){0}, &tok, &s);
+    if (ec != 0)
+        return ec;
+    size_t n = 0;
+    int r = spool_retry_now(s, a.stream_id, &n);
+    spool_close(s);
+    if (r < 0)
+        return cli_fail(verb, r);
+    if (cli_human(cfg))
+        printf("%zu item(s) due now\n", n);
+    else
+        printf("{\"due_now\":%zu}\n", n);
+    return LV_EXIT_OK;
+}
+
 typedef struct PurgeArgs {
     const char *before;
 } PurgeArgs;

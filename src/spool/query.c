@@ -366,6 +366,48 @@ done:
     return 0;
 }
 
+int spool_retry_now(Spool *s, const char *stream_id, size_t *ret_n)
+{
+    int r = db_begin(s->db);
+    if (r < 0)
+        return r;
+    int64_t now = lv_now_ms();
+    size_t n = 0;
+    /* Items first (the count), then the streams' schedule, which is what
+     * drain-loop reads: a stream is due when its head is. A stream whose
+     * head is being relayed has no due time and keeps none. */
+    static const char *const sql[2][2] = {
+        {"UPDATE items SET next_attempt_at = ?1 WHERE state = 'queued' AND next_attempt_at > ?1",
+         "UPDATE items SET next_attempt_at = ?1 WHERE state = 'queued' AND next_attempt_at > ?1"
+         " AND stream_id = ?2"},
+        {"UPDATE streams SET due_at = ?1 WHERE due_at > ?1",
+         "UPDATE streams SET due_at = ?1 WHERE due_at > ?1 AND stream_id = ?2"},
+    };
+    for (int i = 0; i < 2 && r >= 0; i++) {
+        _cleanup_finalize_ sqlite3_stmt *st = NULL;
+        r = db_prepare(s->db, sql[i][stream_id != NULL], &st);
+        if (r < 0)
+            break;
+        sqlite3_bind_int64(st, 1, now);
+        if (stream_id)
+            sqlite3_bind_text(st, 2, stream_id, -1, SQLITE_STATIC);
+        int rc = sqlite3_step(st);
+        if (rc != SQLITE_DONE)
+            r = db_error(s->db, rc, "retry-now");
+        else if (i == 0)
+            n = (size_t)sqlite3_changes(db_handle(s->db));
+    }
+    if (r >= 0)
+        r = db_commit(s->db);
+    if (r < 0) {
+        db_rollback(s->db);
+        return r;
+    }
+    if (ret_n)
+        *ret_n = n;
+    return 0;
+}
+
 int spool_purge(Spool *s, int64_t before_ms, size_t *ret_n)
 {
     int r = db_begin(s->db);
