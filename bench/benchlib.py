@@ -43,6 +43,15 @@ def child_cpu():
     return r.ru_utime + r.ru_stime
 
 
+def proc_cpu(pid):
+    """User+system seconds a running process has used so far, all its
+    threads (/proc/PID/stat utime and stime, in clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    # fields[0] is the state (field 3 of proc(5)); utime and stime are 14, 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def make_vault(directory, installation_id="bench"):
     """A fresh SoftHSM token in directory with the keys provisioned; returns
     the environment that points the vault at it."""
@@ -179,7 +188,9 @@ def _child_of(pid, deadline):
 def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()):
     """Runs `drain-loop` until the receiver (accepted: its EventsLog) took k
     more envelopes; times that from READY=1. Returns (seconds, CPU seconds
-    of the whole process, peak RSS in MiB, stderr).
+    of the whole process, peak RSS in MiB, stderr, CPU seconds between
+    READY=1 and the k-th acceptance: the cost of the relaying alone, start-up
+    and wind-down left out).
 
     The peak RSS comes from /usr/bin/time (the child's ru_maxrss, the
     kernel's VmHWM over its whole life, wind-down included). Not from our
@@ -197,11 +208,13 @@ def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()
     try:
         child = _child_of(proc.pid, deadline)
         ready = notify.wait_for("READY=1", proc, deadline)
+        cpu_ready = proc_cpu(child)
         while accepted.poll() - start < k:
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise RuntimeError(f"drain-loop: {accepted.poll() - start} of {k} accepted")
             time.sleep(0.005)
         done = time.monotonic()
+        window_cpu = proc_cpu(child) - cpu_ready
     finally:
         if child and proc.poll() is None:
             try:
@@ -223,4 +236,4 @@ def drain_loop_until(lv, env, accepted, k, notify, errpath, timeout=900, args=()
         raise RuntimeError(f"drain-loop: {len(bad)} failed attempt(s), first: {bad[0]}")
     with open(rusage) as f:
         kib, user, system = f.read().split()[-3:]
-    return done - ready, float(user) + float(system), int(kib) / 1024.0, err
+    return done - ready, float(user) + float(system), int(kib) / 1024.0, err, window_cpu

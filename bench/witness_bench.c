@@ -89,7 +89,7 @@ static int bench_commit(double seconds, const char *path)
         fprintf(stderr, "witness-bench: commit loop failed\n");
         return 1;
     }
-    printf("%.1f\n", (double)n / (t1 - t0));
+    printf("%.1f %" PRIu64 "\n", (double)n / (t1 - t0), n);
     return 0;
 }
 
@@ -180,7 +180,7 @@ static int bench_load(const char *url, int clients, double seconds)
     curl_global_cleanup();
     if (failed)
         return 1;
-    printf("%.1f\n", (double)total / (t1 - t0));
+    printf("%.1f %" PRIu64 "\n", (double)total / (t1 - t0), total);
     return 0;
 }
 
