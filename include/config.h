@@ -19,6 +19,9 @@ typedef struct Config {
     const char *ca_file;
     /* CURLOPT_PINNEDPUBLICKEY: sha256//BASE64[;...] or a PEM/DER file */
     const char *pinned_public_key;
+    /* a JSON array of the receivers' receipt keys (src/receipt.c); NULL:
+     * receipts are stored unverified */
+    const char *receipt_keys_file;
     const char *log_level;
     const char *spool_max_items, *spool_max_bytes; /* as given; parsed below */
     bool json;                                     /* --json given globally */

@@ -39,12 +39,14 @@ typedef struct DoctorOptions {
     TokenConfig token;
     const char *spool_db;
     const char *witness_db;
-    const char *installation_id; /* NULL: not compared with the spool's */
-    RelayOptions relay;          /* url NULL: not configured (a failure) */
+    const char *installation_id;   /* NULL: not compared with the spool's */
+    RelayOptions relay;            /* url NULL: not configured (a failure) */
+    const char *receipt_keys_file; /* NULL: receipts are not verified (a warning) */
 } DoctorOptions;
 
 /* Runs every check in order: module, token, pin, signing_key,
- * encryption_key, spool_db, witness_db, dek, relay_url, relay. The token is
+ * encryption_key, spool_db, witness_db, dek, relay_url, relay, receipt_keys.
+ * The token is
  * opened once (one C_Login at most); the databases are opened read-only and
  * never created or migrated. Checks after a failure still run unless they
  * depend on it (then DOCTOR_SKIP). Never fails itself: everything is in

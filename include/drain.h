@@ -22,6 +22,9 @@ typedef struct DrainOptions {
     const char *spool_path;   /* drain-loop: watched (inotify) for enqueues by others */
     struct Metrics *metrics;  /* NULL: none; counts each attempt's outcome (metrics.h) */
     const char *metrics_file; /* drain-loop: written atomically every few seconds and at exit */
+    /* Pinned receipt keys (receipt.h): when set, an ack counts only with a
+     * receipt signed by one of them. NULL: receipts are not verified. */
+    const struct ReceiptKeys *receipt_keys;
 } DrainOptions;
 
 typedef struct DrainSummary {

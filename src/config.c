@@ -30,6 +30,8 @@ static const Option options[] = {
     OPT("ca-file", "CA_FILE", ca_file, "CA bundle for the relay's TLS"),
     OPT("pinned-public-key", "PINNED_PUBLIC_KEY", pinned_public_key,
         "pin the relay's TLS key: sha256//BASE64 or a key file"),
+    OPT("receipt-keys-file", "RECEIPT_KEYS_FILE", receipt_keys_file,
+        "pinned receiver receipt keys (JSON array); acks need a valid receipt"),
     OPT("log-level", "LOG_LEVEL", log_level, "error|warning|notice|info|debug"),
     OPT("spool-max-items", "SPOOL_MAX_ITEMS", spool_max_items,
         "quota: items not yet delivered (0: none)"),

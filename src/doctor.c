@@ -12,6 +12,7 @@
 #include "config.h"
 #include "db.h"
 #include "lv.h"
+#include "receipt.h"
 #include "spool.h"
 #include "witness.h"
 
@@ -268,6 +269,34 @@ void doctor_check_probe(const RelayProbe *p, DoctorCheck *c)
 
 /* ---- the run ------------------------------------------------------------ */
 
+/* Pinned receipt keys: they must parse; without them an ack is taken on
+ * its fields alone, which the operator should know. */
+static void check_receipt_keys(const char *path, DoctorCheck *c)
+{
+    if (!path) {
+        set(c, DOCTOR_WARN, "not_verified",
+            "not set: receipts are not verified (an ack is taken on its fields alone); "
+            "pin the receiver's keys with --receipt-keys-file");
+        return;
+    }
+    ReceiptKeys *k = NULL;
+    lv_error_clear();
+    int r = receipt_keys_load(path, &k);
+    if (r < 0) {
+        set(c, DOCTOR_FAIL, "invalid", "--receipt-keys-file: %s", err_text(r));
+        return;
+    }
+    char kids[400] = "";
+    size_t n = receipt_keys_count(k), used = 0;
+    for (size_t i = 0; i < n && used < sizeof(kids); i++) {
+        int w = snprintf(kids + used, sizeof(kids) - used, "%s%s", i ? ", " : "",
+                         receipt_keys_kid(k, i));
+        used += w > 0 ? (size_t)w : 0;
+    }
+    receipt_keys_free(k);
+    set(c, DOCTOR_PASS, NULL, "%zu key(s) pinned, receipts verified: %s", n, kids);
+}
+
 void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
 {
     *rep = (DoctorReport){0};
@@ -281,6 +310,8 @@ void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
     DoctorCheck *dek = add(rep, "dek", "spool data key (DEK)");
     DoctorCheck *url = add(rep, "relay_url", "relay URL");
     DoctorCheck *rel = add(rep, "relay", "relay TLS and HTTP");
+    DoctorCheck *rk = add(rep, "receipt_keys", "receipt keys");
+    check_receipt_keys(opt->receipt_keys_file, rk);
 
     /* token_open loads the module, finds the token and logs in, in that
      * order and once: the class of its error says which step failed and

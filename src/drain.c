@@ -17,6 +17,7 @@
 #include "log.h"
 #include "lv.h"
 #include "metrics.h"
+#include "receipt.h"
 
 #define DEFAULT_MAX_IN_FLIGHT 64u
 #define DEFAULT_LEASE_MS      120000
@@ -475,6 +476,23 @@ static void judge(Finished *f, const RelayResult *res)
     }
 }
 
+/* With pinned receipt keys, a delivery stands only on a receipt signed by
+ * one of them (docs/protocol.md "Signed receipts"); otherwise it becomes a
+ * failed attempt like any other, retried with backoff. */
+static void check_receipt(const Drain *d, Finished *f)
+{
+    if (f->kind != OUT_DELIVERED || !d->opt.receipt_keys)
+        return;
+    const char *why = receipt_check(d->opt.receipt_keys, f->receipt, strlen(f->receipt),
+                                    f->lease.envelope_hash, f->detail, sizeof(f->detail));
+    if (!why)
+        return;
+    free(f->receipt);
+    f->receipt = NULL;
+    f->kind = OUT_RETRY;
+    snprintf(f->reason, sizeof(f->reason), "%s", why);
+}
+
 /* Records one judged attempt (worker, inside the round's group commit). */
 static void apply(Drain *d, Finished *f)
 {
@@ -851,6 +869,7 @@ static void on_finished(void *userdata, const RelayResult *res)
     sl->lease.body = NULL;
     sl->used = false;
     judge(f, res);
+    check_receipt(d, f);
     if (f->kind != OUT_ABORTED)
         metrics_attempt(d->opt.metrics, res->elapsed_ms);
     bool moves_on = f->kind == OUT_DELIVERED || f->kind == OUT_DEAD;

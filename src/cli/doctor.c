@@ -29,7 +29,9 @@ static const CliCommand doctor_command = {
     .about = "Checks, in turn: the PKCS#11 module, the token, the PIN (one login), the\n"
              "signing key and the KEK, the spool and witness databases (read-only,\n"
              "integrity_check), the spool DEK, the relay URL and one TLS + HTTP round\n"
-             "trip to it (OPTIONS). Exit 0 when no check fails, 1 otherwise.\n",
+             "trip to it (OPTIONS), and the pinned receipt keys (a warning when none\n"
+             "are pinned: receipts are then not verified). Exit 0 when no check\n"
+             "fails, 1 otherwise.\n",
     .options = doctor_options,
 };
 
@@ -105,6 +107,7 @@ int doctor_main(const Config *cfg, int argc, char **argv)
                 .timeout_ms = timeout_ms,
                 .max_connections = 1,
             },
+        .receipt_keys_file = cfg->receipt_keys_file,
     };
     cli_token_config(cfg, &dopt.token);
     DoctorReport rep;

@@ -12,6 +12,7 @@
 #include "log.h"
 #include "lv.h"
 #include "metrics.h"
+#include "receipt.h"
 #include "relay.h"
 #include "spool.h"
 
@@ -126,6 +127,7 @@ static int parse_args(bool loop, int argc, char **argv, DrainArgs *a)
 }
 
 typedef struct Run {
+    ReceiptKeys *receipt_keys; /* NULL: receipts are not verified */
     Metrics *metrics;
     Token *tok;
     Spool *spool;
@@ -140,6 +142,7 @@ static void run_done(Run *run)
     run->relay = relay_free(run->relay);
     run->tok = token_close(run->tok);
     run->metrics = metrics_free(run->metrics);
+    run->receipt_keys = receipt_keys_free(run->receipt_keys);
 }
 
 /* Everything a drain needs, in the order that reports a usage error before
@@ -158,6 +161,14 @@ static int setup(const char *verb, const Config *cfg, const DrainArgs *a, bool l
         .timeout_ms = a->timeout_ms,
         .max_connections = (unsigned)a->max_in_flight,
     };
+    if (r >= 0 && cfg->receipt_keys_file) {
+        r = receipt_keys_load(cfg->receipt_keys_file, &run->receipt_keys);
+        if (r < 0) {
+            char detail[600];
+            snprintf(detail, sizeof(detail), "%s", lv_error());
+            r = lv_error_set(r, "--receipt-keys-file: %s", detail);
+        }
+    }
     if (r >= 0)
         r = relay_new(&ro, &run->relay);
     if (r < 0)
@@ -181,6 +192,7 @@ static int setup(const char *verb, const Config *cfg, const DrainArgs *a, bool l
         .stop_grace_ms = a->stop_grace_ms,
         .spool_path = loop ? cfg->spool_db : NULL,
         .metrics_file = loop ? a->metrics_file : NULL,
+        .receipt_keys = run->receipt_keys,
     };
     if (loop && a->metrics_file) {
         r = metrics_new(&run->metrics);
@@ -275,6 +287,7 @@ static int reopen(const Config *cfg, const DrainArgs *a, Run *run)
         .spool_path = cfg->spool_db,
         .metrics_file = a->metrics_file,
         .metrics = run->metrics, /* the counters go on across the outage */
+        .receipt_keys = run->receipt_keys,
     };
     if (r >= 0)
         r = drain_new(run->spool, run->relay, &dopt, &run->drain);

@@ -41,7 +41,7 @@ struct Ledger {
     Map installations, events, streams;
     EVP_PKEY *key;
     uint8_t pk[32];
-    char kid[24];
+    char kid[129];
     char *log_path;
     FILE *log;
     uint64_t accepted, replayed, rejected;
@@ -468,6 +468,15 @@ done:
     }
     cJSON_Delete(o);
     return res;
+}
+
+int ledger_set_receipt_kid(Ledger *l, const char *kid)
+{
+    if (!lv_valid_id(kid) || strlen(kid) >= sizeof(l->kid))
+        return lv_error_set(LV_ERR_INPUT, "--receipt-kid: must be 1-%zu bytes of [A-Za-z0-9._:@/-]",
+                            sizeof(l->kid) - 1);
+    snprintf(l->kid, sizeof(l->kid), "%s", kid);
+    return 0;
 }
 
 char *ledger_public_key_json(Ledger *l)

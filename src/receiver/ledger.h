@@ -43,6 +43,9 @@ LedgerResult ledger_submit(Ledger *l, const char *path_installation, const char 
                            const char *body, size_t len, char **ret_ack, char *detail,
                            size_t detail_len);
 
+/* Names the receipt key kid instead of "rcv-" + 16 hex digits of its
+ * SHA-256 (staging a rotation; tests of a kid that names another key). */
+int ledger_set_receipt_kid(Ledger *l, const char *kid);
 /* The receiver's public key as JSON {"alg","kid","public_key_hex"}, malloc'd. */
 char *ledger_public_key_json(Ledger *l);
 /* Counts for the stats endpoint. */

@@ -45,6 +45,7 @@ static void usage(FILE *f)
             "         [--register INSTALLATION_ID=PUBKEY_HEX|@PEMFILE|@JSONFILE]... [--events-log "
             "FILE]\n"
             "         [--fault SPEC]... [--fault-file FILE] [--seed N] [--receipt-key PEM]\n"
+            "         [--receipt-kid KID]\n"
             "\n"
             "A reference Attesto Local Vault receiver: verifies relay envelopes like Attesto\n"
             "and answers with signed receipts and localVaultAck. PORT 0 picks a free port;\n"
@@ -554,6 +555,7 @@ int main(int argc, char **argv)
         O_FAULT_FILE,
         O_SEED,
         O_RKEY,
+        O_RKID,
         O_HELP,
         O_VERSION
     };
@@ -567,12 +569,13 @@ int main(int argc, char **argv)
         {"fault-file", required_argument, NULL, O_FAULT_FILE},
         {"seed", required_argument, NULL, O_SEED},
         {"receipt-key", required_argument, NULL, O_RKEY},
+        {"receipt-kid", required_argument, NULL, O_RKID},
         {"help", no_argument, NULL, O_HELP},
         {"version", no_argument, NULL, O_VERSION},
         {0},
     };
     const char *listen = NULL, *cert_path = NULL, *key_path = NULL, *log_path = NULL,
-               *fault_file = NULL, *rkey = NULL;
+               *fault_file = NULL, *rkey = NULL, *rkid = NULL;
     const char *registrations[256], *faults[64];
     size_t n_reg = 0, n_faults = 0;
     uint64_t seed = 0;
@@ -597,6 +600,9 @@ int main(int argc, char **argv)
             break;
         case O_RKEY:
             rkey = optarg;
+            break;
+        case O_RKID:
+            rkid = optarg;
             break;
         case O_SEED:
             seed = strtoull(optarg, NULL, 10);
@@ -655,6 +661,8 @@ int main(int argc, char **argv)
 
     Server srv = {0};
     int r = ledger_new(log_path, rkey, &srv.ledger);
+    if (r >= 0 && rkid)
+        r = ledger_set_receipt_kid(srv.ledger, rkid);
     if (r >= 0)
         r = ledger_load_log(srv.ledger);
     for (size_t i = 0; r >= 0 && i < n_reg; i++)

@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Fixtures for the doctor tests: the relay tests' PKI and reference
 receiver (tests/relay/relaylib.py), a fresh token per test."""
+import json
 import os
 import sys
 
@@ -23,6 +24,11 @@ def shared(tmp_path_factory, pki):
     v.pk = public_key_hex(v)
     r = Receiver(d / "receiver", pki, register=[("inst-test", v.pk)])
     relay_env(v, r, pki)
+    # The receiver's receipt key pinned, as it printed it: every check passes.
+    keys = d / "receipt-keys.json"
+    keys.write_text(json.dumps([{"alg": "Ed25519", "kid": r.receipt_kid,
+                                 "public_key_hex": r.receipt_public_key.hex()}]))
+    v.env["ATTESTO_LOCAL_VAULT_RECEIPT_KEYS_FILE"] = str(keys)
     enqueue(v, "str_1", "a")
     v.run(["witness-checkpoint", "--tenant-id", "ten_1", "--stream-id", "str_1",
            "--checkpoint-id", "chk_1", "--checkpoint-seq-no", "1",

@@ -20,7 +20,7 @@ from faultlib import Shim  # noqa: E402  (the fault-injecting PKCS#11 shim)
 
 # Every check, in the order doctor runs them.
 CHECKS = ["module", "token", "pin", "signing_key", "encryption_key", "spool_db", "witness_db",
-          "dek", "relay_url", "relay"]
+          "dek", "relay_url", "relay", "receipt_keys"]
 
 
 def doctor(vault, *args, check=None, env=None):
@@ -89,6 +89,8 @@ def test_all_checks_pass_against_the_reference_receiver(shared):
     assert "integrity_check ok, 1 item(s)" in checks["spool_db"]["detail"]
     assert "1 wrapped DEK(s) unwrap" in checks["dek"]["detail"]
     assert vault.env["ATTESTO_LOCAL_VAULT_PIN_FILE"] in checks["pin"]["detail"]
+    assert "1 key(s) pinned, receipts verified: " + receiver.receipt_kid in \
+        checks["receipt_keys"]["detail"]
     # The round trip recorded nothing at the receiver.
     assert receiver.events() == []
 
@@ -417,6 +419,32 @@ def test_spool_of_another_installation(shared):
     checks, _ = doctor(shared, check=1, env=cfg(shared, INSTALLATION_ID="inst-other"))
     assert "spool_db" in failed(checks)
     assert checks["spool_db"]["reason"] == "installation_mismatch"
+
+
+# ---- pinned receipt keys ----
+
+def test_unpinned_receipts_are_a_warning_that_passes(shared):
+    env = cfg(shared, RECEIPT_KEYS_FILE=None)
+    checks, p = doctor(shared, env=env, check=0)
+    rk = checks["receipt_keys"]
+    assert rk["status"] == "warn" and rk["reason"] == "not_verified"
+    assert "receipts are not verified" in rk["detail"]
+
+
+def test_bad_receipt_keys_file_fails_naming_the_field(shared, tmp_path):
+    bad = tmp_path / "keys.json"
+    bad.write_text('[{"alg":"Ed25519","kid":"rcv-1","public_key_hex":"abc"}]')
+    checks, p = doctor(shared, env=cfg(shared, RECEIPT_KEYS_FILE=str(bad)), check=1)
+    assert failed(checks) == ["receipt_keys"]
+    assert checks["receipt_keys"]["reason"] == "invalid"
+    assert "[0].public_key_hex: must be 64 hex digits" in checks["receipt_keys"]["detail"]
+
+
+def test_unreadable_receipt_keys_file_fails(shared, tmp_path):
+    missing = str(tmp_path / "nope.json")
+    checks, _ = doctor(shared, env=cfg(shared, RECEIPT_KEYS_FILE=missing), check=1)
+    assert failed(checks) == ["receipt_keys"]
+    assert missing + ": cannot be read" in checks["receipt_keys"]["detail"]
 
 
 # ---- usage ----
