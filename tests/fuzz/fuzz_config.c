@@ -33,9 +33,9 @@ static void clean_environment(void)
 {
     /* Only argv varies: the environment and the defaults stay fixed. */
     static const char *const vars[] = {
-        "SPOOL_DB", "WITNESS_DB",  "INSTALLATION_ID",  "WITNESS_ID",    "RELAY_URL",
-        "KEY_ID",   "SIGNING_KEY", "ENCRYPTION_KEY",   "PKCS11_MODULE", "PIN_FILE",
-        "CA_FILE",  "LOG_LEVEL",   "PINNED_PUBLIC_KEY"};
+        "SPOOL_DB", "WITNESS_DB",  "INSTALLATION_ID",   "WITNESS_ID",       "RELAY_URL",
+        "KEY_ID",   "SIGNING_KEY", "ENCRYPTION_KEY",    "PKCS11_MODULE",    "PIN_FILE",
+        "CA_FILE",  "LOG_LEVEL",   "PINNED_PUBLIC_KEY", "RECEIPT_KEYS_FILE"};
     for (size_t i = 0; i < ELEMENTSOF(vars); i++) {
         char name[64];
         snprintf(name, sizeof(name), "ATTESTO_LOCAL_VAULT_%s", vars[i]);
