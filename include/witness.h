@@ -256,5 +256,8 @@ bool witness_service_identity(WitnessService *s, uint8_t pk[TOKEN_ED25519_PK_LEN
 /* Whether the token is open (retry: opening it when a retry is due), and
  * how many token operations failed so far. */
 bool witness_service_token_up(WitnessService *s, bool retry, uint64_t *ret_failures);
+/* True once the token refused the PIN (the error into err): the service
+ * then never logs in again and signs nothing until it is restarted. */
+bool witness_service_pin_refused(WitnessService *s, char *err, size_t err_size);
 /* A database round trip, for health checks. */
 int witness_service_ping(WitnessService *s);

@@ -55,6 +55,10 @@ typedef struct HttpdService {
      * requests in flight had their grace time: answer and resume every
      * suspended connection (libmicrohttpd must not stop with one). */
     void (*stop)(void *userdata);
+    /* Optional: true while the service must not exit when idle (an exit
+     * would let the next connection start it again, e.g. into one more
+     * C_Login with a refused PIN). */
+    bool (*hold_idle)(void *userdata);
 } HttpdService;
 
 /* What every server has, whichever its routes. */

@@ -543,6 +543,7 @@ int httpd_serve(const HttpdOptions *o, const HttpdService *svc)
         if (update_status(s, status, sizeof(status)))
             sd_notifyf(0, "STATUS=%s", status);
         if (o->idle_exit_s && atomic_load(&s->inflight) == 0 &&
+            !(svc->hold_idle && svc->hold_idle(svc->userdata)) &&
             lv_mono_ms() - atomic_load(&s->last_activity) >= (int64_t)o->idle_exit_s * 1000) {
             log_info("idle for %us: exiting (the socket stays with systemd)", o->idle_exit_s);
             break;

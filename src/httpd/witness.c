@@ -149,6 +149,25 @@ static enum MHD_Result post_checkpoint(Httpd *h, struct MHD_Connection *c, Httpd
     return MHD_YES;
 }
 
+/* A 503 for a request that needed the token: token_pin_refused once the
+ * token refused the PIN (no retry helps before a restart), else
+ * token_unavailable with a retry hint. */
+static enum MHD_Result send_token_error(Httpd *h, struct MHD_Connection *c, const Server *s,
+                                        const char *detail)
+{
+    char why[300];
+    if (witness_service_pin_refused(s->svc, why, sizeof(why))) {
+        char msg[400];
+        snprintf(msg, sizeof(msg),
+                 "the token refused the PIN; nothing is signed until the PIN file is fixed "
+                 "and the service restarted: %s",
+                 why);
+        return httpd_send_error(h, c, 503, "token_pin_refused", msg, NULL, NULL);
+    }
+    const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
+    return httpd_send_error(h, c, 503, "token_unavailable", detail, NULL, hd);
+}
+
 /* The committer's decision on a queued checkpoint, after its COMMIT. */
 static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pending *p)
 {
@@ -163,7 +182,7 @@ static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pen
             return httpd_send_error(h, c, 400, "invalid_request", detail, NULL, NULL);
         const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
         if (lv_is_token_error(r))
-            return httpd_send_error(h, c, 503, "token_unavailable", detail, NULL, hd);
+            return send_token_error(h, c, s, detail);
         if (r == -EBUSY)
             return httpd_send_error(h, c, 503, "database_busy", detail, NULL, hd);
         log_error("witness: %s", detail);
@@ -202,10 +221,8 @@ static enum MHD_Result get_identity(Httpd *h, struct MHD_Connection *c, HttpdReq
     const Server *s = httpd_userdata(h);
     uint8_t pk[TOKEN_ED25519_PK_LEN];
     char kid[TOKEN_KID_MAX], err[300];
-    if (!witness_service_identity(s->svc, pk, kid, err, sizeof(err))) {
-        const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
-        return httpd_send_error(h, c, 503, "token_unavailable", err, NULL, hd);
-    }
+    if (!witness_service_identity(s->svc, pk, kid, err, sizeof(err)))
+        return send_token_error(h, c, s, err);
     cJSON *o = cJSON_CreateObject(), *pko = NULL;
     char *text = NULL;
     if (o && pubkey_json(pk, kid, &pko) >= 0 &&
@@ -233,11 +250,12 @@ static enum MHD_Result get_health(Httpd *h, struct MHD_Connection *c, HttpdReque
     const Server *s = httpd_userdata(h);
     int db = witness_service_ping(s->svc);
     bool token = witness_service_token_up(s->svc, true, NULL);
+    bool refused = !token && witness_service_pin_refused(s->svc, NULL, 0);
     char body[128];
     int n =
         snprintf(body, sizeof(body), "{\"status\":\"%s\",\"database\":\"%s\",\"token\":\"%s\"}\n",
                  db >= 0 && token ? "ok" : "degraded", db >= 0 ? "ok" : "failed",
-                 token ? "ok" : "unavailable");
+                 token ? "ok" : refused ? "pin_refused" : "unavailable");
     return httpd_send_body(h, c, db >= 0 && token ? 200 : 503, "application/json", body, (size_t)n,
                            NULL);
 }
@@ -310,7 +328,19 @@ static void stop(void *userdata)
 static void status(void *userdata, size_t n_sockets, char *buf, size_t size)
 {
     const Server *s = userdata;
-    snprintf(buf, size, "witness %s serving %zu socket(s)", s->cfg->witness_id, n_sockets);
+    if (witness_service_pin_refused(s->svc, NULL, 0))
+        snprintf(buf, size,
+                 "witness %s serving %zu socket(s); token PIN refused, signing nothing: fix the "
+                 "PIN file and restart",
+                 s->cfg->witness_id, n_sockets);
+    else
+        snprintf(buf, size, "witness %s serving %zu socket(s)", s->cfg->witness_id, n_sockets);
+}
+
+static bool hold_idle(void *userdata)
+{
+    const Server *s = userdata;
+    return witness_service_pin_refused(s->svc, NULL, 0);
 }
 
 static const char *const json_types[] = {"application/json", NULL};
@@ -351,6 +381,7 @@ int httpd_run(const HttpdConfig *cfg)
             .request_done = request_done,
             .status = status,
             .stop = stop,
+            .hold_idle = hold_idle,
         };
         r = httpd_serve(&o, &svc);
     }

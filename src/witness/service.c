@@ -194,6 +194,16 @@ bool witness_service_token_up(WitnessService *s, bool retry, uint64_t *ret_failu
     return up;
 }
 
+bool witness_service_pin_refused(WitnessService *s, char *err, size_t err_size)
+{
+    pthread_mutex_lock(&s->token_lock);
+    bool refused = s->pin_refused;
+    if (refused && err)
+        snprintf(err, err_size, "%s", s->token_error);
+    pthread_mutex_unlock(&s->token_lock);
+    return refused;
+}
+
 int witness_service_ping(WitnessService *s)
 {
     pthread_mutex_lock(&s->lock);
@@ -466,11 +476,11 @@ int witness_service_start(const char *witness_db, const char *witness_id, const 
     if (witness_open_reader(s->w, &s->reader) < 0)
         log_warning("witness database %s: no second connection, nothing is signed ahead: %s",
                     witness_db, lv_error());
+    /* A refused PIN does not end the service: exiting would let the waiting
+     * connection start it again under socket activation, each start one
+     * more C_Login with the same wrong PIN, until the token locks. It
+     * serves what needs no signature and says why it signs nothing. */
     ensure_token(s);
-    if (s->pin_refused) {
-        r = lv_error_set(LV_ERR_PIN, "%s", s->token_error);
-        goto fail;
-    }
     r = start_threads(s);
     if (r < 0)
         goto fail;

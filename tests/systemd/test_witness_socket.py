@@ -166,27 +166,138 @@ def test_checkpoint_signed_through_the_socket_units_listen_stream(activated):
     assert proc.wait(timeout=20) == 0, open(log).read()
 
 
-def test_wrong_pin_credential_fails_with_exit_5_and_is_not_retried(tmp_path):
-    # Restart policy relies on this: a rejected PIN ends the service with
-    # exit 5, which RestartPreventExitStatus= keeps systemd from retrying.
+def shim_env(vault, tmp_path):
+    """Puts the fault-injecting shim in front of the vault's SoftHSM token
+    with one rule that fails nothing and logs every C_Login: a login counter."""
+    shim = os.path.join(lvtest.BUILD_DIR, "tests", "libp11shim.so")
+    rules = tmp_path / "shim.rules"
+    rules.write_text("C_Login CKR_OK times=0\n")
+    logpath = tmp_path / "shim.log"
+    env = dict(vault.env)
+    env["LV_SHIM_MODULE"] = env["ATTESTO_LOCAL_VAULT_PKCS11_MODULE"]
+    env["ATTESTO_LOCAL_VAULT_PKCS11_MODULE"] = shim
+    extra = [f"--setenv=LV_SHIM_MODULE={env['LV_SHIM_MODULE']}",
+             f"--setenv=LV_SHIM_RULES={rules}", f"--setenv=LV_SHIM_LOG={logpath}"]
+    return env, extra, logpath
+
+
+def logins(logpath):
+    try:
+        return [l for l in open(logpath) if " C_Login " in l]
+    except FileNotFoundError:
+        return []
+
+
+def notify_listener(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(path)
+    s.settimeout(0.2)
+    return s
+
+
+def notify_messages(s, until, timeout):
+    out, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        try:
+            out.append(s.recv(65536).decode(errors="replace"))
+        except socket.timeout:
+            pass
+        if until(out):
+            break
+    return out
+
+
+def test_wrong_pin_one_login_then_serves_503_token_pin_refused_without_exiting(tmp_path):
+    # Under socket activation an exit would let the waiting connection start
+    # the service again: one more C_Login with the same wrong PIN each time,
+    # until a real HSM locks the token. So a refused PIN is tried once, and
+    # the same process keeps serving, refusing everything that must sign.
     svc = unit_settings("attesto-local-vault-witness.service")
-    assert "5" in svc["RestartPreventExitStatus"][0].split()
     vault = lvtest.Vault(tmp_path)
+    env, extra, shimlog = shim_env(vault, tmp_path)
+    argv = shlex.split(svc["ExecStart"][0])
+    # A short idle exit: that it does not happen while refused is asserted.
+    argv = [a if argv[k - 1] != "--idle-exit" else "1" for k, a in enumerate(argv)]
+    assert "--idle-exit" in argv, argv
+    chash = hashlib.sha256(b"checkpoint 1").hexdigest()
+    body = json.dumps({"tenant_id": "ten_1", "stream_id": "str_1", "checkpoint_id": "chk_1",
+                       "checkpoint_seq_no": 1, "checkpoint_hash": chash}).encode()
+
+    # First with the right PIN: seq 1 accepted, so that a replay can be asked
+    # of the refused service.
     creds = tmp_path / "credentials"
     creds.mkdir(mode=0o700)
-    (creds / "pkcs11-pin").write_text("not-the-pin\n")
+    (creds / "pkcs11-pin").write_bytes(open(vault.env["ATTESTO_LOCAL_VAULT_PIN_FILE"], "rb").read())
     path = str(tmp_path / "witness.sock")
-    argv = shlex.split(svc["ExecStart"][0])
-    with open(tmp_path / "activate.log", "wb") as log:
-        proc = activate(path, "witness", argv, unit_environment(vault.env, creds), log)
-        deadline = time.time() + 20
-        while not os.path.exists(path):
-            assert proc.poll() is None and time.time() < deadline
-            time.sleep(0.02)
-        # The service starts on the first connection, as under systemd.
-        s = connect_unix(path)
+    with open(tmp_path / "good.log", "wb") as log:
+        proc = activate(path, "witness", argv, unit_environment(env, creds) + extra, log)
         try:
-            assert proc.wait(timeout=60) == 5, open(log.name).read()
+            deadline = time.time() + 20
+            while not os.path.exists(path):
+                assert proc.poll() is None and time.time() < deadline
+                time.sleep(0.02)
+            status, answer = request(path, "POST", "/v1/witness/checkpoints", body)
+            assert status == 200, (answer, open(log.name).read())
+            accepted = json.loads(answer)
         finally:
-            s.close()
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=20) == 0
+    assert len(logins(shimlog)) == 1
+    os.unlink(path)
+    shimlog.unlink()
+
+    (creds / "pkcs11-pin").write_text("not-the-pin\n")
+    notify = notify_listener(str(tmp_path / "notify.sock"))
+    extra.append(f"--setenv=NOTIFY_SOCKET={tmp_path / 'notify.sock'}")
+    with open(tmp_path / "activate.log", "wb") as log:
+        proc = activate(path, "witness", argv, unit_environment(env, creds) + extra, log)
+        try:
+            deadline = time.time() + 20
+            while not os.path.exists(path):
+                assert proc.poll() is None and time.time() < deadline
+                time.sleep(0.02)
+            pid = proc.pid
+            started = time.time()
+            answers = []
+            for k in range(20):
+                if k % 4 == 0:
+                    answers.append(("sign",) + request(path, "POST", "/v1/witness/checkpoints",
+                                                       body.replace(b'"chk_1"', b'"chk_x"')))
+                elif k % 4 == 1:
+                    answers.append(("health",) + request(path, "GET", "/healthz"))
+                elif k % 4 == 2:
+                    answers.append(("identity",) + request(path, "GET", "/v1/witness/identity"))
+                else:
+                    answers.append(("replay",) + request(path, "POST", "/v1/witness/checkpoints",
+                                                         body))
+            # Past the 1 s idle exit: still the same process.
+            time.sleep(max(0, started + 2.5 - time.time()))
+            assert proc.poll() is None, open(log.name).read()
+            assert proc.pid == pid
+            assert len(logins(shimlog)) == 1, logins(shimlog)
+            for kind, status, answer in answers:
+                if kind == "replay":
+                    assert status == 200, answer
+                    doc = json.loads(answer)
+                    assert doc["result"] == "replayed", doc
+                    assert doc["statement"] == accepted["statement"]
+                    continue
+                assert status == 503, (kind, answer)
+                doc = json.loads(answer)
+                if kind == "health":
+                    assert doc["token"] == "pin_refused", doc
+                else:
+                    assert doc["error"] == "token_pin_refused", (kind, doc)
+                    assert "PIN" in doc["message"], doc
+            msgs = notify_messages(notify, lambda m: any("READY=1" in x for x in m), 5)
+            ready = [m for m in msgs if "READY=1" in m]
+            assert ready, msgs
+            status_line = [l for m in msgs for l in m.split("\n") if l.startswith("STATUS=")]
+            assert any("PIN refused" in l for l in status_line), msgs
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            rc = proc.wait(timeout=20)
+            notify.close()
+    assert rc == 0, open(tmp_path / "activate.log").read()
+    assert len(logins(shimlog)) == 1
     assert "PIN" in open(tmp_path / "activate.log").read()

@@ -137,15 +137,24 @@ def test_endpoint_recovers_when_the_key_appears_without_restart(tmp_path):
         assert srv.stop() == 0
 
 
-def test_rejected_pin_stops_the_start_with_exit_5(tmp_path):
+def test_rejected_pin_keeps_serving_with_503_token_pin_refused(tmp_path):
+    # An exit would only be restarted into another C_Login with the same
+    # PIN (socket activation); the process stays up and says why it cannot sign.
     vault = Vault(tmp_path, keys=False)
     bad = os.path.join(vault.dir, "wrong-pin")
     with open(bad, "w") as f:
         f.write("00000000\n")
     env = dict(vault.env, ATTESTO_LOCAL_VAULT_PIN_FILE=bad)
-    srv = Server(vault, env=env, wait=False)
-    assert srv.proc.wait(timeout=30) == 5, srv.read_log()
-    srv.log.close()
+    srv = Server(vault, env=env)
+    try:
+        status, _, body = srv.post(request_body(T, S, "c0", 0, h(0)))
+        assert status == 503, body
+        assert json.loads(body)["error"] == "token_pin_refused", body
+        status, _, body = srv.request("GET", "/healthz")
+        assert status == 503 and json.loads(body)["token"] == "pin_refused", body
+        assert srv.proc.poll() is None
+    finally:
+        assert srv.stop() == 0
     assert "PIN" in srv.read_log()
 
 
