@@ -255,7 +255,9 @@ static enum MHD_Result get_health(Httpd *h, struct MHD_Connection *c, HttpdReque
     int n =
         snprintf(body, sizeof(body), "{\"status\":\"%s\",\"database\":\"%s\",\"token\":\"%s\"}\n",
                  db >= 0 && token ? "ok" : "degraded", db >= 0 ? "ok" : "failed",
-                 token ? "ok" : refused ? "pin_refused" : "unavailable");
+                 token     ? "ok"
+                 : refused ? "pin_refused"
+                           : "unavailable");
     return httpd_send_body(h, c, db >= 0 && token ? 200 : 503, "application/json", body, (size_t)n,
                            NULL);
 }
