@@ -4,6 +4,7 @@
  * UTF-8, no lone surrogates, no duplicate keys). */
 #pragma once
 #include <cjson/cJSON.h>
+#include <stdbool.h>
 #include <stddef.h>
 
 #define CANON_MAX_SAFE_INTEGER 9007199254740991LL
@@ -24,6 +25,17 @@ int canon_serialize(const cJSON *node, char **ret, size_t *ret_len);
 /* parse + serialize in one step. */
 int canon_json(const char *in, size_t len, size_t max_len, const char *path_prefix, char **ret,
                size_t *ret_len);
+
+/* A member name from outside, made safe to print in one line: at most 64
+ * bytes, anything outside printable ASCII as '?', "..." when cut. */
+void canon_printable(const char *s, char out[68]);
+
+/* The one strict member check: o must be an object whose members are all
+ * among names; with all_required, each of names must also be present.
+ * Errors: "<path>: must be an object", "<path>.<name>: unknown member",
+ * "<path>.<name>: missing" (LV_ERR_INPUT). */
+int canon_check_members(const cJSON *o, const char *path, const char *const *names, size_t n,
+                        bool all_required);
 
 /* The one cleanup helper for cJSON trees (cJSON_Delete accepts NULL). */
 static inline void cjson_deletep(cJSON **j)

@@ -1079,3 +1079,39 @@ int canon_json(const char *in, size_t len, size_t max_len, const char *path_pref
     cJSON_Delete(root);
     return r;
 }
+
+void canon_printable(const char *s, char out[68])
+{
+    size_t i = 0;
+    for (; i < 64 && s[i]; i++)
+        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    if (s[i]) {
+        memcpy(out + i, "...", 3);
+        i += 3;
+    }
+    out[i] = '\0';
+}
+
+int canon_check_members(const cJSON *o, const char *path, const char *const *names, size_t n,
+                        bool all_required)
+{
+    if (!cJSON_IsObject(o))
+        return lv_error_set(LV_ERR_INPUT, "%s: must be an object", path);
+    const cJSON *m;
+    cJSON_ArrayForEach(m, o)
+    {
+        bool known = false;
+        for (size_t i = 0; i < n && !known; i++)
+            known = strcmp(m->string, names[i]) == 0;
+        if (!known) {
+            char name[68];
+            canon_printable(m->string, name);
+            return lv_error_set(LV_ERR_INPUT, "%s.%s: unknown member", path, name);
+        }
+    }
+    if (all_required)
+        for (size_t i = 0; i < n; i++)
+            if (!cJSON_GetObjectItemCaseSensitive(o, names[i]))
+                return lv_error_set(LV_ERR_INPUT, "%s.%s: missing", path, names[i]);
+    return 0;
+}

@@ -193,19 +193,6 @@ static const char *member_str(const cJSON *obj, const char *name)
     return cJSON_IsString(m) ? m->valuestring : NULL;
 }
 
-static int check_exact_members(const cJSON *obj, const char *where, const char *const *allowed,
-                               size_t n)
-{
-    for (const cJSON *m = obj->child; m; m = m->next) {
-        bool ok = false;
-        for (size_t i = 0; i < n && !ok; i++)
-            ok = strcmp(m->string, allowed[i]) == 0;
-        if (!ok)
-            return lv_error_set(LV_ERR_INPUT, "%s.%.64s: unknown member", where, m->string);
-    }
-    return 0;
-}
-
 static bool valid_time(const char *s)
 {
     int64_t ms;
@@ -241,7 +228,7 @@ int envelope_verify(const char *body, size_t len, const uint8_t pk[32])
     static const char *const top[] = {
         "envelope_version", "event_id",     "event_type", "installation_id", "local_signature",
         "payload",          "payload_hash", "source_ref", "spooled_at",      "stream_id"};
-    r = check_exact_members(root, "envelope", top, ELEMENTSOF(top));
+    r = canon_check_members(root, "envelope", top, ELEMENTSOF(top), false);
     if (r < 0)
         return r;
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(root, "envelope_version");
@@ -287,7 +274,7 @@ int envelope_verify(const char *body, size_t len, const uint8_t pk[32])
     if (!cJSON_IsObject(ls))
         return lv_error_set(LV_ERR_INPUT, "envelope.local_signature: missing or not an object");
     static const char *const sigm[] = {"alg", "kid", "signature"};
-    r = check_exact_members(ls, "envelope.local_signature", sigm, ELEMENTSOF(sigm));
+    r = canon_check_members(ls, "envelope.local_signature", sigm, ELEMENTSOF(sigm), false);
     if (r < 0)
         return r;
     const char *alg = member_str(ls, "alg"), *kid = member_str(ls, "kid"),

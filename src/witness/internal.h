@@ -58,8 +58,6 @@ int witness_store_fork(Witness *w, const char *witness_id, const WitnessRequest 
                        WitnessReason reason, const Row *acc, const char *key,
                        const char *detected_at, const char *statement_hash, const char *doc);
 
-/* request.c: a member name from outside, made safe to print in one line. */
-void witness_printable(const char *s, char out[68]);
 
 /* statement.c */
 bool witness_json_str(cJSON *o, const char *k, const char *v); /* NULL: null */

@@ -56,18 +56,6 @@ int witness_request_check(const WitnessRequest *req, WitnessNames names)
     return 0;
 }
 
-void witness_printable(const char *s, char out[68])
-{
-    size_t i = 0;
-    for (; i < 64 && s[i]; i++)
-        out[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
-    if (s[i]) {
-        memcpy(out + i, "...", 3);
-        i += 3;
-    }
-    out[i] = '\0';
-}
-
 int witness_request_parse(const char *body, size_t len, WitnessRequest *ret, cJSON **ret_tree)
 {
     if (len > WITNESS_REQUEST_MAX)
@@ -90,7 +78,7 @@ int witness_request_parse(const char *body, size_t len, WitnessRequest *ret, cJS
                 f = i;
         if (f < 0) {
             char name[68];
-            witness_printable(m->string, name);
+            canon_printable(m->string, name);
             return lv_error_set(LV_ERR_INPUT,
                                 "%s: unknown member (expected tenant_id, stream_id, "
                                 "checkpoint_id, checkpoint_seq_no, checkpoint_hash, "

@@ -5,24 +5,7 @@
 /* Members of an object: exactly the names given (all required). */
 static int exact_members(const cJSON *o, const char *path, const char *const *names, size_t n)
 {
-    if (!cJSON_IsObject(o))
-        return lv_error_set(LV_ERR_INPUT, "%s: must be an object", path);
-    const cJSON *m;
-    cJSON_ArrayForEach(m, o)
-    {
-        bool known = false;
-        for (size_t i = 0; i < n; i++)
-            known |= strcmp(m->string, names[i]) == 0;
-        if (!known) {
-            char name[68];
-            witness_printable(m->string, name);
-            return lv_error_set(LV_ERR_INPUT, "%s.%s: unknown member", path, name);
-        }
-    }
-    for (size_t i = 0; i < n; i++)
-        if (!cJSON_GetObjectItemCaseSensitive(o, names[i]))
-            return lv_error_set(LV_ERR_INPUT, "%s.%s: missing", path, names[i]);
-    return 0;
+    return canon_check_members(o, path, names, n, true);
 }
 
 static const char *get_str(const cJSON *o, const char *name)
