@@ -51,7 +51,8 @@ int drain_once(Drain *d, DrainSummary *ret);
  * clean stop, negative on a spool or token failure. */
 int drain_loop(Drain *d);
 
-/* Full-jitter backoff for the attempt that just failed (attempts counted
- * after it), scaled by base_ms/1000 from spool_backoff_ms's 1 s base; never
- * below retry_after_ms, never 0. */
+/* The retry policy (drain owns it; the spool stores the due time it is
+ * told): full-jitter backoff for the attempt that just failed (attempts
+ * counted after it), uniform in [0, min(300 * base_ms, base_ms * 2^(n-1))];
+ * never below retry_after_ms (itself capped at one hour), never 0. */
 int64_t drain_backoff_ms(int attempts, int64_t base_ms, int64_t retry_after_ms);

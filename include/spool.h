@@ -162,10 +162,6 @@ int spool_recover_expired(Spool *s, int64_t now_ms, size_t *ret_n);
 int spool_batch_begin(Spool *s);
 int spool_batch_commit(Spool *s);
 
-/* Full-jitter exponential backoff (base 1 s, cap 300 s) for the given
- * attempt number; retry_after_ms (or 0) is a floor. */
-int64_t spool_backoff_ms(int attempts, int64_t retry_after_ms);
-
 typedef struct SpoolStats {
     int64_t queued, relaying, receipted, dead_letter, quarantined, conflicts;
     int64_t oldest_queued_ms; /* enqueue time of the oldest queued item, 0 if none */

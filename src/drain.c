@@ -22,6 +22,8 @@
 #define DEFAULT_MAX_IN_FLIGHT 64u
 #define DEFAULT_LEASE_MS      120000
 #define DEFAULT_BASE_MS       1000
+#define BACKOFF_CAP_FACTOR    300     /* the cap is 300 bases (300 s at 1 s) */
+#define RETRY_AFTER_MAX_MS    3600000 /* a Retry-After floor never parks an item longer */
 #define DEFAULT_STOP_GRACE_MS 10000
 #define DEFAULT_IDLE_WAKE_MS  30000
 #define STATUS_EVERY_MS       2000
@@ -124,11 +126,22 @@ int64_t drain_backoff_ms(int attempts, int64_t base_ms, int64_t retry_after_ms)
 {
     if (base_ms <= 0)
         base_ms = DEFAULT_BASE_MS;
-    /* spool_backoff_ms holds the one full-jitter schedule (base 1 s, cap
-     * 300 s); a smaller base for tests scales it, cap included. */
-    int64_t d = spool_backoff_ms(attempts, 0);
-    if (base_ms != DEFAULT_BASE_MS)
-        d = d * base_ms / DEFAULT_BASE_MS;
+    if (attempts < 1)
+        attempts = 1;
+    /* The one retry policy: full jitter, uniform in
+     * [0, min(300 * base, base * 2^(attempts-1))]; the spool only stores
+     * the due time drain computes from it. */
+    int64_t cap = base_ms * BACKOFF_CAP_FACTOR, ceiling = base_ms;
+    for (int i = 1; i < attempts && ceiling < cap; i++)
+        ceiling *= 2;
+    if (ceiling > cap)
+        ceiling = cap;
+    uint64_t rnd = 0;
+    if (lv_random(&rnd, sizeof(rnd)) < 0)
+        rnd = (uint64_t)lv_mono_ms() * 2654435761u; /* jitter only; never a secret */
+    int64_t d = (int64_t)(rnd % (uint64_t)(ceiling + 1));
+    if (retry_after_ms > RETRY_AFTER_MAX_MS)
+        retry_after_ms = RETRY_AFTER_MAX_MS;
     if (retry_after_ms > d)
         d = retry_after_ms;
     return d > 0 ? d : 1;

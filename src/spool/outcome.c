@@ -3,9 +3,6 @@
  * the attempts run out), dead-letter; and the backoff schedule. */
 #include "internal.h"
 
-#define BACKOFF_BASE_MS    1000
-#define BACKOFF_CAP_MS     300000
-#define RETRY_AFTER_MAX_MS 3600000 /* a Retry-After floor never parks an item longer */
 
 /* Runs one outcome update (a prepared statement with ?1 = id, ?2 = owner,
  * RETURNING stream_id, event_id) in its own transaction; -ESTALE when owner no longer
@@ -117,22 +114,4 @@ int spool_mark_dead(Spool *s, int64_t id, const char *owner, const char *reason)
         .t4 = reason ? reason : "dead_letter",
     };
     return apply_outcome(s, id, owner, &o, NULL);
-}
-
-int64_t spool_backoff_ms(int attempts, int64_t retry_after_ms)
-{
-    if (attempts < 1)
-        attempts = 1;
-    int64_t ceiling = BACKOFF_BASE_MS;
-    for (int i = 1; i < attempts && ceiling < BACKOFF_CAP_MS; i++)
-        ceiling *= 2;
-    if (ceiling > BACKOFF_CAP_MS)
-        ceiling = BACKOFF_CAP_MS;
-    uint64_t rnd = 0;
-    if (lv_random(&rnd, sizeof(rnd)) < 0)
-        rnd = (uint64_t)lv_mono_ms() * 2654435761u; /* jitter only; never a secret */
-    int64_t d = (int64_t)(rnd % (uint64_t)(ceiling + 1));
-    if (retry_after_ms > RETRY_AFTER_MAX_MS)
-        retry_after_ms = RETRY_AFTER_MAX_MS;
-    return d < retry_after_ms ? retry_after_ms : d;
 }

@@ -153,6 +153,31 @@ static void test_backoff_bounds(void **state)
     }
 }
 
+static void backoff_is_full_jitter_within_bounds(void **state)
+{
+    for (int a = 1; a <= 30; a++) {
+        int64_t ceiling = 1000;
+        for (int i = 1; i < a && ceiling < 300000; i++)
+            ceiling *= 2;
+        if (ceiling > 300000)
+            ceiling = 300000;
+        int64_t lo = ceiling, hi = 0;
+        for (int k = 0; k < 200; k++) {
+            int64_t d = drain_backoff_ms(a, 1000, 0);
+            assert_true(d >= 0 && d <= ceiling);
+            lo = d < lo ? d : lo;
+            hi = d > hi ? d : hi;
+        }
+        /* Jitter spreads over the range, not a fixed delay. */
+        assert_true(hi - lo > ceiling / 4);
+    }
+    for (int k = 0; k < 100; k++) {
+        assert_true(drain_backoff_ms(1, 1000, 5000) >= 5000);
+        assert_true(drain_backoff_ms(1, 1000, 5000) <= 5000);
+        assert_true(drain_backoff_ms(30, 1000, 86400000) <= 3600000);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -166,6 +191,7 @@ int main(void)
         cmocka_unit_test(test_relay_refuses_unreadable_ca_file),
         cmocka_unit_test(test_relay_unreachable_is_connect_failed),
         cmocka_unit_test(test_backoff_bounds),
+        cmocka_unit_test(backoff_is_full_jitter_within_bounds),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -781,31 +781,6 @@ static void drain_pause_shows_in_stats_until_cleared(void **state)
     spool_close(s);
 }
 
-static void backoff_is_full_jitter_within_bounds(void **state)
-{
-    for (int a = 1; a <= 30; a++) {
-        int64_t ceiling = 1000;
-        for (int i = 1; i < a && ceiling < 300000; i++)
-            ceiling *= 2;
-        if (ceiling > 300000)
-            ceiling = 300000;
-        int64_t lo = ceiling, hi = 0;
-        for (int k = 0; k < 200; k++) {
-            int64_t d = spool_backoff_ms(a, 0);
-            assert_true(d >= 0 && d <= ceiling);
-            lo = d < lo ? d : lo;
-            hi = d > hi ? d : hi;
-        }
-        /* Jitter spreads over the range, not a fixed delay. */
-        assert_true(hi - lo > ceiling / 4);
-    }
-    for (int k = 0; k < 100; k++) {
-        assert_true(spool_backoff_ms(1, 5000) >= 5000);
-        assert_true(spool_backoff_ms(1, 5000) <= 5000);
-        assert_true(spool_backoff_ms(30, 86400000) <= 3600000);
-    }
-}
-
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -827,7 +802,6 @@ int main(void)
         cmocka_unit_test(opt_in_payload_seals_the_envelope),
         cmocka_unit_test(purge_deletes_only_old_receipts),
         cmocka_unit_test(drain_pause_shows_in_stats_until_cleared),
-        cmocka_unit_test(backoff_is_full_jitter_within_bounds),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
