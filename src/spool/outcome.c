@@ -3,7 +3,6 @@
  * the attempts run out), dead-letter; and the backoff schedule. */
 #include "internal.h"
 
-
 /* Runs one outcome update (a prepared statement with ?1 = id, ?2 = owner,
  * RETURNING stream_id, event_id) in its own transaction; -ESTALE when owner no longer
  * holds the lease (it expired and someone else took the item). */

@@ -58,7 +58,6 @@ int witness_store_fork(Witness *w, const char *witness_id, const WitnessRequest 
                        WitnessReason reason, const Row *acc, const char *key,
                        const char *detected_at, const char *statement_hash, const char *doc);
 
-
 /* statement.c */
 bool witness_json_str(cJSON *o, const char *k, const char *v); /* NULL: null */
 bool witness_json_int(cJSON *o, const char *k, int64_t v);
