@@ -29,13 +29,27 @@ typedef struct EnvelopeInput {
     int64_t spooled_at_ms;
 } EnvelopeInput;
 
+/* The identifiers of one envelope: its event id, the payload's hash and
+ * (after envelope_build) the body's hash, all lowercase hex SHA-256. */
+typedef struct EnvelopeIds {
+    char event_id[ENVELOPE_EVENT_ID_MAX];
+    char payload_hash[65];
+    char envelope_hash[65]; /* "" until the body is built */
+} EnvelopeIds;
+
+/* The event id and payload hash of an input, without the token: what a
+ * caller needs to look an item up before deciding to build it. */
+void envelope_ids(const EnvelopeInput *in, EnvelopeIds *ret);
+
 /* Builds the envelope, signs it on the token and returns the exact request
- * body (canonical JSON) and its hash (lowercase hex SHA-256 of the body).
- * installation_id, stream_id, source_ref, event_type and the token's kid
- * must pass lv_valid_id(); payload_canon must already be canonical (it is
- * hashed and embedded as given). LV_ERR_INPUT with detail otherwise. */
+ * body (canonical JSON) and the ids it computed and signed (event id,
+ * payload hash, body hash), so that callers store those and never compute
+ * them a second time. installation_id, stream_id, source_ref, event_type
+ * and the token's kid must pass lv_valid_id(); payload_canon must already
+ * be canonical (it is hashed and embedded as given). LV_ERR_INPUT with
+ * detail otherwise. */
 int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *ret_len,
-                   char ret_hash[65]);
+                   EnvelopeIds *ret_ids);
 
 /* Offline check of a body: canonical form, fields, identifiers, signature
  * under the given raw public key. LV_ERR_CRYPTO on a bad signature,

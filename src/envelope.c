@@ -91,21 +91,28 @@ static void build_json(Buf *b, const EnvelopeInput *in, const char *event_id,
     buf_str(b, "}");
 }
 
+void envelope_ids(const EnvelopeInput *in, EnvelopeIds *ret)
+{
+    envelope_event_id(in->installation_id, in->source_ref, ret->event_id);
+    lv_sha256_hex(in->payload_canon, in->payload_len, ret->payload_hash);
+    ret->envelope_hash[0] = '\0';
+}
+
 int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *ret_len,
-                   char ret_hash[65])
+                   EnvelopeIds *ret_ids)
 {
     const char *event_type = in->event_type ? in->event_type : ENVELOPE_DEFAULT_EVENT_TYPE;
     static const struct {
         const char *name;
         size_t off;
-    } ids[] = {{"installation_id", offsetof(EnvelopeInput, installation_id)},
-               {"stream_id", offsetof(EnvelopeInput, stream_id)},
-               {"source_ref", offsetof(EnvelopeInput, source_ref)}};
-    for (size_t i = 0; i < ELEMENTSOF(ids); i++) {
-        const char *v = *(const char *const *)((const char *)in + ids[i].off);
+    } id_members[] = {{"installation_id", offsetof(EnvelopeInput, installation_id)},
+                      {"stream_id", offsetof(EnvelopeInput, stream_id)},
+                      {"source_ref", offsetof(EnvelopeInput, source_ref)}};
+    for (size_t i = 0; i < ELEMENTSOF(id_members); i++) {
+        const char *v = *(const char *const *)((const char *)in + id_members[i].off);
         if (!lv_valid_id(v))
             return lv_error_set(LV_ERR_INPUT, "%s: must be 1-128 bytes of [A-Za-z0-9._:@/-]",
-                                ids[i].name);
+                                id_members[i].name);
     }
     if (!lv_valid_id(event_type))
         return lv_error_set(LV_ERR_INPUT, "event_type: must be 1-128 bytes of [A-Za-z0-9._:@/-]");
@@ -115,9 +122,10 @@ int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *r
     if (!kid || !lv_valid_id(kid))
         return lv_error_set(LV_ERR_INPUT, "key id: must be 1-128 bytes of [A-Za-z0-9._:@/-]");
 
-    char event_id[ENVELOPE_EVENT_ID_MAX], payload_hash[65], spooled_at[32];
-    envelope_event_id(in->installation_id, in->source_ref, event_id);
-    lv_sha256_hex(in->payload_canon, in->payload_len, payload_hash);
+    EnvelopeIds ids;
+    envelope_ids(in, &ids);
+    const char *event_id = ids.event_id, *payload_hash = ids.payload_hash;
+    char spooled_at[32];
     lv_format_time(in->spooled_at_ms, spooled_at);
 
     int r;
@@ -148,7 +156,8 @@ int envelope_build(Token *t, const EnvelopeInput *in, char **ret_body, size_t *r
         r = lv_error_set(LV_ERR_TOOBIG, "envelope: larger than %d bytes", ENVELOPE_MAX_BODY);
         goto done;
     }
-    lv_sha256_hex(body.p, body.len, ret_hash);
+    lv_sha256_hex(body.p, body.len, ids.envelope_hash);
+    *ret_ids = ids;
     *ret_len = body.len;
     *ret_body = TAKE_PTR(body.p);
     r = 0;

@@ -128,7 +128,7 @@ typedef struct Prepared {
     bool presign;
     char *body;
     size_t body_len;
-    char envelope_hash[65];
+    EnvelopeIds ids;                /* handed back by envelope_build */
     uint8_t *payload_row, *env_row; /* sealed */
     size_t payload_row_len, env_row_len;
 } Prepared;
@@ -167,13 +167,13 @@ static int item_stored(Spool *s, const char *event_id)
 static int build_item(Spool *s, const SpoolItemIn *it, Prepared *p, int64_t now)
 {
     EnvelopeInput ei = envelope_input(s, it, p, now);
-    int r = envelope_build(s->tok, &ei, &p->body, &p->body_len, p->envelope_hash);
+    int r = envelope_build(s->tok, &ei, &p->body, &p->body_len, &p->ids);
     if (r >= 0)
-        r = spool_seal(s, "payload", it->stream_id, it->source_ref, p->envelope_hash, p->canon,
+        r = spool_seal(s, "payload", it->stream_id, it->source_ref, p->ids.envelope_hash, p->canon,
                        p->canon_len, &p->payload_row, &p->payload_row_len);
     /* With the opt-in payload the body holds the plaintext: seal it too. */
     if (r >= 0 && s->include_payload)
-        r = spool_seal(s, "envelope", it->stream_id, it->source_ref, p->envelope_hash, p->body,
+        r = spool_seal(s, "envelope", it->stream_id, it->source_ref, p->ids.envelope_hash, p->body,
                        p->body_len, &p->env_row, &p->env_row_len);
     return r;
 }
@@ -191,9 +191,13 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
                        SpoolEnqueueResult *res)
 {
     const char *event_type = it->event_type ? it->event_type : ENVELOPE_DEFAULT_EVENT_TYPE;
-    char payload_hash[65];
-    lv_sha256_hex(p->canon, p->canon_len, payload_hash);
-    envelope_event_id(s->installation_id, it->source_ref, res->event_id);
+    /* The ids to look the item up by; a new item is stored under the ids
+     * its envelope_build handed back, the ones it signed. */
+    EnvelopeInput ei = envelope_input(s, it, p, now);
+    EnvelopeIds want;
+    envelope_ids(&ei, &want);
+    const char *payload_hash = want.payload_hash;
+    snprintf(res->event_id, sizeof(res->event_id), "%s", want.event_id);
 
     {
         _cleanup_reset_ sqlite3_stmt *st = db_stmt(s->db, ST_FIND);
@@ -244,18 +248,18 @@ static int enqueue_one(Spool *s, const SpoolItemIn *it, const Prepared *p, int64
             goto done;
         b = &own;
     }
-    memcpy(res->envelope_hash, b->envelope_hash, sizeof(res->envelope_hash));
+    memcpy(res->envelope_hash, b->ids.envelope_hash, sizeof(res->envelope_hash));
     {
         _cleanup_reset_ sqlite3_stmt *st = db_stmt(s->db, ST_INSERT);
         if (!st) {
             r = -EIO;
             goto done;
         }
-        sqlite3_bind_text(st, 1, res->event_id, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 1, b->ids.event_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 2, it->stream_id, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 3, it->source_ref, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 4, event_type, -1, SQLITE_STATIC);
-        sqlite3_bind_text(st, 5, payload_hash, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 5, b->ids.payload_hash, -1, SQLITE_STATIC);
         sqlite3_bind_text(st, 6, res->envelope_hash, -1, SQLITE_STATIC);
         sqlite3_bind_int(st, 7, b->env_row ? 1 : 0);
         if (b->env_row)

@@ -113,12 +113,25 @@ static void envelope_verifies_and_any_change_fails(void **state)
                         .payload_canon = payload,
                         .payload_len = strlen(payload),
                         .spooled_at_ms = 1795867200000};
-    char *body = NULL, hash[65];
+    char *body = NULL;
+    EnvelopeIds ids;
     size_t len = 0;
-    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, hash), 0);
+    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, &ids), 0);
+    /* The ids it hands back are the ones it signed: the body's hash, the
+     * payload's hash and the event id, as envelope_ids computes them. */
     char want_hash[65];
     lv_sha256_hex(body, len, want_hash);
-    assert_string_equal(hash, want_hash);
+    assert_string_equal(ids.envelope_hash, want_hash);
+    lv_sha256_hex(payload, strlen(payload), want_hash);
+    assert_string_equal(ids.payload_hash, want_hash);
+    assert_string_equal(ids.event_id, "local-vault:inst:ref-1");
+    assert_non_null(strstr(body, "\"payload_hash\":\""));
+    assert_non_null(strstr(body, want_hash));
+    EnvelopeIds pre;
+    envelope_ids(&in, &pre);
+    assert_string_equal(pre.event_id, ids.event_id);
+    assert_string_equal(pre.payload_hash, ids.payload_hash);
+    assert_string_equal(pre.envelope_hash, "");
     assert_non_null(strstr(body, "\"event_id\":\"local-vault:inst:ref-1\""));
     assert_non_null(strstr(body, "\"event_type\":\"source.attestation\""));
     assert_non_null(strstr(body, "\"spooled_at\":\"2026-11-28T12:00:00Z\""));
@@ -227,9 +240,10 @@ static void envelope_verify_names_the_broken_field(void **state)
                         .payload_canon = payload,
                         .payload_len = strlen(payload),
                         .spooled_at_ms = 1795867200000};
-    char *body = NULL, hash[65];
+    char *body = NULL;
+    EnvelopeIds ids;
     size_t len = 0;
-    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, hash), 0);
+    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, &ids), 0);
     static const struct {
         void (*mut)(cJSON *);
         const char *needle;
@@ -261,13 +275,14 @@ static void envelope_refuses_bad_identifiers(void **state)
                         .source_ref = "ref",
                         .payload_canon = "{}",
                         .payload_len = 2};
-    char *body = NULL, hash[65];
+    char *body = NULL;
+    EnvelopeIds ids;
     size_t len;
-    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, hash), LV_ERR_INPUT);
+    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, &ids), LV_ERR_INPUT);
     assert_non_null(strstr(lv_error(), "stream_id"));
     in.stream_id = "s";
     in.event_type = "bad\"type";
-    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, hash), LV_ERR_INPUT);
+    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, &ids), LV_ERR_INPUT);
     assert_non_null(strstr(lv_error(), "event_type"));
 }
 
@@ -282,9 +297,10 @@ static void envelope_with_opt_in_payload_verifies(void **state)
                         .payload_len = strlen(payload),
                         .include_payload = true,
                         .spooled_at_ms = 1795867200000};
-    char *body = NULL, hash[65];
+    char *body = NULL;
+    EnvelopeIds ids;
     size_t len = 0;
-    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, hash), 0);
+    assert_int_equal(envelope_build(fx.tok, &in, &body, &len, &ids), 0);
     assert_non_null(strstr(body, "\"payload\":{\"b\":[1,2],\"z\":\"x\"},\"payload_hash\""));
     assert_int_equal(envelope_verify(body, len, fx.pk), 0);
     /* The payload is inside the signed part and bound by payload_hash. */
