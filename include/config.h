@@ -22,6 +22,10 @@ typedef struct Config {
     /* a JSON array of the receivers' receipt keys (src/receipt.c); NULL:
      * receipts are stored unverified */
     const char *receipt_keys_file;
+    /* the relay's bearer credential: a file (the systemd credential
+     * relay-token comes first); never a value on the command line or in the
+     * environment (src/relay.c relay_credential_load) */
+    const char *relay_token_file;
     const char *log_level;
     const char *spool_max_items, *spool_max_bytes; /* as given; parsed below */
     bool json;                                     /* --json given globally */

@@ -42,10 +42,12 @@ typedef struct DoctorOptions {
     const char *installation_id;   /* NULL: not compared with the spool's */
     RelayOptions relay;            /* url NULL: not configured (a failure) */
     const char *receipt_keys_file; /* NULL: receipts are not verified (a warning) */
+    const char *relay_token_file;  /* NULL: only the relay-token credential, if any */
 } DoctorOptions;
 
 /* Runs every check in order: module, token, pin, signing_key,
- * encryption_key, spool_db, witness_db, dek, relay_url, relay, receipt_keys.
+ * encryption_key, spool_db, witness_db, dek, relay_url, relay_credential,
+ * relay, receipt_keys.
  * The token is
  * opened once (one C_Login at most); the databases are opened read-only and
  * never created or migrated. Checks after a failure still run unless they

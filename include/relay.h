@@ -24,7 +24,26 @@ typedef struct RelayOptions {
     long low_speed_bytes;          /* 0: 64 B/s ... */
     long low_speed_time_s;         /* 0: ... over 15 s aborts */
     unsigned max_connections;      /* 0: 64 */
+    /* NULL, or the bearer credential (relay_credential_load): sent as
+     * Authorization: Bearer on every request to the relay URL, which is
+     * https only and never redirected; the relay keeps its own copy and
+     * wipes it when freed */
+    const char *bearer;
 } RelayOptions;
+
+/* The relay's bearer credential, from the first source present:
+ * $CREDENTIALS_DIRECTORY/relay-token, then file (NULL: none). One line of
+ * 1-4096 bytes of RFC 6750's b64token ([A-Za-z0-9-._~+/]+ then '='s), in a
+ * file that others cannot read or write. *ret is NULL when neither source
+ * exists (no credential: none is sent); otherwise free it with
+ * relay_credential_free. source (>= 4096 bytes) names where it came from.
+ * LV_ERR_INPUT with a one-line reason that never quotes the file. */
+int relay_credential_load(const char *file, char **ret, char source[4096]);
+void relay_credential_free(char *secret);
+/* The rules of a credential file's content, on buf[0..*len) (NUL at
+ * buf[*len]): strips one trailing newline (and CR) in place, updating *len;
+ * NULL when it is a credential, else the rule it breaks (never quoting it). */
+const char *relay_credential_check(char *buf, size_t *len);
 
 /* One finished transfer. transport_reason is NULL when a complete HTTP
  * response arrived (then http_status/body are meaningful); otherwise it is

@@ -32,6 +32,8 @@ static const Option options[] = {
         "pin the relay's TLS key: sha256//BASE64 or a key file"),
     OPT("receipt-keys-file", "RECEIPT_KEYS_FILE", receipt_keys_file,
         "pinned receiver receipt keys (JSON array); acks need a valid receipt"),
+    OPT("relay-token-file", "RELAY_TOKEN_FILE", relay_token_file,
+        "file holding the relay's bearer credential (or the relay-token credential)"),
     OPT("log-level", "LOG_LEVEL", log_level, "error|warning|notice|info|debug"),
     OPT("spool-max-items", "SPOOL_MAX_ITEMS", spool_max_items,
         "quota: items not yet delivered (0: none)"),
@@ -79,6 +81,11 @@ int config_parse_globals(int argc, char **argv, Config *cfg, int *ret_index)
             return lv_error_set(LV_ERR_INPUT,
                                 "--pin: a PIN is never taken on the command line; use --pin-file, "
                                 "ATTESTO_LOCAL_VAULT_PIN_FILE or the pkcs11-pin credential");
+        if (strcmp(a, "--relay-token") == 0 || strncmp(a, "--relay-token=", 14) == 0)
+            return lv_error_set(LV_ERR_INPUT,
+                                "--relay-token: a credential is never taken on the command line; "
+                                "use --relay-token-file, ATTESTO_LOCAL_VAULT_RELAY_TOKEN_FILE or "
+                                "the relay-token credential");
         const char *name = a + 2, *eq = strchr(name, '=');
         size_t nlen = eq ? (size_t)(eq - name) : strlen(name);
         const Option *o = NULL;
@@ -106,6 +113,14 @@ int config_parse_globals(int argc, char **argv, Config *cfg, int *ret_index)
                 *f = e;
         }
     }
+    /* A value in the environment is readable by every process of the
+     * service and often logged by supervisors: refused, not ignored. */
+    const char *plain = getenv("ATTESTO_LOCAL_VAULT_RELAY_TOKEN");
+    if (plain && *plain)
+        return lv_error_set(LV_ERR_INPUT,
+                            "ATTESTO_LOCAL_VAULT_RELAY_TOKEN: a credential is never taken from the "
+                            "environment; put it in a file (ATTESTO_LOCAL_VAULT_RELAY_TOKEN_FILE) "
+                            "or the relay-token credential");
     if (!cfg->spool_db)
         cfg->spool_db = LV_DEFAULT_SPOOL_DB;
     if (!cfg->witness_db)

@@ -309,6 +309,7 @@ void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
     DoctorCheck *wdb = add(rep, "witness_db", "witness database");
     DoctorCheck *dek = add(rep, "dek", "spool data key (DEK)");
     DoctorCheck *url = add(rep, "relay_url", "relay URL");
+    DoctorCheck *cred = add(rep, "relay_credential", "relay credential");
     DoctorCheck *rel = add(rep, "relay", "relay TLS and HTTP");
     DoctorCheck *rk = add(rep, "receipt_keys", "receipt keys");
     check_receipt_keys(opt->receipt_keys_file, rk);
@@ -411,18 +412,40 @@ void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
     r = config_require_relay_url(&cfg);
     if (r < 0) {
         set(url, DOCTOR_FAIL, opt->relay.url ? "not_https" : "not_configured", "%s", lv_error());
+        skip(cred, "an https relay URL");
         skip(rel, "an https relay URL");
         return;
     }
     set(url, DOCTOR_PASS, NULL, "%s", opt->relay.url);
+    /* The credential the drain would send: readable and well-formed here;
+     * whether the receiver takes it, the probe below says (401/403). */
+    char *bearer = NULL, source[4096];
+    lv_error_clear();
+    r = relay_credential_load(opt->relay_token_file, &bearer, source);
+    if (r < 0)
+        set(cred, DOCTOR_FAIL, "invalid", "--relay-token-file: %s", err_text(r));
+    else if (!bearer)
+        set(cred, DOCTOR_PASS, "none",
+            "none configured: no credential is sent (set the relay-token credential or "
+            "--relay-token-file if the receiver requires one)");
+    else
+        set(cred, DOCTOR_PASS, NULL, "read from %s; sent as Authorization: Bearer", source);
+    RelayOptions ro = opt->relay;
+    ro.bearer = bearer;
     RelayProbe p;
     lv_error_clear();
-    r = relay_probe(&opt->relay, &p);
+    r = relay_probe(&ro, &p);
+    bool sent = bearer != NULL;
+    relay_credential_free(bearer);
     if (r < 0) {
         set(rel, DOCTOR_FAIL, r == LV_ERR_INPUT ? "invalid_config" : "failed", "%s", err_text(r));
         return;
     }
     doctor_check_probe(&p, rel);
+    /* With a credential sent, a 401/403 is about that credential. */
+    if (sent && !p.transport_reason && (p.http_status == 401 || p.http_status == 403))
+        set(rel, DOCTOR_FAIL, p.http_status == 401 ? "unauthorized" : "forbidden",
+            "HTTP %ld: the receiver refuses the credential from %s", p.http_status, source);
 }
 
 bool doctor_ok(const DoctorReport *rep)

@@ -4,8 +4,10 @@
 #include "relay.h"
 
 #include <curl/curl.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <strings.h>
+#include <sys/stat.h>
 
 #include "lv.h"
 #include "version.h"
@@ -34,6 +36,7 @@ struct Relay {
     CURLM *multi;
     RelayOptions opt;
     char *url, *ca_file, *pinned;
+    char *auth_header; /* "Authorization: Bearer ..." or NULL; wiped when freed */
     Transfer **xfers;
     size_t n_xfers;
     size_t in_flight;
@@ -242,9 +245,16 @@ int relay_new(const RelayOptions *opt, Relay **ret)
     r->url = strdup(opt->url);
     r->ca_file = opt->ca_file ? strdup(opt->ca_file) : NULL;
     r->pinned = opt->pinned_public_key ? strdup(opt->pinned_public_key) : NULL;
+    r->opt.bearer = NULL; /* only the relay's own copy, in the header */
+    if (opt->bearer) {
+        size_t n = strlen("Authorization: Bearer ") + strlen(opt->bearer) + 1;
+        r->auth_header = malloc(n);
+        if (r->auth_header)
+            snprintf(r->auth_header, n, "Authorization: Bearer %s", opt->bearer);
+    }
     r->multi = curl_multi_init();
     if (!r->url || (opt->ca_file && !r->ca_file) || (opt->pinned_public_key && !r->pinned) ||
-        !r->multi) {
+        (opt->bearer && !r->auth_header) || !r->multi) {
         relay_free(r);
         return -ENOMEM;
     }
@@ -256,13 +266,37 @@ int relay_new(const RelayOptions *opt, Relay **ret)
     return 0;
 }
 
+/* Frees a header list after wiping it: one of them may be the credential. */
+static void headers_free(struct curl_slist *h)
+{
+    for (struct curl_slist *t = h; t; t = t->next)
+        if (t->data)
+            explicit_bzero(t->data, strlen(t->data));
+    curl_slist_free_all(h);
+}
+
+/* Appends the credential header, if there is one: 0, or -ENOMEM (h freed). */
+static int add_auth(const Relay *r, struct curl_slist **h)
+{
+    if (!r->auth_header)
+        return 0;
+    struct curl_slist *t = curl_slist_append(*h, r->auth_header);
+    if (!t) {
+        headers_free(*h);
+        *h = NULL;
+        return -ENOMEM;
+    }
+    *h = t;
+    return 0;
+}
+
 static void transfer_free(Transfer *x)
 {
     if (!x)
         return;
     if (x->easy)
         curl_easy_cleanup(x->easy);
-    curl_slist_free_all(x->headers);
+    headers_free(x->headers);
     free(x->buf);
     free(x);
 }
@@ -277,6 +311,10 @@ Relay *relay_free(Relay *r)
         transfer_free(r->xfers[i]);
     }
     free(r->xfers);
+    if (r->auth_header) {
+        explicit_bzero(r->auth_header, strlen(r->auth_header));
+        free(r->auth_header);
+    }
     if (r->multi)
         curl_multi_cleanup(r->multi);
     free(r->url);
@@ -340,7 +378,9 @@ int relay_submit(Relay *r, uint64_t tag, const char *event_id, const char *body,
     if (!t)
         goto oom;
     h = t;
-    curl_slist_free_all(x->headers);
+    if (add_auth(r, &h) < 0)
+        return -ENOMEM;
+    headers_free(x->headers);
     x->headers = h;
     x->tag = tag;
     x->len = 0;
@@ -359,7 +399,7 @@ int relay_submit(Relay *r, uint64_t tag, const char *event_id, const char *body,
     r->in_flight++;
     return 0;
 oom:
-    curl_slist_free_all(h);
+    headers_free(h);
     return -ENOMEM;
 }
 
@@ -555,6 +595,11 @@ int relay_probe(const RelayOptions *opt, RelayProbe *ret)
         relay_free(r);
         return -ENOMEM;
     }
+    /* doctor asks with the credential, so that a 401/403 names it. */
+    if (add_auth(r, &h2) < 0) {
+        relay_free(r);
+        return -ENOMEM;
+    }
     x->headers = h2;
     CURL *e = x->easy;
     /* The same hardened handle as a POST (setup_easy); only the method,
@@ -583,4 +628,127 @@ int relay_probe(const RelayOptions *opt, RelayProbe *ret)
     ret->stage = probe_stage(e, code, ret->transport_reason);
     relay_free(r);
     return 0;
+}
+
+/* ---- the bearer credential ---------------------------------------------- */
+
+#define CREDENTIAL_MAX  4096
+#define CREDENTIAL_READ (CREDENTIAL_MAX + 3)
+
+/* RFC 6750 §2.1 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" /
+ * "/" ) *"=" */
+static bool b64token(const char *s, size_t n)
+{
+    size_t i = 0;
+    for (; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '.' || c == '_' || c == '~' || c == '+' || c == '/'))
+            break;
+    }
+    if (i == 0)
+        return false;
+    for (; i < n; i++)
+        if (s[i] != '=')
+            return false;
+    return true;
+}
+
+void relay_credential_free(char *secret)
+{
+    if (!secret)
+        return;
+    explicit_bzero(secret, strlen(secret));
+    free(secret);
+}
+
+const char *relay_credential_check(char *buf, size_t *len)
+{
+    size_t n = *len;
+    if (n && buf[n - 1] == '\n')
+        buf[--n] = '\0';
+    if (n && buf[n - 1] == '\r')
+        buf[--n] = '\0';
+    *len = n;
+    if (n > CREDENTIAL_MAX)
+        return "longer than 4096 bytes";
+    if (n == 0)
+        return "empty";
+    if (memchr(buf, '\n', n))
+        return "must hold one line (the credential)";
+    if (memchr(buf, '\0', n) || !b64token(buf, n))
+        return "must be an RFC 6750 bearer token (letters, digits, -._~+/ then '=' padding)";
+    return NULL;
+}
+
+/* Reads one credential file: 0, -ENOENT (silently: the source is absent),
+ * or LV_ERR_INPUT naming the file and the rule. */
+static int read_credential(const char *path, char **ret)
+{
+    _cleanup_close_ int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return -ENOENT;
+        return lv_error_set(LV_ERR_INPUT, "%s: %s", path, strerror(errno));
+    }
+    struct stat st;
+    if (fstat(fd, &st) < 0)
+        return lv_error_set(LV_ERR_INPUT, "%s: %s", path, strerror(errno));
+    if (!S_ISREG(st.st_mode))
+        return lv_error_set(LV_ERR_INPUT, "%s: must be a regular file", path);
+    if (st.st_mode & 0007)
+        return lv_error_set(LV_ERR_INPUT,
+                            "%s: mode %04o: others must not read or write a credential (chmod "
+                            "0600 or 0640)",
+                            path, (unsigned)(st.st_mode & 07777));
+    /* Up to the longest credential, CR, LF and one byte more: a file that
+     * fills it is too long whatever its end. */
+    char *buf = calloc(1, CREDENTIAL_READ + 1);
+    if (!buf)
+        return -ENOMEM;
+    size_t len = 0;
+    for (;;) {
+        ssize_t k = read(fd, buf + len, CREDENTIAL_READ - len);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0) {
+            int e = errno;
+            explicit_bzero(buf, CREDENTIAL_READ + 1);
+            free(buf);
+            return lv_error_set(LV_ERR_INPUT, "%s: %s", path, strerror(e));
+        }
+        if (k == 0 || (len += (size_t)k) == CREDENTIAL_READ)
+            break;
+    }
+    const char *rule =
+        len == CREDENTIAL_READ ? "longer than 4096 bytes" : relay_credential_check(buf, &len);
+    if (rule) {
+        explicit_bzero(buf, CREDENTIAL_READ + 1);
+        free(buf);
+        /* The content is never quoted: it may be the secret. */
+        return lv_error_set(LV_ERR_INPUT, "%s: %s", path, rule);
+    }
+    *ret = buf;
+    return 0;
+}
+
+int relay_credential_load(const char *file, char **ret, char source[4096])
+{
+    *ret = NULL;
+    source[0] = '\0';
+    const char *creds = getenv("CREDENTIALS_DIRECTORY");
+    if (creds && *creds) {
+        snprintf(source, 4096, "%s/relay-token", creds);
+        int r = read_credential(source, ret);
+        if (r != -ENOENT)
+            return r;
+        source[0] = '\0';
+    }
+    if (!file)
+        return 0;
+    snprintf(source, 4096, "%s", file);
+    int r = read_credential(source, ret);
+    if (r == -ENOENT)
+        return lv_error_set(LV_ERR_INPUT, "%s: does not exist", file);
+    return r;
 }

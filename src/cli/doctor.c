@@ -108,6 +108,7 @@ int doctor_main(const Config *cfg, int argc, char **argv)
                 .max_connections = 1,
             },
         .receipt_keys_file = cfg->receipt_keys_file,
+        .relay_token_file = cfg->relay_token_file,
     };
     cli_token_config(cfg, &dopt.token);
     DoctorReport rep;

@@ -128,6 +128,7 @@ static int parse_args(bool loop, int argc, char **argv, DrainArgs *a)
 
 typedef struct Run {
     ReceiptKeys *receipt_keys; /* NULL: receipts are not verified */
+    char *bearer;              /* the relay credential, NULL: none; wiped when done */
     Metrics *metrics;
     Token *tok;
     Spool *spool;
@@ -140,6 +141,8 @@ static void run_done(Run *run)
     run->drain = drain_free(run->drain);
     run->spool = spool_close(run->spool);
     run->relay = relay_free(run->relay);
+    relay_credential_free(run->bearer);
+    run->bearer = NULL;
     run->tok = token_close(run->tok);
     run->metrics = metrics_free(run->metrics);
     run->receipt_keys = receipt_keys_free(run->receipt_keys);
@@ -168,6 +171,16 @@ static int setup(const char *verb, const Config *cfg, const DrainArgs *a, bool l
             snprintf(detail, sizeof(detail), "%s", lv_error());
             r = lv_error_set(r, "--receipt-keys-file: %s", detail);
         }
+    }
+    if (r >= 0) {
+        char source[4096];
+        r = relay_credential_load(cfg->relay_token_file, &run->bearer, source);
+        if (r < 0) {
+            char detail[4200];
+            snprintf(detail, sizeof(detail), "%s", lv_error());
+            r = lv_error_set(r, "--relay-token-file: %s", detail);
+        }
+        ro.bearer = run->bearer;
     }
     if (r >= 0)
         r = relay_new(&ro, &run->relay);

@@ -30,7 +30,25 @@
 typedef struct Server {
     Ledger *ledger;
     FaultSet *faults;
+    /* --require-token-file: only the SHA-256 of the bearer token is kept */
+    bool token_required;
+    uint8_t token_sha256[32];
 } Server;
+
+/* The events routes under --require-token-file: true when the request
+ * carries Authorization: Bearer <the token> (compared as SHA-256, in
+ * constant time). */
+static bool token_ok(const Server *srv, struct MHD_Connection *c)
+{
+    if (!srv->token_required)
+        return true;
+    const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return false;
+    uint8_t d[32];
+    lv_sha256(h + 7, strlen(h + 7), d);
+    return lv_memeq(d, srv->token_sha256, sizeof(d));
+}
 
 typedef struct Request {
     char *buf;
@@ -45,7 +63,7 @@ static void usage(FILE *f)
             "         [--register INSTALLATION_ID=PUBKEY_HEX|@PEMFILE|@JSONFILE]... [--events-log "
             "FILE]\n"
             "         [--fault SPEC]... [--fault-file FILE] [--seed N] [--receipt-key PEM]\n"
-            "         [--receipt-kid KID]\n"
+            "         [--receipt-kid KID] [--require-token-file FILE]\n"
             "\n"
             "A reference Attesto Local Vault receiver: verifies relay envelopes like Attesto\n"
             "and answers with signed receipts and localVaultAck. PORT 0 picks a free port;\n"
@@ -438,6 +456,10 @@ static enum MHD_Result handler(void *cls, struct MHD_Connection *c, const char *
                                NULL);
         memcpy(inst, url + pl, il);
         inst[il] = '\0';
+        if (!token_ok(srv, c))
+            return queue_error(c, MHD_HTTP_UNAUTHORIZED, "unauthorized",
+                               "a bearer credential is required (Authorization: Bearer)",
+                               MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"attesto\"");
         /* OPTIONS is the round trip `doctor` makes: no body, nothing
          * recorded, the protocol named in the answer. */
         if (strcmp(method, "OPTIONS") == 0)
@@ -556,6 +578,7 @@ int main(int argc, char **argv)
         O_SEED,
         O_RKEY,
         O_RKID,
+        O_TOKEN,
         O_HELP,
         O_VERSION
     };
@@ -570,12 +593,13 @@ int main(int argc, char **argv)
         {"seed", required_argument, NULL, O_SEED},
         {"receipt-key", required_argument, NULL, O_RKEY},
         {"receipt-kid", required_argument, NULL, O_RKID},
+        {"require-token-file", required_argument, NULL, O_TOKEN},
         {"help", no_argument, NULL, O_HELP},
         {"version", no_argument, NULL, O_VERSION},
         {0},
     };
     const char *listen = NULL, *cert_path = NULL, *key_path = NULL, *log_path = NULL,
-               *fault_file = NULL, *rkey = NULL, *rkid = NULL;
+               *fault_file = NULL, *rkey = NULL, *rkid = NULL, *token_path = NULL;
     const char *registrations[256], *faults[64];
     size_t n_reg = 0, n_faults = 0;
     uint64_t seed = 0;
@@ -603,6 +627,9 @@ int main(int argc, char **argv)
             break;
         case O_RKID:
             rkid = optarg;
+            break;
+        case O_TOKEN:
+            token_path = optarg;
             break;
         case O_SEED:
             seed = strtoull(optarg, NULL, 10);
@@ -660,6 +687,27 @@ int main(int argc, char **argv)
     }
 
     Server srv = {0};
+    if (token_path) {
+        char *tok = NULL;
+        size_t tl = 0;
+        if (lv_read_file(token_path, 4096, &tok, &tl) < 0) {
+            fprintf(stderr, "receiver: --require-token-file: %s\n", lv_error());
+            return 2;
+        }
+        while (tl && (tok[tl - 1] == '\n' || tok[tl - 1] == '\r'))
+            tok[--tl] = '\0';
+        bool bad = tl == 0 || memchr(tok, '\n', tl) || memchr(tok, ' ', tl);
+        if (!bad)
+            lv_sha256(tok, tl, srv.token_sha256);
+        explicit_bzero(tok, tl);
+        free(tok);
+        if (bad) {
+            fprintf(stderr, "receiver: --require-token-file: %s: must hold one token on one line\n",
+                    token_path);
+            return 2;
+        }
+        srv.token_required = true;
+    }
     int r = ledger_new(log_path, rkey, &srv.ledger);
     if (r >= 0 && rkid)
         r = ledger_set_receipt_kid(srv.ledger, rkid);

@@ -10,3 +10,6 @@ lv_add_pytest(relay_retry_now ${CMAKE_CURRENT_LIST_DIR}/test_retry_now.py LABELS
 set_property(TEST relay_receiver relay_faults relay_drain relay_loop relay_receipts relay_protocol_example
              relay_retry_now APPEND PROPERTY ENVIRONMENT
              "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
+lv_add_pytest(relay_token ${CMAKE_CURRENT_LIST_DIR}/test_relay_token.py LABELS relay TIMEOUT 600)
+set_property(TEST relay_token APPEND PROPERTY ENVIRONMENT
+             "LV_RECEIVER=$<TARGET_FILE:attesto-local-vault-receiver>")
