@@ -15,6 +15,22 @@
 #define HTTPD_DEFAULT_RATE    100.0 /* requests per second per tenant */
 #define HTTPD_DEFAULT_BURST   200
 #define HTTPD_DEFAULT_BODY    WITNESS_REQUEST_MAX
+/* Connection limits (docs/witness.md, "Hostile clients"). */
+#define HTTPD_DEFAULT_MAX_CONNECTIONS 1024 /* per socket */
+#define HTTPD_MIN_CONNECTIONS         16
+#define HTTPD_MAX_CONNECTIONS         65536
+#define HTTPD_DEFAULT_PER_PEER        32 /* per TCP peer address, over all sockets */
+#define HTTPD_DEFAULT_REQUEST_S       10 /* a whole request, headers and body */
+#define HTTPD_MAX_REQUEST_S           3600
+
+/* What keeps hostile clients from taking the sockets away. */
+typedef struct HttpdLimits {
+    unsigned max_connections; /* per socket; past 7/8 of it the oldest unfinished request goes */
+    unsigned per_peer;        /* connections per TCP peer address; 0: no limit (not the
+                               * default: callers give HTTPD_DEFAULT_PER_PEER) */
+    unsigned request_s;       /* from a connection's start (or its previous answer) to the
+                               * end of the request's body; never restarted by traffic */
+} HttpdLimits;
 
 /* witness-serve. */
 typedef struct HttpdConfig {
@@ -28,6 +44,7 @@ typedef struct HttpdConfig {
     double rate_per_s;    /* per tenant; 0 disables the limit */
     unsigned rate_burst;  /* bucket size */
     unsigned idle_exit_s; /* exit after this long without requests; 0: never */
+    HttpdLimits limits;   /* max_connections, request_s 0: the defaults */
 } HttpdConfig;
 
 /* Opens the database and the token, listens, and serves until SIGTERM or

@@ -35,7 +35,7 @@ _attesto_local_vault_verb_options() {
     witness-checkpoint) echo "--tenant-id --stream-id --checkpoint-id --checkpoint-seq-no
         --checkpoint-hash --previous-checkpoint-hash --help" ;;
     witness-serve) echo "--listen --threads --max-body-bytes --rate-limit --rate-burst --idle-exit
-        --help" ;;
+        --max-connections --max-connections-per-peer --request-timeout --help" ;;
     witness-forks) echo "--tenant-id --stream-id --json --help" ;;
     doctor) echo "--json --connect-timeout-ms --timeout-ms --help" ;;
     "spool deks" | "spool rotate-dek") echo "--json --help" ;;

@@ -120,6 +120,7 @@ typedef struct ServeArgs {
     const char *listen[HTTPD_MAX_LISTEN];
     size_t n_listen;
     int64_t threads, body_max, rate, burst, idle_exit;
+    int64_t max_connections, per_peer, request_s;
 } ServeArgs;
 
 static const CliOption serve_options[] = {
@@ -135,6 +136,13 @@ static const CliOption serve_options[] = {
                    "the rate limit's bucket (200)"),
     CLI_NUMBER_OPT("idle-exit", "SECONDS", ServeArgs, idle_exit, 0, 86400,
                    "exit after this long without requests (0: never)"),
+    CLI_NUMBER_OPT("max-connections", "N", ServeArgs, max_connections, HTTPD_MIN_CONNECTIONS,
+                   HTTPD_MAX_CONNECTIONS,
+                   "connections per socket (1024); new ones evict the oldest unfinished request"),
+    CLI_NUMBER_OPT("max-connections-per-peer", "N", ServeArgs, per_peer, 0, HTTPD_MAX_CONNECTIONS,
+                   "connections per TCP peer address (32; 0: no limit)"),
+    CLI_NUMBER_OPT("request-timeout", "SECONDS", ServeArgs, request_s, 1, HTTPD_MAX_REQUEST_S,
+                   "a whole request, headers and body, from its connection (10)"),
     {0},
 };
 
@@ -152,10 +160,18 @@ int witness_serve_main(const Config *cfg, int argc, char **argv)
         .body_max = HTTPD_DEFAULT_BODY,
         .rate = (int64_t)HTTPD_DEFAULT_RATE,
         .burst = HTTPD_DEFAULT_BURST,
+        .max_connections = HTTPD_DEFAULT_MAX_CONNECTIONS,
+        .per_peer = HTTPD_DEFAULT_PER_PEER,
+        .request_s = HTTPD_DEFAULT_REQUEST_S,
     };
     int k = cli_parse(&serve_command, argc, argv, &a, NULL, NULL);
     if (k != 0)
         return cli_parse_exit(k);
+    if (a.per_peer > a.max_connections)
+        return cli_usage_error(verb,
+                               "--max-connections-per-peer: %" PRId64
+                               ": must not exceed --max-connections (%" PRId64 ")",
+                               a.per_peer, a.max_connections);
     HttpdConfig hc = {
         .witness_db = cfg->witness_db,
         .witness_id = cfg->witness_id,
@@ -165,6 +181,9 @@ int witness_serve_main(const Config *cfg, int argc, char **argv)
         .rate_per_s = (double)a.rate,
         .rate_burst = (unsigned)a.burst,
         .idle_exit_s = (unsigned)a.idle_exit,
+        .limits = {.max_connections = (unsigned)a.max_connections,
+                   .per_peer = (unsigned)a.per_peer,
+                   .request_s = (unsigned)a.request_s},
     };
     for (size_t i = 0; i < a.n_listen; i++)
         hc.listen[i] = a.listen[i];

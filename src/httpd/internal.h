@@ -2,8 +2,9 @@
 /* What the files of the HTTP layer share: the server core (server.c:
  * sockets, libmicrohttpd daemons, bodies and their caps, answers, the main
  * loop with READY/STATUS/STOPPING, idle exit and the graceful stop) serves
- * one route set, a service's (witness.c: witness-serve). Names declared
- * here carry the httpd_ prefix but are not API: only include/httpd.h is. */
+ * one route set, a service's (witness.c: witness-serve), with its
+ * connections kept in their limits by conns.c. Names declared here carry
+ * the httpd_ prefix but are not API: only include/httpd.h is. */
 #pragma once
 #include <stdbool.h>
 #include <stddef.h>
@@ -69,6 +70,7 @@ typedef struct HttpdOptions {
     size_t body_max;      /* bytes; larger bodies get 413 */
     unsigned idle_exit_s; /* exit after this long without requests; 0: never */
     bool unix_only;       /* refuse TCP: --listen and systemd's sockets must be AF_UNIX */
+    HttpdLimits limits;   /* max_connections, request_s 0: the defaults */
 } HttpdOptions;
 
 /* Listens (systemd's sockets or o->listen), serves svc's routes until
@@ -108,3 +110,34 @@ void httpd_resume(void *connection);
  * (not counting the caller's own). */
 void httpd_print_requests(Httpd *h, FILE *f);
 int httpd_requests_in_flight(Httpd *h);
+
+/* ---- connections and their limits (conns.c) ---- */
+
+/* Every open connection of every socket: the per-peer limit (TCP), the
+ * per-socket limit (past 7/8 of it a new connection evicts the oldest one
+ * whose request is unfinished), and the deadline of a whole request, which
+ * traffic does not restart. Connections it drops are counted, not logged
+ * one by one. */
+typedef struct HttpdConns HttpdConns;
+
+/* l: the limits in force (no zeroes); n_sockets daemons will use it. */
+int httpd_conns_new(const HttpdLimits *l, size_t n_sockets, HttpdConns **ret);
+/* After the daemons stopped (no connection left). NULL ok; returns NULL. */
+HttpdConns *httpd_conns_free(HttpdConns *k);
+/* The closure for socket i's connection notifications. */
+void *httpd_conns_socket(HttpdConns *k, size_t i);
+/* libmicrohttpd's MHD_OPTION_NOTIFY_CONNECTION (cls: httpd_conns_socket()). */
+void httpd_conns_notify(void *cls, struct MHD_Connection *c, void **socket_context,
+                        enum MHD_ConnectionNotificationCode toe);
+/* The request of c is in full (its handler runs): no deadline until it is
+ * answered. */
+void httpd_conns_request_read(struct MHD_Connection *c);
+/* The request of c ended: the next one on the connection has a deadline of
+ * its own from now. */
+void httpd_conns_request_done(struct MHD_Connection *c);
+/* From the main loop, a few times a second: closes the connections past
+ * their deadline, and logs at most one summary line a minute of what was
+ * dropped. stopping: only the summary of what is not told yet. */
+void httpd_conns_sweep(HttpdConns *k, bool stopping);
+/* The connections' metrics (attesto_<name>_connections_*). */
+void httpd_conns_print(HttpdConns *k, const char *name, FILE *f);

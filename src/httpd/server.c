@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* The HTTP layer's core, whichever service it serves: sockets handed over
- * by systemd or opened from --listen, one libmicrohttpd daemon per socket,
- * request bodies read within their cap, answers and their counts, and the
- * main loop (READY/STATUS/STOPPING, idle exit, graceful stop). */
+ * by systemd or opened from --listen, one libmicrohttpd daemon per socket
+ * (its connections kept in their limits by conns.c), request bodies read
+ * within their cap, answers and their counts, and the main loop
+ * (READY/STATUS/STOPPING, idle exit, graceful stop). */
 #include "internal.h"
 
 #include <arpa/inet.h>
@@ -11,6 +12,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <strings.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -22,11 +24,13 @@
 #include "log.h"
 #include "lv.h"
 
-#define DISCARD_MAX        (1024 * 1024) /* drop the connection past this much refused body */
-#define STOP_GRACE_MS      10000
-#define CONNECTION_LIMIT   256
-#define CONNECTION_TIMEOUT 30
-#define STATUS_MAX         512
+#define DISCARD_MAX       (1024 * 1024) /* drop the connection past this much refused body */
+#define STOP_GRACE_MS     10000
+#define STATUS_MAX        512
+#define IDLE_GRACE_S      5   /* libmicrohttpd's idle timeout: the request deadline + this */
+#define FDS_RESERVED      128 /* files the service keeps besides connections */
+#define MHD_LOG_BURST     5   /* libmicrohttpd lines logged per window; the rest counted */
+#define MHD_LOG_WINDOW_MS 60000
 
 static const unsigned statuses[] = {200, 400, 401, 403, 404, 405, 409,
                                     413, 415, 422, 429, 500, 503, 507};
@@ -39,6 +43,15 @@ struct Httpd {
     atomic_uint_fast64_t status_count[N_STATUS];
     atomic_int inflight;
     atomic_int_fast64_t last_activity;
+
+    HttpdLimits lim; /* in force: the options' with defaults, fitted to the fd limit */
+    HttpdConns *conns;
+    /* libmicrohttpd logs per connection (a client that hung up mid-request):
+     * past a burst per window its lines are counted, and the count logged. */
+    pthread_mutex_t log_lock;
+    int64_t log_window_ms;
+    unsigned log_lines;
+    uint64_t log_suppressed;
 
     struct MHD_Daemon *daemons[HTTPD_MAX_LISTEN];
     int fds[HTTPD_MAX_LISTEN];
@@ -113,6 +126,7 @@ void httpd_resume(void *connection)
 
 void httpd_print_requests(Httpd *h, FILE *f)
 {
+    httpd_conns_print(h->conns, h->svc->name, f);
     const char *name = h->svc->name;
     fprintf(f,
             "# HELP attesto_%s_http_requests_total HTTP requests by status code.\n"
@@ -267,6 +281,8 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
         const char *hd[] = {MHD_HTTP_HEADER_ALLOW, "GET, HEAD", NULL};
         return httpd_send_error(h, c, 405, "method_not_allowed", "use GET", NULL, hd);
     }
+    /* Read in full: the request deadline no longer applies. */
+    httpd_conns_request_read(c);
     if (q->preset)
         return send_preset(h, c, q);
     return q->route->handle(h, c, q);
@@ -277,6 +293,7 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 {
     Httpd *h = cls;
     HttpdRequest *q = *con_cls;
+    httpd_conns_request_done(c);
     if (!q)
         return;
     if (q->pending && h->svc->request_done)
@@ -291,12 +308,41 @@ static void completed(void *cls, struct MHD_Connection *c, void **con_cls,
 /* libmicrohttpd's error log: fmt is its own printf format. */
 __attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fmt, va_list ap)
 {
+    Httpd *h = cls;
+    pthread_mutex_lock(&h->log_lock);
+    bool quiet = h->log_lines >= MHD_LOG_BURST;
+    if (quiet)
+        h->log_suppressed++;
+    else
+        h->log_lines++;
+    pthread_mutex_unlock(&h->log_lock);
+    if (quiet)
+        return;
     char line[512];
     vsnprintf(line, sizeof(line), fmt, ap);
     size_t n = strlen(line);
     while (n && line[n - 1] == '\n')
         line[--n] = '\0';
     log_notice("libmicrohttpd: %s", line);
+}
+
+/* From the main loop: one line for what mhd_log() held back in the window
+ * (at its end, or when stopping). */
+static void mhd_log_window(Httpd *h, bool stopping)
+{
+    int64_t now = lv_mono_ms();
+    pthread_mutex_lock(&h->log_lock);
+    uint64_t n = 0;
+    if (stopping || now - h->log_window_ms >= MHD_LOG_WINDOW_MS) {
+        n = h->log_suppressed;
+        h->log_suppressed = 0;
+        h->log_lines = 0;
+        h->log_window_ms = now;
+    }
+    pthread_mutex_unlock(&h->log_lock);
+    if (n)
+        log_notice("libmicrohttpd: %" PRIu64 " more messages not logged (at most %d a minute)", n,
+                   MHD_LOG_BURST);
 }
 
 /* ---- sockets -------------------------------------------------------------------------------- */
@@ -424,13 +470,23 @@ static int open_sockets(Httpd *s)
 static int start_daemons(Httpd *s)
 {
     unsigned threads = s->opt->threads ? s->opt->threads : HTTPD_DEFAULT_THREADS;
+    int r = httpd_conns_new(&s->lim, s->n_fds, &s->conns);
+    if (r < 0)
+        return lv_error_set(r, "connections: %s", strerror(-r));
     for (size_t i = 0; i < s->n_fds; i++) {
+        void *sock = httpd_conns_socket(s->conns, i);
         struct MHD_OptionItem ops[] = {
             /* The logger first, or libmicrohttpd reports through its own. */
             {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, s},
             {MHD_OPTION_LISTEN_SOCKET, s->fds[i], NULL},
-            {MHD_OPTION_CONNECTION_LIMIT, CONNECTION_LIMIT, NULL},
-            {MHD_OPTION_CONNECTION_TIMEOUT, CONNECTION_TIMEOUT, NULL},
+            /* conns.c evicts past 7/8 of this; libmicrohttpd's own cap
+             * stops accepting at it. */
+            {MHD_OPTION_CONNECTION_LIMIT, s->lim.max_connections, NULL},
+            /* libmicrohttpd's timeout restarts on every byte: conns.c
+             * keeps the request deadline. This one, a little later, is
+             * for an answer the client does not read. */
+            {MHD_OPTION_CONNECTION_TIMEOUT, s->lim.request_s + IDLE_GRACE_S, NULL},
+            {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)httpd_conns_notify, sock},
             {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)completed, s},
             {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL},
             {MHD_OPTION_END, 0, NULL},
@@ -480,6 +536,38 @@ static void stop_daemons(Httpd *s)
     }
 }
 
+/* The limits in force: the options' with their defaults, and no more
+ * connections than the open-file limit holds (raised to its hard limit if
+ * needed; connections past it would fail in accept() instead). */
+static void fit_limits(Httpd *s)
+{
+    const HttpdLimits *o = &s->opt->limits;
+    s->lim = (HttpdLimits){
+        .max_connections = o->max_connections ? o->max_connections : HTTPD_DEFAULT_MAX_CONNECTIONS,
+        .per_peer = o->per_peer,
+        .request_s = o->request_s ? o->request_s : HTTPD_DEFAULT_REQUEST_S,
+    };
+    rlim_t need = (rlim_t)s->n_fds * s->lim.max_connections + FDS_RESERVED;
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
+        return;
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rl.rlim_cur = rl.rlim_max == RLIM_INFINITY || rl.rlim_max > need ? need : rl.rlim_max;
+        if (setrlimit(RLIMIT_NOFILE, &rl) < 0)
+            getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur != RLIM_INFINITY && rl.rlim_cur < need) {
+        rlim_t fit = rl.rlim_cur > FDS_RESERVED + HTTPD_MIN_CONNECTIONS * s->n_fds
+                         ? (rl.rlim_cur - FDS_RESERVED) / s->n_fds
+                         : HTTPD_MIN_CONNECTIONS;
+        log_warning("--max-connections %u: %zu socket(s) would need %llu open files, the limit "
+                    "is %llu; serving at most %llu connections per socket",
+                    s->lim.max_connections, s->n_fds, (unsigned long long)need,
+                    (unsigned long long)rl.rlim_cur, (unsigned long long)fit);
+        s->lim.max_connections = (unsigned)fit;
+    }
+}
+
 /* The service's STATUS= line; true when it changed. */
 static bool update_status(Httpd *s, char *status, size_t len)
 {
@@ -514,6 +602,8 @@ int httpd_serve(const HttpdOptions *o, const HttpdService *svc)
     for (size_t i = 0; i < HTTPD_MAX_LISTEN; i++)
         s->fds[i] = -1;
     atomic_store(&s->last_activity, lv_mono_ms());
+    pthread_mutex_init(&s->log_lock, NULL);
+    s->log_window_ms = lv_mono_ms();
 
     /* The caller blocked these (httpd_signals_block) before its threads
      * started: only this loop's sigtimedwait() sees them. */
@@ -523,16 +613,20 @@ int httpd_serve(const HttpdOptions *o, const HttpdService *svc)
     sigaddset(&set, SIGINT);
 
     int r = open_sockets(s);
-    if (r >= 0)
+    if (r >= 0) {
+        fit_limits(s);
         r = start_daemons(s);
+    }
     if (r < 0)
         goto done;
 
     char status[STATUS_MAX] = "";
     update_status(s, status, sizeof(status));
     sd_notifyf(0, "READY=1\nSTATUS=%s", status);
-    log_info("%s serving (%zu socket(s), %u threads each)", svc->name, s->n_fds,
-             o->threads ? o->threads : HTTPD_DEFAULT_THREADS);
+    log_info("%s serving (%zu socket(s), %u threads each; at most %u connections per socket, "
+             "%u per TCP peer (0: no limit), %u s per request)",
+             svc->name, s->n_fds, o->threads ? o->threads : HTTPD_DEFAULT_THREADS,
+             s->lim.max_connections, s->lim.per_peer, s->lim.request_s);
     for (;;) {
         struct timespec ts = {0, 250 * 1000 * 1000};
         int sig = sigtimedwait(&set, NULL, &ts);
@@ -540,6 +634,8 @@ int httpd_serve(const HttpdOptions *o, const HttpdService *svc)
             log_info("%s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
             break;
         }
+        httpd_conns_sweep(s->conns, false);
+        mhd_log_window(s, false);
         if (update_status(s, status, sizeof(status)))
             sd_notifyf(0, "STATUS=%s", status);
         if (o->idle_exit_s && atomic_load(&s->inflight) == 0 &&
@@ -553,6 +649,12 @@ int httpd_serve(const HttpdOptions *o, const HttpdService *svc)
     r = 0;
 done:
     stop_daemons(s);
+    if (s->conns) {
+        httpd_conns_sweep(s->conns, true);
+        mhd_log_window(s, true);
+    }
+    s->conns = httpd_conns_free(s->conns);
+    pthread_mutex_destroy(&s->log_lock);
     free(s);
     return r;
 }

@@ -374,6 +374,7 @@ int httpd_run(const HttpdConfig *cfg)
             .threads = cfg->threads,
             .body_max = cfg->body_max,
             .idle_exit_s = cfg->idle_exit_s,
+            .limits = cfg->limits,
         };
         const HttpdService svc = {
             .name = "witness",
