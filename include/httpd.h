@@ -16,7 +16,7 @@
 #define HTTPD_DEFAULT_BURST   200
 #define HTTPD_DEFAULT_BODY    WITNESS_REQUEST_MAX
 /* Connection limits (docs/witness.md, "Hostile clients"). */
-#define HTTPD_DEFAULT_MAX_CONNECTIONS 1024 /* per socket */
+#define HTTPD_DEFAULT_MAX_CONNECTIONS 2048 /* per socket */
 #define HTTPD_MIN_CONNECTIONS         16
 #define HTTPD_MAX_CONNECTIONS         65536
 #define HTTPD_DEFAULT_PER_PEER        32 /* per TCP peer address, over all sockets */

@@ -138,7 +138,7 @@ static const CliOption serve_options[] = {
                    "exit after this long without requests (0: never)"),
     CLI_NUMBER_OPT("max-connections", "N", ServeArgs, max_connections, HTTPD_MIN_CONNECTIONS,
                    HTTPD_MAX_CONNECTIONS,
-                   "connections per socket (1024); new ones evict the oldest unfinished request"),
+                   "connections per socket (2048); new ones evict the oldest unfinished request"),
     CLI_NUMBER_OPT("max-connections-per-peer", "N", ServeArgs, per_peer, 0, HTTPD_MAX_CONNECTIONS,
                    "connections per TCP peer address (32; 0: no limit)"),
     CLI_NUMBER_OPT("request-timeout", "SECONDS", ServeArgs, request_s, 1, HTTPD_MAX_REQUEST_S,

@@ -8,18 +8,18 @@ closed by the whole-request deadline although they send a byte every
 drops are counted in /metrics and summarized, not logged one by one."""
 import http.client
 import json
+import multiprocessing
 import os
 import re
 import resource
 import select
 import selectors
 import socket
-import threading
 import time
 
 import pytest
 
-from witnesslib import Server, Vault, h, request_body
+from witnesslib import ASAN, Server, Vault, h, request_body
 
 IDLE, SLOW = 1000, 300      # the issue's figures
 PER_PEER = 16
@@ -27,6 +27,11 @@ DEADLINE_S = 3              # --request-timeout of the runs
 HOLD_S = 8                  # how long the attack is held while the good client measures
 BYTE_EVERY_S = 0.4          # slowloris: one header byte this often
 PACE_S = 0.02               # the good client's pause between requests
+REOPEN_PER_S = 500          # the attack reopens closed connections at most this fast
+# The issue's bound. The ASan build (instrumented, and run beside the rest
+# of the suite) gets twice that: it checks memory, the plain build checks
+# the figure (it measures p99 well under 100 ms; docs/witness.md).
+P99_MAX_S = 2.0 if ASAN else 1.0
 SLOW_HEAD = b"POST /v1/witness/checkpoints HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 4000
 
 
@@ -63,18 +68,23 @@ class UnixHTTPConnection(http.client.HTTPConnection):
 class Attack:
     """IDLE connections that send nothing and SLOW ones that send one byte
     of a never-ending header at a time, each reopened when the server
-    closes it. connect() makes a socket (for TCP, from a source address of
-    its own so that the per-peer limit is not what stops them)."""
+    closes it (at most REOPEN_PER_S a second: bounded, as the issue asks;
+    a reconnect flood is another attack). connect() makes a socket (for
+    TCP, from a source address of its own so that the per-peer limit is
+    not what stops them)."""
 
     def __init__(self, connect):
         self.connect = connect
         self.sel = selectors.DefaultSelector()
-        self.stop_ev = threading.Event()
+        ctx = multiprocessing.get_context("fork")
+        self.ctx = ctx
+        self.stop_ev = ctx.Event()
+        self.ready = ctx.Event()
         self.slow_closed = []   # (seconds open, bytes sent) of each slowloris closed by the server
         self.idle_closed = 0
         self.errors = 0
         self.open_count = {"idle": 0, "slow": 0}
-        self.lock = threading.Lock()
+        self.reopen = []
 
     def open(self, kind, i):
         try:
@@ -96,8 +106,7 @@ class Attack:
             self.slow_closed.append((time.monotonic() - d["t0"], d["sent"]))
         else:
             self.idle_closed += 1
-        if not self.stop_ev.is_set():
-            self.open(d["kind"], d["i"])
+        self.reopen.append((d["kind"], d["i"]))
 
     def run(self):
         for i in range(IDLE):
@@ -105,8 +114,15 @@ class Attack:
         for i in range(SLOW):
             self.open("slow", i)
         self.ready.set()
-        next_byte = time.monotonic()
+        next_byte = last = time.monotonic()
+        budget = 0.0
         while not self.stop_ev.is_set():
+            now = time.monotonic()
+            budget = min(REOPEN_PER_S, budget + (now - last) * REOPEN_PER_S)
+            last = now
+            while self.reopen and budget >= 1:
+                self.open(*self.reopen.pop(0))
+                budget -= 1
             for key, _ in self.sel.select(timeout=0.05):
                 try:
                     data = key.fileobj.recv(4096)
@@ -129,16 +145,29 @@ class Attack:
         for key in list(self.sel.get_map().values()):
             key.fileobj.close()
 
+    def child(self, pipe):
+        self.run()
+        pipe.send({"slow_closed": self.slow_closed, "idle_closed": self.idle_closed,
+                   "errors": self.errors, "open_count": self.open_count})
+        pipe.close()
+
+    # The attack runs in a process of its own: the good client's latencies
+    # are the server's, not the wait for this interpreter's lock.
     def __enter__(self):
-        self.ready = threading.Event()
-        self.thread = threading.Thread(target=self.run, daemon=True)
-        self.thread.start()
+        self.pipe, child_end = self.ctx.Pipe(duplex=False)
+        self.proc = self.ctx.Process(target=self.child, args=(child_end,), daemon=True)
+        self.proc.start()
+        child_end.close()
         assert self.ready.wait(60), "attack connections not opened in 60 s"
         return self
 
     def __exit__(self, *exc):
         self.stop_ev.set()
-        self.thread.join(30)
+        if self.pipe.poll(30):
+            self.__dict__.update(self.pipe.recv())
+        self.proc.join(30)
+        if self.proc.is_alive():
+            self.proc.kill()
 
 
 def good_client(new_conn, seconds, stream):
@@ -200,7 +229,7 @@ def check_run(name, srv, attack, results, m):
         f.write(figures + "\n")
     assert len(results) >= 30, figures
     assert all(s == 200 for s in statuses), [s for s in statuses if s != 200][:5]
-    assert p99(lat) < 1.0, figures
+    assert p99(lat) < P99_MAX_S, figures
     # Every slowloris connection the server closed was closed by the
     # deadline (or made room at the connection limit): none outlived it,
     # though each sent a byte every 0.4 s all along.
@@ -213,8 +242,9 @@ def check_run(name, srv, attack, results, m):
 
 
 def test_tcp_idle_and_slowloris_keep_the_endpoint_and_the_per_peer_limit_holds(vault):
-    # 1,300 fit under --max-connections: what closes them is the deadline.
-    srv = Server(vault, ["--request-timeout", str(DEADLINE_S), "--max-connections", "2048",
+    # 1,300 fit under the default --max-connections (2,048): what closes
+    # them is the deadline.
+    srv = Server(vault, ["--request-timeout", str(DEADLINE_S),
                          "--max-connections-per-peer", str(PER_PEER)])
     try:
         # One peer opens 3x its limit: the excess is closed at once.
@@ -258,12 +288,12 @@ def test_tcp_idle_and_slowloris_keep_the_endpoint_and_the_per_peer_limit_holds(v
         assert srv.stop() == 0, srv.read_log()[-3000:]
 
 
-@pytest.mark.parametrize("limit", [None, 2048])
+@pytest.mark.parametrize("limit", [None, 1024])
 def test_unix_socket_idle_and_slowloris_keep_the_endpoint(vault, limit):
-    """With the default --max-connections (1,024, below 1,300) each
-    newcomer past 7/8 of it evicts the oldest unfinished request (the
-    attack, reopening at once, churns through its own connections); with
-    2,048 they all fit and the deadline closes them."""
+    """With the default --max-connections (2,048) the 1,300 fit and the
+    deadline closes them; with 1,024 (below 1,300) each newcomer past 7/8
+    of it evicts the oldest unfinished request, so the good client still
+    gets in although the attack holds the socket full."""
     path = os.path.join(vault.dir, f"hostile-{limit}.sock")
     extra = ["--max-connections", str(limit)] if limit else []
     srv = Server(vault, ["--listen", f"unix:{path}", "--request-timeout", str(DEADLINE_S)] + extra)
@@ -280,7 +310,7 @@ def test_unix_socket_idle_and_slowloris_keep_the_endpoint(vault, limit):
         check_run(f"unix, --max-connections {limit or 'default'}", srv, attack, results, m)
         assert attack.errors == 0
         assert drops(m, "peer_limit") == 0
-        if limit:
+        if not limit:
             assert min(t for t, _ in attack.slow_closed) >= DEADLINE_S - 0.5
             assert drops(m, "request_deadline") >= IDLE + SLOW
             assert drops(m, "connection_limit") == 0
