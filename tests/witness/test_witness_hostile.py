@@ -221,7 +221,10 @@ def check_run(name, srv, attack, results, m):
     lat = [t for _, t in results]
     figures = (f"{name}: {len(results)} good requests, p99 {p99(lat) * 1000:.0f} ms, max "
                f"{max(lat) * 1000:.0f} ms; attack held {attack.open_count}, reopened "
-               f"{attack.idle_closed} idle and {len(attack.slow_closed)} slowloris; drops "
+               f"{attack.idle_closed} idle and {len(attack.slow_closed)} slowloris (open "
+               f"{min(t for t, _ in attack.slow_closed or [(0, 0)]):.2f}-"
+               f"{max(t for t, _ in attack.slow_closed or [(0, 0)]):.2f} s, up to "
+               f"{max(n for _, n in attack.slow_closed or [(0, 0)])} bytes sent); drops "
                f"deadline {drops(m, 'request_deadline')} peer {drops(m, 'peer_limit')} "
                f"evicted {drops(m, 'connection_limit')}")
     print(figures)
