@@ -45,7 +45,7 @@ typedef struct DoctorOptions {
     const char *relay_token_file;  /* NULL: only the relay-token credential, if any */
 } DoctorOptions;
 
-/* Runs every check in order: module, token, pin, signing_key,
+/* Runs every check in order: module, token, pin, mechanisms, signing_key,
  * encryption_key, spool_db, witness_db, dek, relay_url, relay_credential,
  * relay, receipt_keys.
  * The token is

@@ -15,6 +15,12 @@ typedef struct TokenConfig {
     const char *kek_uri;     /* pkcs11: URI of the AES-256 KEK (may be NULL) */
     const char *pin_file;    /* NULL: $CREDENTIALS_DIRECTORY/pkcs11-pin, then pin-source= */
     const char *key_id;      /* NULL: "lv-" + 16 hex of SHA-256(public key) */
+    /* Mechanism selection (docs/token.md, "Capability probe and profiles"),
+     * from ATTESTO_LOCAL_VAULT_PKCS11_PROFILE, _PKCS11_EDDSA_MECHANISM and
+     * _PKCS11_EDDSA_KEY_TYPE. NULL: auto, and the profile's ids. */
+    const char *profile;         /* "auto", "standard" or "luna-legacy" */
+    const char *eddsa_mechanism; /* hex CK_MECHANISM_TYPE, e.g. "0x80000c03" */
+    const char *eddsa_key_type;  /* hex CK_KEY_TYPE, e.g. "0x80000012" */
 } TokenConfig;
 
 #define TOKEN_ED25519_PK_LEN  32
@@ -27,8 +33,11 @@ typedef struct TokenConfig {
 /* Loads the module (p11-kit managed), finds the token named by the URIs,
  * reads the PIN (never retried after CKR_PIN_INCORRECT; refuses when the
  * token reports the user PIN locked), logs in and keeps one owner session for
- * the life of the Token. Errors: LV_ERR_NOMOD, LV_ERR_NOTOKEN, LV_ERR_PIN,
- * LV_ERR_AMBIG, LV_ERR_TOKEN, LV_ERR_INPUT (malformed URI), all with detail. */
+ * the life of the Token, then probes the token's mechanisms (see
+ * token_mechanism). Errors: LV_ERR_NOMOD, LV_ERR_NOTOKEN, LV_ERR_PIN,
+ * LV_ERR_AMBIG, LV_ERR_TOKEN, LV_ERR_INPUT (malformed URI, a bad profile or
+ * override value), all with detail. A role the token cannot serve is not an
+ * error here: the key check that needs it fails (token_check_*). */
 int token_open(const TokenConfig *cfg, Token **ret);
 /* Closes the session and finalizes; accepts NULL, returns NULL. */
 Token *token_close(Token *t);
@@ -78,6 +87,37 @@ int token_aead_decrypt(Token *t, const uint8_t iv[TOKEN_GCM_IV_LEN], const uint8
  * CKA_EXTRACTABLE=FALSE; refuses an existing object whose attributes are
  * wrong. ret_created_* tell what was made. */
 int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek);
+
+/* The capability probe: what token_open chose for each role. */
+typedef enum {
+    TOKEN_ROLE_SIGN, /* Ed25519, pure, single-part C_Sign */
+    TOKEN_ROLE_WRAP, /* the DEK under the KEK: RFC 5649 */
+    TOKEN_ROLE_SEAL, /* the rows: AES-256-GCM */
+    TOKEN_ROLE__MAX
+} TokenRole;
+
+/* The one wrap algorithm the spool knows, by the name its metadata records. */
+#define TOKEN_WRAP_ALG "rfc5649"
+
+typedef struct TokenMechanism {
+    bool available;          /* false: the role cannot run on this token (why says so) */
+    unsigned long mechanism; /* the CK_MECHANISM_TYPE used */
+    char name[48];           /* "CKM_EDDSA", "CKM_VENDOR_DEFINED+0xc03", ... */
+    const char *algorithm;   /* "ed25519", TOKEN_WRAP_ALG, "aes-256-gcm" */
+    unsigned long key_type;  /* sign: the CKA_KEY_TYPE the key must have */
+    char why[320];           /* how it was chosen (the known-answer test), or why none */
+} TokenMechanism;
+
+/* The probe's choice for a role (never NULL for a valid role). */
+const TokenMechanism *token_mechanism(Token *t, TokenRole role);
+/* The signing profile in use: "standard", "luna-legacy" or "custom"
+ * (explicit mechanism/key-type overrides), and how it was selected. */
+const char *token_profile(Token *t);
+/* The token's manufacturerID and model (spaces trimmed). */
+const char *token_manufacturer(Token *t);
+const char *token_model(Token *t);
+/* What the probe cost at token_open, in microseconds. */
+long long token_probe_us(Token *t);
 
 /* A readable name for a CK_RV value ("CKR_PIN_INCORRECT"). */
 const char *token_rv_name(unsigned long rv);

@@ -297,12 +297,46 @@ static void check_receipt_keys(const char *path, DoctorCheck *c)
     set(c, DOCTOR_PASS, NULL, "%zu key(s) pinned, receipts verified: %s", n, kids);
 }
 
+/* The capability probe of token_open: the mechanism chosen for each role
+ * and why. A role the configuration needs and the token cannot serve fails;
+ * one it does not need is reported only. */
+static void check_mechanisms(Token *t, const TokenConfig *cfg, DoctorCheck *c)
+{
+    static const char *const roles[TOKEN_ROLE__MAX] = {"sign", "wrap", "seal"};
+    const bool needed[TOKEN_ROLE__MAX] = {cfg->signing_uri != NULL, cfg->kek_uri != NULL,
+                                          cfg->kek_uri != NULL};
+    char buf[sizeof(c->detail)];
+    size_t used = 0;
+    int w = snprintf(buf, sizeof(buf), "manufacturer '%s', profile %s, probe %lld us",
+                     token_manufacturer(t), token_profile(t), token_probe_us(t));
+    used = w > 0 ? (size_t)w : 0;
+    const char *failed = NULL;
+    for (TokenRole r = 0; r < TOKEN_ROLE__MAX; r++) {
+        const TokenMechanism *m = token_mechanism(t, r);
+        if (used < sizeof(buf)) {
+            if (m->available)
+                w = snprintf(buf + used, sizeof(buf) - used, "; %s: %s via %s (0x%lx)", roles[r],
+                             m->algorithm, m->name, m->mechanism);
+            else
+                w = snprintf(buf + used, sizeof(buf) - used, "; %s: none", roles[r]);
+            used += w > 0 ? (size_t)w : 0;
+        }
+        if (!m->available && needed[r] && !failed)
+            failed = m->why;
+    }
+    if (failed)
+        set(c, DOCTOR_FAIL, "mechanism_missing", "%s", failed);
+    else
+        set(c, DOCTOR_PASS, NULL, "%s", buf);
+}
+
 void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
 {
     *rep = (DoctorReport){0};
     DoctorCheck *mod = add(rep, "module", "PKCS#11 module");
     DoctorCheck *tok = add(rep, "token", "token");
     DoctorCheck *pin = add(rep, "pin", "PIN and login");
+    DoctorCheck *mech = add(rep, "mechanisms", "token mechanisms (probe)");
     DoctorCheck *sk = add(rep, "signing_key", "signing key");
     DoctorCheck *kek = add(rep, "encryption_key", "encryption key (KEK)");
     DoctorCheck *sdb = add(rep, "spool_db", "spool database");
@@ -345,6 +379,11 @@ void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
         set(pin, DOCTOR_FAIL, "pin", "%s", err_text(r));
     else
         skip(pin, "the token");
+
+    if (t)
+        check_mechanisms(t, &opt->token, mech);
+    else
+        skip(mech, "the token and PIN");
 
     bool kek_ok = false;
     if (t) {

@@ -26,6 +26,14 @@
 #ifndef CKR_OPERATION_CANCEL_FAILED
 #define CKR_OPERATION_CANCEL_FAILED 0x202UL
 #endif
+/* RFC 5649 in PKCS#11 3.0; 0x210A (CKM_AES_KEY_WRAP_PAD) is PKCS#7 padding
+ * then RFC 3394 there, but RFC 5649 in SoftHSM 2.6 (SoftHSMv2 issue 726). */
+#ifndef CKM_AES_KEY_WRAP_KWP
+#define CKM_AES_KEY_WRAP_KWP 0x210BUL
+#endif
+/* Older Thales Luna firmware: Ed25519 under vendor-defined ids. */
+#define CKM_LUNA_LEGACY_EDDSA      (CKM_VENDOR_DEFINED + 0xC03UL)
+#define CKK_LUNA_LEGACY_EC_EDWARDS (CKK_VENDOR_DEFINED + 0x12UL)
 
 /* Sessions a Token may hold at once: the owner session plus extra ones
  * opened on demand so that concurrent signers (the witness endpoint) do not
@@ -64,6 +72,12 @@ struct Token {
     /* DEKs beside the one of token_dek_load, while a spool rotates them. */
     CK_OBJECT_HANDLE dek_slot[TOKEN_DEK_SLOTS];
     bool dek_slot_used[TOKEN_DEK_SLOTS];
+
+    /* The capability probe (token_open): the mechanism of each role. */
+    TokenMechanism mech[TOKEN_ROLE__MAX];
+    char profile[16];
+    char manufacturer[33], model[17];
+    long long probe_us;
 };
 
 /* ---- CK_RV names and mapping -------------------------------------------- */
@@ -740,6 +754,411 @@ static int load_modules(Token *t, const TokenConfig *cfg, CK_FUNCTION_LIST ***re
     return 0;
 }
 
+/* ---- Capability probe --------------------------------------------------- */
+
+typedef enum { PROFILE_AUTO, PROFILE_STANDARD, PROFILE_LUNA_LEGACY } Profile;
+
+/* The configuration of the probe, parsed and checked before the module is
+ * loaded: a bad value is a configuration error (exit 2), not a token one. */
+typedef struct ProbeConfig {
+    Profile profile;
+    bool have_mech, have_kt;
+    CK_MECHANISM_TYPE mech;
+    CK_KEY_TYPE kt;
+} ProbeConfig;
+
+#define ENV_PROFILE    "ATTESTO_LOCAL_VAULT_PKCS11_PROFILE"
+#define ENV_EDDSA_MECH "ATTESTO_LOCAL_VAULT_PKCS11_EDDSA_MECHANISM"
+#define ENV_EDDSA_KT   "ATTESTO_LOCAL_VAULT_PKCS11_EDDSA_KEY_TYPE"
+
+static int parse_hex_id(const char *var, const char *v, unsigned long *ret)
+{
+    const char *p = v;
+    if (p[0] == '0' && (p[1] == 'x' || p[1] == 'X'))
+        p += 2;
+    size_t n = strlen(p);
+    if (n == 0 || n > 8 || strspn(p, "0123456789abcdefABCDEF") != n)
+        return lv_error_set(LV_ERR_INPUT,
+                            "%s=%.40s: must be a PKCS#11 id in hexadecimal, 1 to 8 digits with an "
+                            "optional 0x (e.g. 0x80000c03)",
+                            var, v);
+    *ret = strtoul(p, NULL, 16);
+    return 0;
+}
+
+static int parse_probe_config(const TokenConfig *cfg, ProbeConfig *ret)
+{
+    *ret = (ProbeConfig){.profile = PROFILE_AUTO};
+    const char *p = cfg->profile;
+    if (!p || !*p || strcmp(p, "auto") == 0)
+        ret->profile = PROFILE_AUTO;
+    else if (strcmp(p, "standard") == 0)
+        ret->profile = PROFILE_STANDARD;
+    else if (strcmp(p, "luna-legacy") == 0)
+        ret->profile = PROFILE_LUNA_LEGACY;
+    else
+        return lv_error_set(LV_ERR_INPUT,
+                            "%s=%.40s: must be one of auto (the default), standard, luna-legacy",
+                            ENV_PROFILE, p);
+    int r = 0;
+    if (cfg->eddsa_mechanism && *cfg->eddsa_mechanism) {
+        r = parse_hex_id(ENV_EDDSA_MECH, cfg->eddsa_mechanism, &ret->mech);
+        ret->have_mech = r >= 0;
+    }
+    if (r >= 0 && cfg->eddsa_key_type && *cfg->eddsa_key_type) {
+        r = parse_hex_id(ENV_EDDSA_KT, cfg->eddsa_key_type, &ret->kt);
+        ret->have_kt = r >= 0;
+    }
+    return r;
+}
+
+static void mech_name(CK_MECHANISM_TYPE m, char *buf, size_t cap)
+{
+    switch (m) {
+    case CKM_EDDSA:
+        snprintf(buf, cap, "CKM_EDDSA");
+        return;
+    case CKM_AES_KEY_WRAP_PAD:
+        snprintf(buf, cap, "CKM_AES_KEY_WRAP_PAD");
+        return;
+    case CKM_AES_KEY_WRAP_KWP:
+        snprintf(buf, cap, "CKM_AES_KEY_WRAP_KWP");
+        return;
+    case CKM_AES_GCM:
+        snprintf(buf, cap, "CKM_AES_GCM");
+        return;
+    default:
+        if (m >= CKM_VENDOR_DEFINED)
+            snprintf(buf, cap, "CKM_VENDOR_DEFINED+0x%lx", (unsigned long)(m - CKM_VENDOR_DEFINED));
+        else
+            snprintf(buf, cap, "0x%lx", (unsigned long)m);
+    }
+}
+
+/* true when the token lists m and its flags include all of need. */
+static bool mech_offered(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n, CK_MECHANISM_TYPE m,
+                         CK_FLAGS need)
+{
+    for (CK_ULONG i = 0; i < n; i++)
+        if (list[i] == m) {
+            CK_MECHANISM_INFO mi;
+            return t->module->C_GetMechanismInfo(t->slot, m, &mi) == CKR_OK &&
+                   (mi.flags & need) == need;
+        }
+    return false;
+}
+
+static void mech_set(TokenMechanism *tm, CK_MECHANISM_TYPE m, const char *algorithm)
+{
+    tm->mechanism = m;
+    mech_name(m, tm->name, sizeof(tm->name));
+    tm->algorithm = algorithm;
+}
+
+static void why(TokenMechanism *tm, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void why(TokenMechanism *tm, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(tm->why, sizeof(tm->why), fmt, ap);
+    va_end(ap);
+}
+
+/* Legacy Luna ids are chosen on their own only for a token that says it is
+ * a Luna: vendor-defined ids mean different things for each vendor. */
+static bool maker_is_luna(const char *manufacturer)
+{
+    return strcasestr(manufacturer, "safenet") || strcasestr(manufacturer, "thales");
+}
+
+static void probe_sign(Token *t, const ProbeConfig *pc, const CK_MECHANISM_TYPE *list, CK_ULONG n)
+{
+    TokenMechanism *tm = &t->mech[TOKEN_ROLE_SIGN];
+    bool std_ok = mech_offered(t, list, n, CKM_EDDSA, CKF_SIGN);
+    bool luna_ok = mech_offered(t, list, n, CKM_LUNA_LEGACY_EDDSA, CKF_SIGN);
+    Profile p = pc->profile;
+    char how[160];
+    if (p == PROFILE_AUTO) {
+        if (std_ok || pc->have_mech)
+            p = PROFILE_STANDARD;
+        else if (luna_ok && maker_is_luna(t->manufacturer))
+            p = PROFILE_LUNA_LEGACY;
+        snprintf(how, sizeof(how), "auto");
+    } else
+        snprintf(how, sizeof(how), "forced by %s", ENV_PROFILE);
+    if (p == PROFILE_AUTO) {
+        /* Nothing to choose from: name what was looked for. */
+        snprintf(t->profile, sizeof(t->profile), "none");
+        mech_set(tm, CKM_EDDSA, "ed25519");
+        tm->key_type = CKK_EC_EDWARDS;
+        if (luna_ok)
+            why(tm,
+                "token '%s' (manufacturer '%s') lists %s with CKF_SIGN but is not a Thales/SafeNet "
+                "token, and vendor-defined ids differ by vendor; if it is Ed25519, set "
+                "%s=luna-legacy "
+                "or %s and %s",
+                t->label, t->manufacturer, "CKM_VENDOR_DEFINED+0xc03", ENV_PROFILE, ENV_EDDSA_MECH,
+                ENV_EDDSA_KT);
+        else
+            why(tm,
+                "token '%s' (manufacturer '%s') offers no Ed25519 signing mechanism (neither "
+                "CKM_EDDSA 0x1057 nor legacy Luna CKM_VENDOR_DEFINED+0xc03 with CKF_SIGN); a token "
+                "with Ed25519 under another id needs %s and %s",
+                t->label, t->manufacturer, ENV_EDDSA_MECH, ENV_EDDSA_KT);
+        return;
+    }
+    bool luna = p == PROFILE_LUNA_LEGACY;
+    snprintf(t->profile, sizeof(t->profile), "%s", luna ? "luna-legacy" : "standard");
+    CK_MECHANISM_TYPE m = luna ? CKM_LUNA_LEGACY_EDDSA : CKM_EDDSA;
+    tm->key_type = luna ? CKK_LUNA_LEGACY_EC_EDWARDS : CKK_EC_EDWARDS;
+    if (pc->have_mech || pc->have_kt) {
+        snprintf(t->profile, sizeof(t->profile), "custom");
+        snprintf(how + strlen(how), sizeof(how) - strlen(how), ", overridden by %s",
+                 pc->have_mech && pc->have_kt ? "_EDDSA_MECHANISM and _EDDSA_KEY_TYPE"
+                 : pc->have_mech              ? "_EDDSA_MECHANISM"
+                                              : "_EDDSA_KEY_TYPE");
+        if (pc->have_mech)
+            m = pc->mech;
+        if (pc->have_kt)
+            tm->key_type = pc->kt;
+    }
+    mech_set(tm, m, "ed25519");
+    tm->available = mech_offered(t, list, n, m, CKF_SIGN);
+    if (tm->available)
+        why(tm, "profile %s (%s): %s (0x%lx) with CKF_SIGN, key type 0x%lx", t->profile, how,
+            tm->name, (unsigned long)m, (unsigned long)tm->key_type);
+    else
+        why(tm,
+            "profile %s (%s): token '%s' (manufacturer '%s') does not offer %s (0x%lx) with "
+            "CKF_SIGN",
+            t->profile, how, t->label, t->manufacturer, tm->name, (unsigned long)m);
+}
+
+/* The known answer (tests/vectors/wycheproof/testvectors_v1/aes_kwp_test.json,
+ * tcId 167, "Normal"): an AES-256 KEK and a 32-byte key, the very case of the
+ * spool's DEK. RFC 5649's own section 6 examples use an AES-192 KEK and keys
+ * of 20 and 7 bytes, whose padding SoftHSM 2.6.1 gets wrong (it pads with
+ * zeros and records the padded length), so they cannot tell a 0x210A that
+ * wraps our keys correctly from one that does not. */
+static const uint8_t kat_kek[32] = {
+    0x38, 0xe1, 0xb1, 0xd0, 0x75, 0xd9, 0xd8, 0x52, 0xb9, 0xa6, 0xc0, 0x1c, 0x8f, 0xf6, 0x96, 0x5a,
+    0xf0, 0x1b, 0xac, 0x45, 0x7a, 0x4e, 0x33, 0x9a, 0xe3, 0xe1, 0xd7, 0xb2, 0xff, 0xac, 0xc0, 0xcd};
+static const uint8_t kat_key[32] = {
+    0x80, 0xad, 0x68, 0x20, 0xf1, 0xc9, 0x09, 0x81, 0xe2, 0xca, 0x42, 0xb8, 0x17, 0xa3, 0x45, 0xc1,
+    0x17, 0x9d, 0x0a, 0x11, 0xd8, 0xe2, 0x3a, 0x8a, 0xdc, 0x05, 0x05, 0xe1, 0x3d, 0x87, 0x29, 0x5a};
+static const uint8_t kat_wrapped[40] = {0xb6, 0x3b, 0x7e, 0x0f, 0xec, 0x7e, 0x31, 0x58, 0x16, 0x23,
+                                        0x3d, 0xb6, 0x75, 0x8f, 0xd3, 0xe7, 0x44, 0xb9, 0xf6, 0xa4,
+                                        0x08, 0x62, 0xbd, 0xf8, 0x66, 0x48, 0x7e, 0x53, 0xbc, 0xb9,
+                                        0x50, 0xd8, 0xb2, 0x64, 0x92, 0x69, 0xe5, 0x1b, 0x44, 0x75};
+
+/* Runs the known-answer test of an RFC 5649 candidate on session objects:
+ * the known key wrapped under the known KEK must give the known blob, and
+ * the known blob must unwrap to a key that wraps to it again. 0 when it
+ * passes; else LV_ERR_CRYPTO (the mechanism is something else) or the
+ * error of the call that failed, with detail. Nothing is left on the token. */
+static int wrap_kat(Token *t, const uint8_t kek[32], const uint8_t key[32],
+                    const uint8_t expect[40], CK_MECHANISM_TYPE m)
+{
+    CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
+    int r = session_get(t, &s);
+    if (r < 0)
+        return r;
+    CK_OBJECT_CLASS cls = CKO_SECRET_KEY;
+    CK_KEY_TYPE kt = CKK_AES;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    CK_ATTRIBUTE kek_tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},     {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},       {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &no, sizeof(no)}, {CKA_WRAP, &yes, sizeof(yes)},
+        {CKA_UNWRAP, &yes, sizeof(yes)},    {CKA_VALUE, (void *)kek, 32},
+    };
+    /* Extractable: C_WrapKey requires it. A known test key, never used. */
+    CK_ATTRIBUTE key_tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},       {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},         {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)}, {CKA_VALUE, (void *)key, 32},
+    };
+    CK_ATTRIBUTE unwrap_tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},       {CKA_KEY_TYPE, &kt, sizeof(kt)},
+        {CKA_TOKEN, &no, sizeof(no)},         {CKA_SENSITIVE, &yes, sizeof(yes)},
+        {CKA_EXTRACTABLE, &yes, sizeof(yes)},
+    };
+    CK_OBJECT_HANDLE hk = CK_INVALID_HANDLE, hd = CK_INVALID_HANDLE, hu = CK_INVALID_HANDLE;
+    CK_MECHANISM mech = {m, NULL, 0};
+    uint8_t out[64];
+    CK_ULONG n = sizeof(out);
+    CK_RV rv = t->module->C_CreateObject(s, kek_tmpl, ELEMENTSOF(kek_tmpl), &hk);
+    if (rv == CKR_OK)
+        rv = t->module->C_CreateObject(s, key_tmpl, ELEMENTSOF(key_tmpl), &hd);
+    if (rv != CKR_OK) {
+        r = lv_error_set(LV_ERR_TOKEN,
+                         "cannot run the known-answer test: C_CreateObject(session AES key): %s "
+                         "(0x%lx)",
+                         token_rv_name(rv), (unsigned long)rv);
+        goto done;
+    }
+    rv = t->module->C_WrapKey(s, &mech, hk, hd, out, &n);
+    if (rv != CKR_OK) {
+        r = lv_error_set(LV_ERR_CRYPTO, "known-answer test: C_WrapKey: %s (0x%lx)",
+                         token_rv_name(rv), (unsigned long)rv);
+        goto done;
+    }
+    if (n != 40 || memcmp(out, expect, 40) != 0) {
+        char got[17];
+        hex_encode(out, n < 8 ? n : 8, got);
+        r = lv_error_set(LV_ERR_CRYPTO,
+                         "known-answer test: a 32-byte key wrapped to %lu bytes starting %s, not "
+                         "RFC 5649's 40 bytes starting b63b7e0fec7e3158",
+                         (unsigned long)n, got);
+        goto done;
+    }
+    rv = t->module->C_UnwrapKey(s, &mech, hk, (CK_BYTE *)expect, 40, unwrap_tmpl,
+                                ELEMENTSOF(unwrap_tmpl), &hu);
+    n = sizeof(out);
+    if (rv == CKR_OK)
+        rv = t->module->C_WrapKey(s, &mech, hk, hu, out, &n);
+    if (rv != CKR_OK || n != 40 || memcmp(out, expect, 40) != 0) {
+        r = lv_error_set(LV_ERR_CRYPTO,
+                         "known-answer test: the RFC 5649 blob does not unwrap to the known key "
+                         "(%s)",
+                         rv != CKR_OK ? token_rv_name(rv) : "it wraps to other bytes");
+        goto done;
+    }
+    r = 0;
+done:
+    if (hu != CK_INVALID_HANDLE)
+        t->module->C_DestroyObject(s, hu);
+    if (hd != CK_INVALID_HANDLE)
+        t->module->C_DestroyObject(s, hd);
+    if (hk != CK_INVALID_HANDLE)
+        t->module->C_DestroyObject(s, hk);
+    explicit_bzero(out, sizeof(out));
+    session_put_checked(t, s, r < 0);
+    return r;
+}
+
+static void probe_wrap(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
+{
+    TokenMechanism *tm = &t->mech[TOKEN_ROLE_WRAP];
+    const CK_FLAGS need = CKF_WRAP | CKF_UNWRAP;
+    if (mech_offered(t, list, n, CKM_AES_KEY_WRAP_KWP, need)) {
+        mech_set(tm, CKM_AES_KEY_WRAP_KWP, TOKEN_WRAP_ALG);
+        tm->available = true;
+        why(tm, "CKM_AES_KEY_WRAP_KWP (0x210b): RFC 5649 by PKCS#11 3.0");
+        return;
+    }
+    mech_set(tm, CKM_AES_KEY_WRAP_PAD, TOKEN_WRAP_ALG);
+    if (!mech_offered(t, list, n, CKM_AES_KEY_WRAP_PAD, need)) {
+        why(tm,
+            "token '%s' offers neither CKM_AES_KEY_WRAP_KWP (0x210b) nor CKM_AES_KEY_WRAP_PAD "
+            "(0x210a) with CKF_WRAP and CKF_UNWRAP: the spool's data key cannot be wrapped (RFC "
+            "5649)",
+            t->label);
+        return;
+    }
+    if (!t->kek_uri) {
+        why(tm, "not probed: no encryption key configured (CKM_AES_KEY_WRAP_PAD 0x210a is listed, "
+                "its known-answer test runs when a KEK is)");
+        return;
+    }
+    /* 0x210A is RFC 5649 in SoftHSM but PKCS#7 + RFC 3394 in PKCS#11 3.0:
+     * ask the token which one it does. */
+    lv_error_clear();
+    int r = wrap_kat(t, kat_kek, kat_key, kat_wrapped, CKM_AES_KEY_WRAP_PAD);
+    tm->available = r >= 0;
+    if (tm->available)
+        why(tm,
+            "CKM_AES_KEY_WRAP_PAD (0x210a) is ambiguous (RFC 5649 in SoftHSM, PKCS#7 + RFC 3394 in "
+            "PKCS#11 3.0); its known-answer test (AES-256 KEK, 32-byte key, both directions) "
+            "gave RFC 5649");
+    else
+        why(tm, "CKM_AES_KEY_WRAP_PAD (0x210a) refused: it is not RFC 5649 on token '%s': %s",
+            t->label, lv_error());
+    lv_error_clear();
+}
+
+static void probe_seal(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
+{
+    TokenMechanism *tm = &t->mech[TOKEN_ROLE_SEAL];
+    mech_set(tm, CKM_AES_GCM, "aes-256-gcm");
+    tm->available = mech_offered(t, list, n, CKM_AES_GCM, CKF_ENCRYPT | CKF_DECRYPT);
+    if (tm->available)
+        why(tm, "CKM_AES_GCM (0x1087) with CKF_ENCRYPT and CKF_DECRYPT");
+    else
+        why(tm,
+            "token '%s' offers no CKM_AES_GCM with CKF_ENCRYPT and CKF_DECRYPT: spool rows "
+            "cannot be sealed on it (an encrypt-then-MAC scheme is not built yet, issue 16 item 3)",
+            t->label);
+}
+
+#define PROBE_MECHS_MAX 4096
+
+/* The mechanism list, the flags of the candidates, and a known-answer test
+ * where an id is ambiguous; the choice per role is kept in t->mech. */
+static int probe(Token *t, const ProbeConfig *pc)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    CK_TOKEN_INFO ti;
+    CK_RV rv = t->module->C_GetTokenInfo(t->slot, &ti);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_GetTokenInfo");
+    size_t l = p11_kit_space_strlen(ti.manufacturerID, sizeof(ti.manufacturerID));
+    memcpy(t->manufacturer, ti.manufacturerID, l);
+    t->manufacturer[l] = '\0';
+    l = p11_kit_space_strlen(ti.model, sizeof(ti.model));
+    memcpy(t->model, ti.model, l);
+    t->model[l] = '\0';
+    CK_ULONG n = 0;
+    rv = t->module->C_GetMechanismList(t->slot, NULL, &n);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_GetMechanismList");
+    if (n > PROBE_MECHS_MAX)
+        n = PROBE_MECHS_MAX;
+    CK_MECHANISM_TYPE *list = calloc(n ? n : 1, sizeof(*list));
+    if (!list)
+        return lv_error_set(-ENOMEM, "out of memory");
+    rv = t->module->C_GetMechanismList(t->slot, list, &n);
+    if (rv == CKR_BUFFER_TOO_SMALL)
+        rv = CKR_OK; /* more than PROBE_MECHS_MAX: the first ones are looked at */
+    if (rv != CKR_OK) {
+        free(list);
+        return rv_error(rv, "C_GetMechanismList");
+    }
+    probe_sign(t, pc, list, n);
+    probe_wrap(t, list, n);
+    probe_seal(t, list, n);
+    free(list);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    t->probe_us = (long long)(t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
+    return 0;
+}
+
+const TokenMechanism *token_mechanism(Token *t, TokenRole role)
+{
+    return &t->mech[role < TOKEN_ROLE__MAX ? role : TOKEN_ROLE_SIGN];
+}
+
+const char *token_profile(Token *t)
+{
+    return t->profile;
+}
+
+const char *token_manufacturer(Token *t)
+{
+    return t->manufacturer;
+}
+
+const char *token_model(Token *t)
+{
+    return t->model;
+}
+
+long long token_probe_us(Token *t)
+{
+    return t->probe_us;
+}
+
 int token_open(const TokenConfig *cfg, Token **ret)
 {
     int r = 0;
@@ -754,6 +1173,10 @@ int token_open(const TokenConfig *cfg, Token **ret)
         r = lv_error_set(LV_ERR_INPUT, "no key URI configured (--signing-key, --encryption-key)");
         goto fail;
     }
+    ProbeConfig pc;
+    r = parse_probe_config(cfg, &pc);
+    if (r < 0)
+        goto fail;
     if (cfg->signing_uri) {
         r = parse_uri("signing key", cfg->signing_uri, &t->sign_uri);
         if (r < 0)
@@ -809,6 +1232,9 @@ int token_open(const TokenConfig *cfg, Token **ret)
     t->npool = 1;
 
     r = login(t, cfg);
+    if (r < 0)
+        goto fail;
+    r = probe(t, &pc);
     if (r < 0)
         goto fail;
     *ret = t;
@@ -970,7 +1396,7 @@ static int read_public_key(Token *t, CK_SESSION_HANDLE s, CK_OBJECT_HANDLE priv,
     }
     lv_error_clear();
     CK_OBJECT_CLASS cls = CKO_PUBLIC_KEY;
-    CK_KEY_TYPE kt = CKK_EC_EDWARDS;
+    CK_KEY_TYPE kt = t->mech[TOKEN_ROLE_SIGN].key_type;
     CK_ATTRIBUTE tmpl[] = {
         {CKA_CLASS, &cls, sizeof(cls)},
         {CKA_KEY_TYPE, &kt, sizeof(kt)},
@@ -1037,6 +1463,9 @@ static int check_signing_key(Token *t, CK_SESSION_HANDLE s)
     const char *what = "signing key";
     if (!t->sign_uri)
         return lv_error_set(LV_ERR_INPUT, "no signing key URI configured (--signing-key)");
+    const TokenMechanism *sm = &t->mech[TOKEN_ROLE_SIGN];
+    if (!sm->available)
+        return lv_error_set(LV_ERR_TOKEN, "%s: cannot sign on this token: %s", what, sm->why);
     CK_OBJECT_HANDLE o = CK_INVALID_HANDLE;
     int r = find_key(t, s, t->sign_uri, t->sign_uri_text, what, CKO_PRIVATE_KEY, &o);
     if (r < 0)
@@ -1045,11 +1474,17 @@ static int check_signing_key(Token *t, CK_SESSION_HANDLE s)
     r = get_ulong(t, s, o, CKA_KEY_TYPE, "CKA_KEY_TYPE", &kt);
     if (r < 0)
         return err_prefix(r, what);
-    if (kt != CKK_EC_EDWARDS)
+    if (kt != sm->key_type && sm->key_type == CKK_EC_EDWARDS)
         return lv_error_set(LV_ERR_KEYBAD,
                             "%s %s: CKA_KEY_TYPE is %s (0x%lx); expected CKK_EC_EDWARDS with "
                             "Ed25519",
                             what, t->sign_uri_text, key_type_name(kt), (unsigned long)kt);
+    if (kt != sm->key_type)
+        return lv_error_set(LV_ERR_KEYBAD,
+                            "%s %s: CKA_KEY_TYPE is %s (0x%lx); profile %s expects 0x%lx with "
+                            "Ed25519",
+                            what, t->sign_uri_text, key_type_name(kt), (unsigned long)kt,
+                            t->profile, (unsigned long)sm->key_type);
     uint8_t params[128];
     size_t n = 0;
     r = get_bytes(t, s, o, CKA_EC_PARAMS, "CKA_EC_PARAMS", params, sizeof(params), &n);
@@ -1088,6 +1523,10 @@ static int check_kek(Token *t, CK_SESSION_HANDLE s)
     const char *what = "encryption key (KEK)";
     if (!t->kek_uri)
         return lv_error_set(LV_ERR_INPUT, "no KEK URI configured (--encryption-key)");
+    /* The spool needs both roles of the KEK's data key on this token. */
+    for (TokenRole role = TOKEN_ROLE_WRAP; role <= TOKEN_ROLE_SEAL; role++)
+        if (!t->mech[role].available)
+            return lv_error_set(LV_ERR_TOKEN, "%s: %s", what, t->mech[role].why);
     CK_OBJECT_HANDLE o = CK_INVALID_HANDLE;
     int r = find_key(t, s, t->kek_uri, t->kek_uri_text, what, CKO_SECRET_KEY, &o);
     if (r < 0)
@@ -1171,17 +1610,25 @@ const char *token_key_id(Token *t)
 static int sign_locked(Token *t, CK_SESSION_HANDLE s, const uint8_t *msg, size_t len,
                        uint8_t sig[TOKEN_ED25519_SIG_LEN])
 {
-    /* Pure Ed25519: CKM_EDDSA without parameters, one C_Sign. */
-    CK_MECHANISM mech = {CKM_EDDSA, NULL, 0};
+    /* Pure Ed25519: the probe's EdDSA mechanism (CKM_EDDSA or a vendor id)
+     * without parameters, one C_Sign. */
+    const TokenMechanism *sm = &t->mech[TOKEN_ROLE_SIGN];
+    CK_MECHANISM mech = {sm->mechanism, NULL, 0};
     CK_RV rv = t->module->C_SignInit(s, &mech, t->sign_key);
-    if (rv != CKR_OK)
-        return rv_error(rv, "C_SignInit(CKM_EDDSA)");
+    if (rv != CKR_OK) {
+        char what[80];
+        snprintf(what, sizeof(what), "C_SignInit(%s)", sm->name);
+        return rv_error(rv, what);
+    }
     CK_ULONG sl = TOKEN_ED25519_SIG_LEN;
     rv = t->module->C_Sign(s, (CK_BYTE *)msg, len, sig, &sl);
-    if (rv != CKR_OK)
-        return rv_error(rv, "C_Sign(CKM_EDDSA)");
+    if (rv != CKR_OK) {
+        char what[80];
+        snprintf(what, sizeof(what), "C_Sign(%s)", sm->name);
+        return rv_error(rv, what);
+    }
     if (sl != TOKEN_ED25519_SIG_LEN)
-        return lv_error_set(LV_ERR_TOKEN, "C_Sign(CKM_EDDSA): %lu-byte signature (expected 64)",
+        return lv_error_set(LV_ERR_TOKEN, "C_Sign(%s): %lu-byte signature (expected 64)", sm->name,
                             (unsigned long)sl);
     return 0;
 }
@@ -1204,7 +1651,7 @@ int token_sign(Token *t, const uint8_t *msg, size_t len, uint8_t ret_sig[TOKEN_E
 
 /* ---- Spool DEK ---------------------------------------------------------- */
 
-/* Wraps the object key under the KEK with CKM_AES_KEY_WRAP_PAD. */
+/* Wraps the object key under the KEK with the probe's RFC 5649 mechanism. */
 static int kek_wrap(Token *t, CK_OBJECT_HANDLE key, uint8_t *out, size_t out_cap, size_t *ret_len)
 {
     int r = token_check_kek(t);
@@ -1214,12 +1661,16 @@ static int kek_wrap(Token *t, CK_OBJECT_HANDLE key, uint8_t *out, size_t out_cap
     r = session_get(t, &s);
     if (r < 0)
         return r;
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    const TokenMechanism *wm = &t->mech[TOKEN_ROLE_WRAP];
+    CK_MECHANISM mech = {wm->mechanism, NULL, 0};
     CK_ULONG n = out_cap;
     CK_RV rv = t->module->C_WrapKey(s, &mech, t->kek, key, out, &n);
     session_put_checked(t, s, rv != CKR_OK);
-    if (rv != CKR_OK)
-        return rv_error(rv, "C_WrapKey(CKM_AES_KEY_WRAP_PAD)");
+    if (rv != CKR_OK) {
+        char what[80];
+        snprintf(what, sizeof(what), "C_WrapKey(%s)", wm->name);
+        return rv_error(rv, what);
+    }
     *ret_len = n;
     return 0;
 }
@@ -1263,9 +1714,8 @@ int token_dek_create(Token *t, uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN])
     if (r < 0)
         return r;
     if (n != TOKEN_WRAPPED_DEK_LEN)
-        return lv_error_set(LV_ERR_TOKEN,
-                            "C_WrapKey(CKM_AES_KEY_WRAP_PAD) gave %zu bytes (expected %d)", n,
-                            TOKEN_WRAPPED_DEK_LEN);
+        return lv_error_set(LV_ERR_TOKEN, "C_WrapKey(%s) gave %zu bytes (expected %d)",
+                            t->mech[TOKEN_ROLE_WRAP].name, n, TOKEN_WRAPPED_DEK_LEN);
     memcpy(ret_wrapped, blob, TOKEN_WRAPPED_DEK_LEN);
     return 0;
 }
@@ -1294,7 +1744,7 @@ static int kek_unwrap(Token *t, const uint8_t *wrapped, size_t wrapped_len, CK_K
         {CKA_SIGN, &no, sizeof(no)},        {CKA_VERIFY, &no, sizeof(no)},
         {CKA_DERIVE, &no, sizeof(no)},
     };
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_MECHANISM mech = {t->mech[TOKEN_ROLE_WRAP].mechanism, NULL, 0};
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     r = session_get(t, &s);
     if (r < 0)
@@ -1307,8 +1757,11 @@ static int kek_unwrap(Token *t, const uint8_t *wrapped, size_t wrapped_len, CK_K
         *ret = h;
         return 0;
     }
-    if (rv_is_outage(rv))
-        return rv_error(rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)");
+    if (rv_is_outage(rv)) {
+        char what[80];
+        snprintf(what, sizeof(what), "C_UnwrapKey(%s)", t->mech[TOKEN_ROLE_WRAP].name);
+        return rv_error(rv, what);
+    }
     /* A corrupt blob or another KEK: the wrapped key is rejected. */
     return lv_error_set(LV_ERR_CRYPTO,
                         "wrapped key does not unwrap under the KEK (corrupt, or wrapped under "
@@ -1335,8 +1788,7 @@ int token_dek_load(Token *t, const uint8_t *wrapped, size_t wrapped_len)
 {
     if (wrapped_len != TOKEN_WRAPPED_DEK_LEN)
         return lv_error_set(LV_ERR_CRYPTO,
-                            "wrapped DEK: %zu bytes (an AES-256 key under CKM_AES_KEY_WRAP_PAD "
-                            "is %d)",
+                            "wrapped DEK: %zu bytes (an AES-256 key under RFC 5649 is %d)",
                             wrapped_len, TOKEN_WRAPPED_DEK_LEN);
     CK_OBJECT_HANDLE h = CK_INVALID_HANDLE;
     int r = kek_unwrap(t, wrapped, wrapped_len, CKK_AES, &h);
@@ -1522,7 +1974,9 @@ static int create_signing_pair(Token *t, CK_SESSION_HANDLE s)
     if (r < 0)
         return r;
     CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
-    CK_KEY_TYPE kt = CKK_EC_EDWARDS;
+    /* The profile's key type; the generation mechanism stays the standard
+     * one (a vendor's own id for it is not known here: docs/token.md). */
+    CK_KEY_TYPE kt = t->mech[TOKEN_ROLE_SIGN].key_type;
     CK_MECHANISM mech = {CKM_EC_EDWARDS_KEY_PAIR_GEN, NULL, 0};
     /* SoftHSM and the PKCS#11 3.0 profile take the curve as either
      * encoding; try the OID (RFC 8410) first, then the curve name. */
@@ -1631,7 +2085,17 @@ int token_keys_init(Token *t, bool *ret_created_signing, bool *ret_created_kek)
     t->sign_checked = t->kek_checked = false;
 
     /* First judge everything that exists, then create: a refusal leaves the
-     * token exactly as it was. */
+     * token exactly as it was. Keys this token cannot use are not made. */
+    if (t->sign_uri && !t->mech[TOKEN_ROLE_SIGN].available) {
+        r = lv_error_set(LV_ERR_TOKEN, "signing key: cannot sign on this token: %s",
+                         t->mech[TOKEN_ROLE_SIGN].why);
+        goto done;
+    }
+    for (TokenRole role = TOKEN_ROLE_WRAP; t->kek_uri && role <= TOKEN_ROLE_SEAL; role++)
+        if (!t->mech[role].available) {
+            r = lv_error_set(LV_ERR_TOKEN, "encryption key (KEK): %s", t->mech[role].why);
+            goto done;
+        }
     if (t->sign_uri) {
         r = count_objects(t, s, t->sign_uri, "signing key", CKO_PRIVATE_KEY, &n_sign);
         if (r < 0)
@@ -1716,8 +2180,7 @@ int token_dek_load_slot(Token *t, unsigned slot, const uint8_t *wrapped, size_t 
         return lv_error_set(LV_ERR_INPUT, "DEK slot %u: at most %d", slot, TOKEN_DEK_SLOTS);
     if (wrapped_len != TOKEN_WRAPPED_DEK_LEN)
         return lv_error_set(LV_ERR_CRYPTO,
-                            "wrapped DEK: %zu bytes (an AES-256 key under CKM_AES_KEY_WRAP_PAD "
-                            "is %d)",
+                            "wrapped DEK: %zu bytes (an AES-256 key under RFC 5649 is %d)",
                             wrapped_len, TOKEN_WRAPPED_DEK_LEN);
     CK_OBJECT_HANDLE h;
     int r = kek_unwrap(t, wrapped, wrapped_len, CKK_AES, &h);
@@ -1860,11 +2323,11 @@ int token_dek_rewrap(Token *t, const char *new_kek_uri, const uint8_t *wrapped, 
         {CKA_SIGN, &no, sizeof(no)},        {CKA_VERIFY, &no, sizeof(no)},
         {CKA_DERIVE, &no, sizeof(no)},
     };
-    CK_MECHANISM mech = {CKM_AES_KEY_WRAP_PAD, NULL, 0};
+    CK_MECHANISM mech = {t->mech[TOKEN_ROLE_WRAP].mechanism, NULL, 0};
     rv = t->module->C_UnwrapKey(s, &mech, t->kek, (CK_BYTE *)wrapped, wrapped_len, tmpl,
                                 ELEMENTSOF(tmpl), &tmp);
     if (rv != CKR_OK) {
-        r = rv_is_outage(rv) ? rv_error(rv, "C_UnwrapKey(CKM_AES_KEY_WRAP_PAD)")
+        r = rv_is_outage(rv) ? rv_error(rv, "C_UnwrapKey(RFC 5649)")
                              : lv_error_set(LV_ERR_CRYPTO,
                                             "wrapped DEK does not unwrap under the current KEK: "
                                             "C_UnwrapKey: %s (0x%lx)",
@@ -1874,13 +2337,12 @@ int token_dek_rewrap(Token *t, const char *new_kek_uri, const uint8_t *wrapped, 
     }
     rv = t->module->C_WrapKey(s, &mech, new_kek, tmp, blob, &n);
     if (rv != CKR_OK) {
-        r = rv_error(rv, "new KEK: C_WrapKey(CKM_AES_KEY_WRAP_PAD)");
+        r = rv_error(rv, "new KEK: C_WrapKey(RFC 5649)");
         goto done;
     }
     if (n != TOKEN_WRAPPED_DEK_LEN) {
-        r = lv_error_set(LV_ERR_TOKEN,
-                         "C_WrapKey(CKM_AES_KEY_WRAP_PAD) gave %lu bytes (expected %d)",
-                         (unsigned long)n, TOKEN_WRAPPED_DEK_LEN);
+        r = lv_error_set(LV_ERR_TOKEN, "C_WrapKey(%s) gave %lu bytes (expected %d)",
+                         t->mech[TOKEN_ROLE_WRAP].name, (unsigned long)n, TOKEN_WRAPPED_DEK_LEN);
         goto done;
     }
     /* Proof before anyone stores it: the new blob unwraps under the new KEK

@@ -30,6 +30,11 @@ void cli_token_config(const Config *cfg, TokenConfig *ret)
         .kek_uri = cfg->encryption_key,
         .pin_file = cfg->pin_file,
         .key_id = cfg->key_id,
+        /* Environment only: a property of the installed token, not of one
+         * invocation (docs/token.md). token_open checks the values. */
+        .profile = getenv("ATTESTO_LOCAL_VAULT_PKCS11_PROFILE"),
+        .eddsa_mechanism = getenv("ATTESTO_LOCAL_VAULT_PKCS11_EDDSA_MECHANISM"),
+        .eddsa_key_type = getenv("ATTESTO_LOCAL_VAULT_PKCS11_EDDSA_KEY_TYPE"),
     };
 }
 

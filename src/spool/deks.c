@@ -38,7 +38,7 @@ static int load_dek_locked(Spool *s, int64_t id, unsigned *ret_slot)
                             "retire the old ones",
                             s->path, TOKEN_DEK_SLOTS);
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
-    int r = db_prepare(s->db, "SELECT wrapped FROM deks WHERE id = ?1", &st);
+    int r = db_prepare(s->db, "SELECT wrapped, wrap_alg FROM deks WHERE id = ?1", &st);
     if (r < 0)
         return r;
     sqlite3_bind_int64(st, 1, id);
@@ -48,6 +48,13 @@ static int load_dek_locked(Spool *s, int64_t id, unsigned *ret_slot)
                             (long long)id);
     if (rc != SQLITE_ROW)
         return db_error(s->db, rc, "read DEK");
+    /* Unwrapped by algorithm, with whatever id this token gives it. */
+    const char *alg = (const char *)sqlite3_column_text(st, 1);
+    if (!alg || strcmp(alg, TOKEN_WRAP_ALG) != 0)
+        return lv_error_set(-EUCLEAN,
+                            "spool %s: data key %lld is wrapped with '%.32s', which this version "
+                            "cannot unwrap (it knows %s)",
+                            s->path, (long long)id, alg ? alg : "(null)", TOKEN_WRAP_ALG);
     size_t n = (size_t)sqlite3_column_bytes(st, 0);
     if (n != TOKEN_WRAPPED_DEK_LEN)
         return lv_error_set(-EUCLEAN, "spool %s: wrapped data key %lld is %zu bytes, not %d",
@@ -98,12 +105,18 @@ int spool_dek_new(Spool *s, int64_t id)
     if (r < 0)
         return r;
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
-    r = db_prepare(s->db, "INSERT INTO deks(id, wrapped, created_at) VALUES (?1, ?2, ?3)", &st);
+    r = db_prepare(s->db,
+                   "INSERT INTO deks(id, wrapped, created_at, wrap_alg, wrap_mechanism)"
+                   " VALUES (?1, ?2, ?3, ?4, ?5)",
+                   &st);
     if (r < 0)
         return r;
+    const TokenMechanism *wm = token_mechanism(s->tok, TOKEN_ROLE_WRAP);
     sqlite3_bind_int64(st, 1, id);
     sqlite3_bind_blob(st, 2, wrapped, sizeof(wrapped), SQLITE_TRANSIENT);
     sqlite3_bind_int64(st, 3, lv_now_ms());
+    sqlite3_bind_text(st, 4, wm->algorithm, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 5, (sqlite3_int64)wm->mechanism);
     int rc = sqlite3_step(st);
     if (rc != SQLITE_DONE)
         return db_error(s->db, rc, "store new DEK");

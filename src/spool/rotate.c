@@ -279,7 +279,11 @@ int spool_rewrap_kek(Spool *s, const char *new_kek_uri, size_t *ret_n)
         _cleanup_finalize_ sqlite3_stmt *st = NULL, *up = NULL;
         r = db_prepare(s->db, "SELECT id, wrapped FROM deks ORDER BY id", &st);
         if (r >= 0)
-            r = db_prepare(s->db, "UPDATE deks SET wrapped = ?2 WHERE id = ?1", &up);
+            r = db_prepare(s->db,
+                           "UPDATE deks SET wrapped = ?2, wrap_alg = ?3, wrap_mechanism = ?4"
+                           " WHERE id = ?1",
+                           &up);
+        const TokenMechanism *wm = token_mechanism(s->tok, TOKEN_ROLE_WRAP);
         int rc = SQLITE_DONE;
         while (r >= 0 && (rc = sqlite3_step(st)) == SQLITE_ROW) {
             uint8_t blob[TOKEN_WRAPPED_DEK_LEN];
@@ -290,6 +294,8 @@ int spool_rewrap_kek(Spool *s, const char *new_kek_uri, size_t *ret_n)
             sqlite3_reset(up);
             sqlite3_bind_int64(up, 1, sqlite3_column_int64(st, 0));
             sqlite3_bind_blob(up, 2, blob, sizeof(blob), SQLITE_TRANSIENT);
+            sqlite3_bind_text(up, 3, wm->algorithm, -1, SQLITE_STATIC);
+            sqlite3_bind_int64(up, 4, (sqlite3_int64)wm->mechanism);
             int urc = sqlite3_step(up);
             if (urc != SQLITE_DONE)
                 r = db_error(s->db, urc, "store rewrapped DEK");

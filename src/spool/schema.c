@@ -98,6 +98,13 @@ static const char *const migrations[] = {
     " + CASE WHEN NEW.state <> 'receipted' THEN length(NEW.envelope) + length(NEW.payload)"
     " ELSE 0 END"
     " WHERE name = 'held_bytes'; END;",
+    /* 3 -> 4: the wrap algorithm of each DEK by name, and the PKCS#11
+     * mechanism that made the blob (docs/token.md), so that a spool moved to
+     * a token with another id for RFC 5649 is unwrapped by algorithm, not by
+     * id. Every earlier DEK was wrapped with CKM_AES_KEY_WRAP_PAD (0x210A)
+     * on SoftHSM, where it is RFC 5649. */
+    "ALTER TABLE deks ADD COLUMN wrap_alg TEXT NOT NULL DEFAULT 'rfc5649';"
+    "ALTER TABLE deks ADD COLUMN wrap_mechanism INTEGER NOT NULL DEFAULT 8458;",
 };
 const char *const spool_statements[ST__MAX] = {
     [ST_FIND] = "SELECT id, stream_id, event_type, payload_hash, envelope_hash FROM items"

@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "reliability"))
 from faultlib import Shim  # noqa: E402  (the fault-injecting PKCS#11 shim)
 
 # Every check, in the order doctor runs them.
-CHECKS = ["module", "token", "pin", "signing_key", "encryption_key", "spool_db", "witness_db",
-          "dek", "relay_url", "relay_credential", "relay", "receipt_keys"]
+CHECKS = ["module", "token", "pin", "mechanisms", "signing_key", "encryption_key", "spool_db",
+          "witness_db", "dek", "relay_url", "relay_credential", "relay", "receipt_keys"]
 
 
 def doctor(vault, *args, check=None, env=None):

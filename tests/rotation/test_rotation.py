@@ -234,8 +234,11 @@ def test_a_spool_from_before_rotation_is_migrated(tmp_path):
     c.close()
     assert payload(v, "old1") == {"n": 11}
     c = sqlite3.connect(db)
-    assert c.execute("PRAGMA user_version").fetchone()[0] == 3
+    assert c.execute("PRAGMA user_version").fetchone()[0] == 4
     assert c.execute("SELECT id, wrapped FROM deks").fetchall() == [(1, wrapped)]
+    # Schema 4 names the wrap algorithm of the DEKs made before it, and the
+    # mechanism SoftHSM made them with (0x210A).
+    assert c.execute("SELECT wrap_alg, wrap_mechanism FROM deks").fetchall() == [("rfc5649", 0x210A)]
     assert c.execute("SELECT count(*) FROM meta WHERE key = 'wrapped_dek'").fetchone()[0] == 0
     assert c.execute("SELECT dek_id FROM items").fetchall() == [(1,)]
 
