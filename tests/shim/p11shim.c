@@ -43,7 +43,23 @@
  * the call reaches the real module and answers what it answers (a login lost
  * between two calls, which only the next call reveals).
  * A malformed line is reported on stderr and in the log ("BADRULE") and
- * ignored. */
+ * ignored.
+ *
+ * Token profiles (docs/token.md): three more kinds of line make SoftHSM look
+ * like a token that names things differently; they apply from the moment
+ * the file is (re)read, like the rules.
+ *   map-mechanism SHOWN REAL   the token lists and accepts mechanism SHOWN
+ *                              (C_GetMechanismList/Info, C_SignInit,
+ *                              C_VerifyInit) and does REAL on SoftHSM; REAL
+ *                              itself is hidden (CKR_MECHANISM_INVALID)
+ *   map-key-type SHOWN REAL    CKA_KEY_TYPE REAL is reported as SHOWN
+ *                              (C_GetAttributeValue), and SHOWN in a template
+ *                              (C_FindObjectsInit, C_CreateObject,
+ *                              C_GenerateKeyPair) means REAL; REAL in a
+ *                              template matches nothing
+ *   manufacturer TEXT          C_GetTokenInfo reports manufacturerID TEXT
+ * SHOWN and REAL are numbers (0x80000c03); each translation of a mechanism
+ * is logged as "<pid> MAP <function> SHOWN->REAL". */
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -58,6 +74,7 @@
 #include <unistd.h>
 
 #define MAX_RULES 64
+#define MAX_MAPS  8
 
 typedef enum {
     EFFECT_AUTO,
@@ -135,6 +152,19 @@ static bool have_stat;
 static struct stat rules_stat;
 static CK_SLOT_ID last_slot;
 static bool have_slot;
+
+typedef struct IdMap {
+    CK_ULONG shown, real;
+} IdMap;
+
+/* The token profile of the rule file (see above). */
+typedef struct Maps {
+    IdMap mech[MAX_MAPS], kt[MAX_MAPS];
+    size_t n_mech, n_kt;
+    char manufacturer[33];
+    bool have_manufacturer;
+} Maps;
+static Maps maps;
 
 static const char *code_name(CK_RV rv)
 {
@@ -239,6 +269,44 @@ static bool parse_rule(char *line, Rule *r)
     return true;
 }
 
+/* A profile line: 1 when it is one and valid, -1 when it is one and
+ * malformed, 0 when it is not one (a rule). Called with the lock held. */
+static int parse_map(const char *line)
+{
+    const char *p = line + strspn(line, " \t");
+    bool mech = strncmp(p, "map-mechanism", 13) == 0 && (p[13] == ' ' || p[13] == '\t');
+    bool kt = strncmp(p, "map-key-type", 12) == 0 && (p[12] == ' ' || p[12] == '\t');
+    if (strncmp(p, "manufacturer", 12) == 0 && (p[12] == ' ' || p[12] == '\t')) {
+        p += 12 + strspn(p + 12, " \t");
+        size_t n = strlen(p);
+        while (n && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+            n--;
+        if (n == 0 || n > 32)
+            return -1;
+        memcpy(maps.manufacturer, p, n);
+        maps.manufacturer[n] = '\0';
+        maps.have_manufacturer = true;
+        return 1;
+    }
+    if (!mech && !kt)
+        return 0;
+    char copy[256], *save = NULL;
+    snprintf(copy, sizeof(copy), "%s", p);
+    strtok_r(copy, " \t", &save);
+    char *a = strtok_r(NULL, " \t", &save), *b = strtok_r(NULL, " \t", &save);
+    IdMap m;
+    if (!a || !b || strtok_r(NULL, " \t", &save) || !parse_ulong(a, &m.shown) ||
+        !parse_ulong(b, &m.real))
+        return -1;
+    if (mech && maps.n_mech < MAX_MAPS)
+        maps.mech[maps.n_mech++] = m;
+    else if (kt && maps.n_kt < MAX_MAPS)
+        maps.kt[maps.n_kt++] = m;
+    else
+        return -1;
+    return 1;
+}
+
 /* Called with the lock held: reloads the rules when the file changed. */
 static void refresh_rules(void)
 {
@@ -247,6 +315,7 @@ static void refresh_rules(void)
     if (!path || !*path || stat(path, &st) < 0) {
         if (have_stat) {
             nrules = 0;
+            maps = (Maps){0};
             have_stat = false;
         }
         return;
@@ -261,6 +330,7 @@ static void refresh_rules(void)
     have_stat = true;
     rules_stat = st;
     nrules = 0;
+    maps = (Maps){0};
     char line[256];
     int lineno = 0;
     while (fgets(line, sizeof(line), f)) {
@@ -274,7 +344,10 @@ static void refresh_rules(void)
         char copy[256];
         snprintf(copy, sizeof(copy), "%s", line);
         Rule r;
-        if (nrules < MAX_RULES && parse_rule(line, &r))
+        int d = parse_map(line);
+        if (d > 0)
+            continue;
+        if (d == 0 && nrules < MAX_RULES && parse_rule(line, &r))
             rules[nrules++] = r;
         else {
             fprintf(stderr, "p11shim: %s:%d: bad rule '%s'\n", path, lineno, copy);
@@ -456,9 +529,6 @@ W_NONE(C_Finalize, (void *a), (a))
 W_NONE(C_GetInfo, (CK_INFO * a), (a))
 W_NONE(C_GetSlotList, (CK_BBOOL a, CK_SLOT_ID *b, CK_ULONG *c), (a, b, c))
 W_SLOT(C_GetSlotInfo, (CK_SLOT_ID sl, CK_SLOT_INFO *a), (sl, a))
-W_SLOT(C_GetTokenInfo, (CK_SLOT_ID sl, CK_TOKEN_INFO *a), (sl, a))
-W_SLOT(C_GetMechanismList, (CK_SLOT_ID sl, CK_MECHANISM_TYPE *a, CK_ULONG *b), (sl, a, b))
-W_SLOT(C_GetMechanismInfo, (CK_SLOT_ID sl, CK_MECHANISM_TYPE a, CK_MECHANISM_INFO *b), (sl, a, b))
 W_SLOT(C_InitToken, (CK_SLOT_ID sl, CK_UTF8CHAR *a, CK_ULONG b, CK_UTF8CHAR *c), (sl, a, b, c))
 W_SESSION(C_InitPIN, (CK_SESSION_HANDLE s, CK_UTF8CHAR *a, CK_ULONG b), (s, a, b))
 W_SESSION(C_SetPIN, (CK_SESSION_HANDLE s, CK_UTF8CHAR *a, CK_ULONG b, CK_UTF8CHAR *c, CK_ULONG d),
@@ -472,19 +542,14 @@ W_SESSION(C_SetOperationState,
           (s, a, b, c, d))
 W_SESSION(C_Login, (CK_SESSION_HANDLE s, CK_USER_TYPE a, CK_UTF8CHAR *b, CK_ULONG c), (s, a, b, c))
 W_SESSION(C_Logout, (CK_SESSION_HANDLE s), (s))
-W_SESSION(C_CreateObject, (CK_SESSION_HANDLE s, CK_ATTRIBUTE *a, CK_ULONG b, CK_OBJECT_HANDLE *c),
-          (s, a, b, c))
 W_SESSION(C_CopyObject,
           (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a, CK_ATTRIBUTE *b, CK_ULONG c,
            CK_OBJECT_HANDLE *d),
           (s, a, b, c, d))
 W_SESSION(C_DestroyObject, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a), (s, a))
 W_SESSION(C_GetObjectSize, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a, CK_ULONG *b), (s, a, b))
-W_SESSION(C_GetAttributeValue,
-          (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a, CK_ATTRIBUTE *b, CK_ULONG c), (s, a, b, c))
 W_SESSION(C_SetAttributeValue,
           (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a, CK_ATTRIBUTE *b, CK_ULONG c), (s, a, b, c))
-W_SESSION(C_FindObjectsInit, (CK_SESSION_HANDLE s, CK_ATTRIBUTE *a, CK_ULONG b), (s, a, b))
 W_SESSION(C_FindObjects, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE *a, CK_ULONG b, CK_ULONG *c),
           (s, a, b, c))
 W_SESSION(C_FindObjectsFinal, (CK_SESSION_HANDLE s), (s))
@@ -506,7 +571,6 @@ W_FINISH(C_Digest, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b, CK_BYTE *c, CK_
 W_SESSION(C_DigestUpdate, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b), (s, a, b))
 W_SESSION(C_DigestKey, (CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a), (s, a))
 W_FINISH(C_DigestFinal, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG *b), (s, a, b), a, b)
-W_SESSION(C_SignInit, (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b), (s, a, b))
 W_FINISH(C_Sign, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b, CK_BYTE *c, CK_ULONG *d),
          (s, a, b, c, d), c, d)
 W_SESSION(C_SignUpdate, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b), (s, a, b))
@@ -514,7 +578,6 @@ W_FINISH(C_SignFinal, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG *b), (s, a, b),
 W_SESSION(C_SignRecoverInit, (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b), (s, a, b))
 W_FINISH(C_SignRecover, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b, CK_BYTE *c, CK_ULONG *d),
          (s, a, b, c, d), c, d)
-W_SESSION(C_VerifyInit, (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b), (s, a, b))
 W_FINISH(C_Verify, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b, CK_BYTE *c, CK_ULONG d),
          (s, a, b, c, d), (CK_BYTE *)NULL, (CK_ULONG *)NULL)
 W_SESSION(C_VerifyUpdate, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b), (s, a, b))
@@ -535,14 +598,11 @@ W_SESSION(C_DecryptVerifyUpdate,
 W_SESSION(C_GenerateKey,
           (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_ATTRIBUTE *b, CK_ULONG c, CK_OBJECT_HANDLE *d),
           (s, a, b, c, d))
-W_SESSION(C_GenerateKeyPair,
-          (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_ATTRIBUTE *b, CK_ULONG c, CK_ATTRIBUTE *d,
-           CK_ULONG e, CK_OBJECT_HANDLE *f, CK_OBJECT_HANDLE *g),
-          (s, a, b, c, d, e, f, g))
-W_SESSION(C_WrapKey,
-          (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b, CK_OBJECT_HANDLE c, CK_BYTE *d,
-           CK_ULONG *e),
-          (s, a, b, c, d, e))
+/* A wrap ends with output too: corrupt-output flips a bit of the blob. */
+W_FINISH(C_WrapKey,
+         (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b, CK_OBJECT_HANDLE c, CK_BYTE *d,
+          CK_ULONG *e),
+         (s, a, b, c, d, e), d, e)
 W_SESSION(C_UnwrapKey,
           (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b, CK_BYTE *c, CK_ULONG d,
            CK_ATTRIBUTE *e, CK_ULONG f, CK_OBJECT_HANDLE *g),
@@ -556,6 +616,182 @@ W_SESSION(C_GenerateRandom, (CK_SESSION_HANDLE s, CK_BYTE *a, CK_ULONG b), (s, a
 W_SESSION(C_GetFunctionStatus, (CK_SESSION_HANDLE s), (s))
 W_SESSION(C_CancelFunction, (CK_SESSION_HANDLE s), (s))
 W_NONE(C_WaitForSlotEvent, (CK_FLAGS a, CK_SLOT_ID *b, void *c), (a, b, c))
+
+/* ---- token profiles (map-mechanism, map-key-type, manufacturer) ---- */
+
+static Maps maps_now(void)
+{
+    pthread_mutex_lock(&lock);
+    refresh_rules();
+    Maps m = maps;
+    pthread_mutex_unlock(&lock);
+    return m;
+}
+
+/* The real mechanism for one the caller named; false when the caller named
+ * a hidden (real) id. */
+static bool mech_in(const Maps *m, const char *func, CK_MECHANISM_TYPE *type)
+{
+    for (size_t i = 0; i < m->n_mech; i++) {
+        if (*type == m->mech[i].shown) {
+            log_line("%d MAP %s 0x%lx->0x%lx\n", (int)getpid(), func, m->mech[i].shown,
+                     m->mech[i].real);
+            *type = m->mech[i].real;
+            return true;
+        }
+        if (*type == m->mech[i].real)
+            return false;
+    }
+    return true;
+}
+
+/* A copy of a template with CKA_KEY_TYPE translated (NULL: no change
+ * needed, use the caller's). vals holds the new values. */
+static CK_ATTRIBUTE *kt_in(const Maps *m, const CK_ATTRIBUTE *a, CK_ULONG n, CK_KEY_TYPE *vals)
+{
+    if (!m->n_kt || !a)
+        return NULL;
+    CK_ATTRIBUTE *c = NULL;
+    for (CK_ULONG i = 0; i < n; i++) {
+        if (a[i].type != CKA_KEY_TYPE || !a[i].pValue || a[i].ulValueLen != sizeof(CK_KEY_TYPE))
+            continue;
+        CK_KEY_TYPE v;
+        memcpy(&v, a[i].pValue, sizeof(v));
+        for (size_t k = 0; k < m->n_kt; k++) {
+            CK_KEY_TYPE to = v;
+            if (v == m->kt[k].shown)
+                to = m->kt[k].real;
+            else if (v == m->kt[k].real)
+                to = (CK_KEY_TYPE)0x7fffffffUL; /* hidden: matches nothing */
+            else
+                continue;
+            if (!c) {
+                c = malloc(n * sizeof(*c));
+                if (!c)
+                    return NULL;
+                memcpy(c, a, n * sizeof(*c));
+            }
+            vals[i] = to;
+            c[i].pValue = &vals[i];
+            break;
+        }
+    }
+    return c;
+}
+
+#define KT_TEMPLATE(name, tmpl, n)                                                                 \
+    Maps m_ = maps_now();                                                                          \
+    CK_KEY_TYPE *v_##tmpl = (n) ? calloc((n), sizeof(CK_KEY_TYPE)) : NULL;                         \
+    CK_ATTRIBUTE *c_##tmpl = v_##tmpl ? kt_in(&m_, (tmpl), (n), v_##tmpl) : NULL;                  \
+    CK_ATTRIBUTE *use_##tmpl = c_##tmpl ? c_##tmpl : (tmpl)
+
+static CK_RV w_C_GetTokenInfo(CK_SLOT_ID sl, CK_TOKEN_INFO *a)
+{
+    FAULT_SLOT(C_GetTokenInfo, sl);
+    CK_RV rv = REAL(real->C_GetTokenInfo(sl, a));
+    Maps m = maps_now();
+    if (rv == CKR_OK && a && m.have_manufacturer) {
+        memset(a->manufacturerID, ' ', sizeof(a->manufacturerID));
+        memcpy(a->manufacturerID, m.manufacturer, strlen(m.manufacturer));
+    }
+    return rv;
+}
+
+static CK_RV w_C_GetMechanismList(CK_SLOT_ID sl, CK_MECHANISM_TYPE *a, CK_ULONG *b)
+{
+    FAULT_SLOT(C_GetMechanismList, sl);
+    CK_RV rv = REAL(real->C_GetMechanismList(sl, a, b));
+    Maps m = maps_now();
+    if (rv == CKR_OK && a && b)
+        for (CK_ULONG i = 0; i < *b; i++)
+            for (size_t k = 0; k < m.n_mech; k++)
+                if (a[i] == m.mech[k].real) {
+                    a[i] = m.mech[k].shown;
+                    break;
+                }
+    return rv;
+}
+
+static CK_RV w_C_GetMechanismInfo(CK_SLOT_ID sl, CK_MECHANISM_TYPE a, CK_MECHANISM_INFO *b)
+{
+    FAULT_SLOT(C_GetMechanismInfo, sl);
+    Maps m = maps_now();
+    if (!mech_in(&m, "C_GetMechanismInfo", &a))
+        return CKR_MECHANISM_INVALID;
+    return REAL(real->C_GetMechanismInfo(sl, a, b));
+}
+
+#define W_MECH_INIT(name)                                                                          \
+    static CK_RV w_##name(CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b)                \
+    {                                                                                              \
+        FAULT_SESSION(name, s);                                                                    \
+        Maps m = maps_now();                                                                       \
+        if (!a)                                                                                    \
+            return REAL(real->name(s, a, b));                                                      \
+        CK_MECHANISM mm = *a;                                                                      \
+        if (!mech_in(&m, #name, &mm.mechanism))                                                    \
+            return CKR_MECHANISM_INVALID;                                                          \
+        return REAL(real->name(s, &mm, b));                                                        \
+    }
+W_MECH_INIT(C_SignInit)
+W_MECH_INIT(C_VerifyInit)
+
+static CK_RV w_C_GetAttributeValue(CK_SESSION_HANDLE s, CK_OBJECT_HANDLE a, CK_ATTRIBUTE *b,
+                                   CK_ULONG c)
+{
+    FAULT_SESSION(C_GetAttributeValue, s);
+    CK_RV rv = REAL(real->C_GetAttributeValue(s, a, b, c));
+    Maps m = maps_now();
+    for (CK_ULONG i = 0; b && i < c; i++) {
+        if (b[i].type != CKA_KEY_TYPE || !b[i].pValue || b[i].ulValueLen != sizeof(CK_KEY_TYPE))
+            continue;
+        CK_KEY_TYPE v;
+        memcpy(&v, b[i].pValue, sizeof(v));
+        for (size_t k = 0; k < m.n_kt; k++)
+            if (v == m.kt[k].real) {
+                memcpy(b[i].pValue, &m.kt[k].shown, sizeof(v));
+                break;
+            }
+    }
+    return rv;
+}
+
+static CK_RV w_C_FindObjectsInit(CK_SESSION_HANDLE s, CK_ATTRIBUTE *a, CK_ULONG b)
+{
+    FAULT_SESSION(C_FindObjectsInit, s);
+    KT_TEMPLATE(C_FindObjectsInit, a, b);
+    CK_RV rv = REAL(real->C_FindObjectsInit(s, use_a, b));
+    free(c_a);
+    free(v_a);
+    return rv;
+}
+
+static CK_RV w_C_CreateObject(CK_SESSION_HANDLE s, CK_ATTRIBUTE *a, CK_ULONG b, CK_OBJECT_HANDLE *c)
+{
+    FAULT_SESSION(C_CreateObject, s);
+    KT_TEMPLATE(C_CreateObject, a, b);
+    CK_RV rv = REAL(real->C_CreateObject(s, use_a, b, c));
+    free(c_a);
+    free(v_a);
+    return rv;
+}
+
+static CK_RV w_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_ATTRIBUTE *b, CK_ULONG c,
+                                 CK_ATTRIBUTE *d, CK_ULONG e, CK_OBJECT_HANDLE *f,
+                                 CK_OBJECT_HANDLE *g)
+{
+    FAULT_SESSION(C_GenerateKeyPair, s);
+    KT_TEMPLATE(C_GenerateKeyPair, b, c);
+    Maps m2 = m_;
+    CK_KEY_TYPE *v_d = e ? calloc(e, sizeof(CK_KEY_TYPE)) : NULL;
+    CK_ATTRIBUTE *c_d = v_d ? kt_in(&m2, d, e, v_d) : NULL;
+    CK_RV rv = REAL(real->C_GenerateKeyPair(s, a, use_b, c, c_d ? c_d : d, e, f, g));
+    free(c_b);
+    free(v_b);
+    free(c_d);
+    free(v_d);
+    return rv;
+}
 
 /* C_OpenSession also remembers the slot, for effects of functions that
  * name neither a session nor a slot. */

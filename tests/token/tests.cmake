@@ -19,3 +19,8 @@ set_property(TEST token_cli APPEND PROPERTY ENVIRONMENT
 lv_add_cmocka(token_faults ${CMAKE_CURRENT_LIST_DIR}/test_token_faults.c LABELS token)
 add_dependencies(token_faults p11shim)
 set_property(TEST token_faults APPEND PROPERTY ENVIRONMENT "LV_SHIM=$<TARGET_FILE:p11shim>")
+
+# The capability probe, alone and behind the shim dressed as other tokens.
+lv_add_cmocka(token_probe ${CMAKE_CURRENT_LIST_DIR}/test_token_probe.c LABELS token)
+add_dependencies(token_probe p11shim)
+set_property(TEST token_probe APPEND PROPERTY ENVIRONMENT "LV_SHIM=$<TARGET_FILE:p11shim>")
