@@ -24,3 +24,6 @@ set_property(TEST token_faults APPEND PROPERTY ENVIRONMENT "LV_SHIM=$<TARGET_FIL
 lv_add_cmocka(token_probe ${CMAKE_CURRENT_LIST_DIR}/test_token_probe.c LABELS token)
 add_dependencies(token_probe p11shim)
 set_property(TEST token_probe APPEND PROPERTY ENVIRONMENT "LV_SHIM=$<TARGET_FILE:p11shim>")
+
+lv_add_pytest(token_profile ${CMAKE_CURRENT_LIST_DIR}/test_token_profile.py LABELS token)
+set_property(TEST token_profile APPEND PROPERTY ENVIRONMENT "LV_SHIM=$<TARGET_FILE:p11shim>")
