@@ -441,7 +441,8 @@ void doctor_run(const DoctorOptions *opt, DoctorReport *rep)
             ok++;
         }
         if (ok == n_deks)
-            set(dek, DOCTOR_PASS, NULL, "%zu wrapped DEK(s) unwrap under the KEK", n_deks);
+            set(dek, DOCTOR_PASS, NULL, "%zu wrapped DEK(s) unwrap under the KEK (%s via %s)",
+                n_deks, TOKEN_WRAP_ALG, token_mechanism(t, TOKEN_ROLE_WRAP)->name);
     }
     erase_and_free(deks, n_deks * TOKEN_WRAPPED_DEK_LEN);
     t = token_close(t);

@@ -220,12 +220,29 @@ static int file_deks(Db *db, SpoolFileInfo *info)
         info->n_deks = 1;
         return 0;
     }
+    /* Schema 4 names each DEK's wrap algorithm; a file not migrated yet has
+     * only RFC 5649 blobs (schema.c). */
+    int64_t has_alg = 0;
+    r = db_query_int(db, "SELECT count(*) FROM pragma_table_info('deks') WHERE name = 'wrap_alg'",
+                     &has_alg);
+    if (r < 0)
+        return r;
     _cleanup_finalize_ sqlite3_stmt *st = NULL;
-    r = db_prepare(db, "SELECT id, wrapped FROM deks ORDER BY id", &st);
+    r = db_prepare(db,
+                   has_alg ? "SELECT id, wrapped, wrap_alg FROM deks ORDER BY id"
+                           : "SELECT id, wrapped, 'rfc5649' FROM deks ORDER BY id",
+                   &st);
     if (r < 0)
         return r;
     int rc;
     while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
+        const char *alg = (const char *)sqlite3_column_text(st, 2);
+        if (!alg || strcmp(alg, TOKEN_WRAP_ALG) != 0)
+            return lv_error_set(-EUCLEAN,
+                                "spool %s: DEK %lld is wrapped with '%.32s', which this version "
+                                "cannot unwrap (it knows %s)",
+                                db_path(db), (long long)sqlite3_column_int64(st, 0),
+                                alg ? alg : "(null)", TOKEN_WRAP_ALG);
         if ((size_t)sqlite3_column_bytes(st, 1) != TOKEN_WRAPPED_DEK_LEN)
             return lv_error_set(-EUCLEAN, "spool %s: DEK %lld: wrapped blob is %d bytes, not %d",
                                 db_path(db), (long long)sqlite3_column_int64(st, 0),

@@ -142,3 +142,20 @@ def test_doctor_shows_the_probe_on_softhsm(v):
     assert d.startswith("manufacturer 'SoftHSM project', profile standard, probe ")
     assert d.endswith("; sign: ed25519 via CKM_EDDSA (0x1057); wrap: rfc5649 via "
                       "CKM_AES_KEY_WRAP_PAD (0x210a); seal: aes-256-gcm via CKM_AES_GCM (0x1087)")
+
+
+def test_a_dek_under_another_algorithm_is_refused_by_name(v, tmp_path):
+    db = tmp_path / "spool.sqlite3"
+    env = dict(v.env, ATTESTO_LOCAL_VAULT_SPOOL_DB=str(db))
+    enqueue(env, tmp_path, "alg-1")
+    with sqlite3.connect(db) as c:
+        c.execute("UPDATE deks SET wrap_alg = 'rfc3394'")
+    p = enqueue(env, tmp_path, "alg-2", check=1)
+    assert one_line(p.stderr).endswith(
+        "data key 1 is wrapped with 'rfc3394', which this version cannot unwrap (it knows rfc5649)")
+    checks = {c["name"]: c for c in json.loads(
+        run(["doctor", "--json"], env=env).stdout)["checks"]}
+    assert checks["spool_db"]["status"] == "fail"
+    assert "DEK 1 is wrapped with 'rfc3394'" in checks["spool_db"]["detail"]
+    with sqlite3.connect(db) as c:
+        assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 1
