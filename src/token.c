@@ -954,11 +954,14 @@ static const uint8_t kat_wrapped[40] = {0xb6, 0x3b, 0x7e, 0x0f, 0xec, 0x7e, 0x31
 /* Runs the known-answer test of an RFC 5649 candidate on session objects:
  * the known key wrapped under the known KEK must give the known blob, and
  * the known blob must unwrap to a key that wraps to it again. 0 when it
- * passes; else LV_ERR_CRYPTO (the mechanism is something else) or the
- * error of the call that failed, with detail. Nothing is left on the token. */
+ * passes; LV_ERR_CRYPTO when the mechanism is something else; LV_ERR_TOKEN
+ * when the token will not create the test keys; an outage (the session or
+ * the device gone) as rv_error gives it, so that it is not mistaken for a
+ * verdict on the mechanism. Nothing is left on the token. */
 static int wrap_kat(Token *t, const uint8_t kek[32], const uint8_t key[32],
-                    const uint8_t expect[40], CK_MECHANISM_TYPE m)
+                    const uint8_t expect[40], CK_MECHANISM_TYPE m, bool *ret_outage)
 {
+    *ret_outage = false;
     CK_SESSION_HANDLE s = CK_INVALID_HANDLE;
     int r = session_get(t, &s);
     if (r < 0)
@@ -990,6 +993,11 @@ static int wrap_kat(Token *t, const uint8_t kek[32], const uint8_t key[32],
     CK_RV rv = t->module->C_CreateObject(s, kek_tmpl, ELEMENTSOF(kek_tmpl), &hk);
     if (rv == CKR_OK)
         rv = t->module->C_CreateObject(s, key_tmpl, ELEMENTSOF(key_tmpl), &hd);
+    if (rv_is_outage(rv)) {
+        r = rv_error(rv, "known-answer test: C_CreateObject");
+        *ret_outage = true;
+        goto done;
+    }
     if (rv != CKR_OK) {
         r = lv_error_set(LV_ERR_TOKEN,
                          "cannot run the known-answer test: C_CreateObject(session AES key): %s "
@@ -998,6 +1006,11 @@ static int wrap_kat(Token *t, const uint8_t kek[32], const uint8_t key[32],
         goto done;
     }
     rv = t->module->C_WrapKey(s, &mech, hk, hd, out, &n);
+    if (rv_is_outage(rv)) {
+        r = rv_error(rv, "known-answer test: C_WrapKey");
+        *ret_outage = true;
+        goto done;
+    }
     if (rv != CKR_OK) {
         r = lv_error_set(LV_ERR_CRYPTO, "known-answer test: C_WrapKey: %s (0x%lx)",
                          token_rv_name(rv), (unsigned long)rv);
@@ -1017,6 +1030,11 @@ static int wrap_kat(Token *t, const uint8_t kek[32], const uint8_t key[32],
     n = sizeof(out);
     if (rv == CKR_OK)
         rv = t->module->C_WrapKey(s, &mech, hk, hu, out, &n);
+    if (rv_is_outage(rv)) {
+        r = rv_error(rv, "known-answer test: C_UnwrapKey/C_WrapKey");
+        *ret_outage = true;
+        goto done;
+    }
     if (rv != CKR_OK || n != 40 || memcmp(out, expect, 40) != 0) {
         r = lv_error_set(LV_ERR_CRYPTO,
                          "known-answer test: the RFC 5649 blob does not unwrap to the known key "
@@ -1037,7 +1055,7 @@ done:
     return r;
 }
 
-static void probe_wrap(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
+static int probe_wrap(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
 {
     TokenMechanism *tm = &t->mech[TOKEN_ROLE_WRAP];
     const CK_FLAGS need = CKF_WRAP | CKF_UNWRAP;
@@ -1045,7 +1063,7 @@ static void probe_wrap(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
         mech_set(tm, CKM_AES_KEY_WRAP_KWP, TOKEN_WRAP_ALG);
         tm->available = true;
         why(tm, "CKM_AES_KEY_WRAP_KWP (0x210b): RFC 5649 by PKCS#11 3.0");
-        return;
+        return 0;
     }
     mech_set(tm, CKM_AES_KEY_WRAP_PAD, TOKEN_WRAP_ALG);
     if (!mech_offered(t, list, n, CKM_AES_KEY_WRAP_PAD, need)) {
@@ -1054,17 +1072,21 @@ static void probe_wrap(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
             "(0x210a) with CKF_WRAP and CKF_UNWRAP: the spool's data key cannot be wrapped (RFC "
             "5649)",
             t->label);
-        return;
+        return 0;
     }
     if (!t->kek_uri) {
         why(tm, "not probed: no encryption key configured (CKM_AES_KEY_WRAP_PAD 0x210a is listed, "
                 "its known-answer test runs when a KEK is)");
-        return;
+        return 0;
     }
     /* 0x210A is RFC 5649 in SoftHSM but PKCS#7 + RFC 3394 in PKCS#11 3.0:
-     * ask the token which one it does. */
+     * ask the token which one it does. A token that goes away meanwhile
+     * fails the open, as any other call would: that is no verdict. */
     lv_error_clear();
-    int r = wrap_kat(t, kat_kek, kat_key, kat_wrapped, CKM_AES_KEY_WRAP_PAD);
+    bool outage = false;
+    int r = wrap_kat(t, kat_kek, kat_key, kat_wrapped, CKM_AES_KEY_WRAP_PAD, &outage);
+    if (outage)
+        return r;
     tm->available = r >= 0;
     if (tm->available)
         why(tm,
@@ -1075,6 +1097,7 @@ static void probe_wrap(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
         why(tm, "CKM_AES_KEY_WRAP_PAD (0x210a) refused: it is not RFC 5649 on token '%s': %s",
             t->label, lv_error());
     lv_error_clear();
+    return 0;
 }
 
 static void probe_seal(Token *t, const CK_MECHANISM_TYPE *list, CK_ULONG n)
@@ -1126,9 +1149,12 @@ static int probe(Token *t, const ProbeConfig *pc)
         return rv_error(rv, "C_GetMechanismList");
     }
     probe_sign(t, pc, list, n);
-    probe_wrap(t, list, n);
-    probe_seal(t, list, n);
+    int r = probe_wrap(t, list, n);
+    if (r >= 0)
+        probe_seal(t, list, n);
     free(list);
+    if (r < 0)
+        return r;
     clock_gettime(CLOCK_MONOTONIC, &t1);
     t->probe_us = (long long)(t1.tv_sec - t0.tv_sec) * 1000000 + (t1.tv_nsec - t0.tv_nsec) / 1000;
     return 0;

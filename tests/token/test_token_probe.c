@@ -120,10 +120,13 @@ static void the_kat_refuses_a_wrong_answer(void **state)
     memcpy(wrong, kat_wrapped, sizeof(wrong));
     wrong[39] ^= 0x80;
     lv_error_clear();
-    assert_int_equal(wrap_kat(t, kat_kek, kat_key, wrong, CKM_AES_KEY_WRAP_PAD), LV_ERR_CRYPTO);
+    bool outage = true;
+    assert_int_equal(wrap_kat(t, kat_kek, kat_key, wrong, CKM_AES_KEY_WRAP_PAD, &outage),
+                     LV_ERR_CRYPTO);
+    assert_false(outage);
     assert_non_null(strstr(lv_error(), "not RFC 5649's 40 bytes"));
     /* And the real answer passes when asked again (nothing was left over). */
-    assert_int_equal(wrap_kat(t, kat_kek, kat_key, kat_wrapped, CKM_AES_KEY_WRAP_PAD), 0);
+    assert_int_equal(wrap_kat(t, kat_kek, kat_key, kat_wrapped, CKM_AES_KEY_WRAP_PAD, &outage), 0);
     token_close(t);
 }
 
@@ -181,6 +184,22 @@ static void a_shim_that_changes_the_kat_answer_makes_the_probe_refuse_0x210a(voi
     signs(t);
     token_close(t);
     set_rules("");
+}
+
+static void a_token_lost_during_the_kat_fails_the_open_without_a_verdict(void **state)
+{
+    set_rules("C_WrapKey CKR_DEVICE_REMOVED times=1\n");
+    TokenConfig c = config(getenv("LV_SHIM"));
+    Token *t = NULL;
+    lv_error_clear();
+    assert_int_equal(token_open(&c, &t), LV_ERR_NOTOKEN);
+    assert_null(t);
+    assert_string_equal(lv_error(), "known-answer test: C_WrapKey: CKR_DEVICE_REMOVED (0x32)");
+    /* The device back, the same mechanism passes. */
+    set_rules("");
+    t = open_ok(&c);
+    assert_true(token_mechanism(t, TOKEN_ROLE_WRAP)->available);
+    token_close(t);
 }
 
 static void luna_legacy_ids_are_chosen_for_a_luna_and_sign(void **state)
@@ -324,6 +343,7 @@ int main(void)
         cmocka_unit_test(the_kat_refuses_a_wrong_answer),
         cmocka_unit_test(the_kat_vector_is_wycheproof_tc167),
         cmocka_unit_test(a_shim_that_changes_the_kat_answer_makes_the_probe_refuse_0x210a),
+        cmocka_unit_test(a_token_lost_during_the_kat_fails_the_open_without_a_verdict),
         cmocka_unit_test(luna_legacy_ids_are_chosen_for_a_luna_and_sign),
         cmocka_unit_test(vendor_ids_on_another_maker_are_not_guessed),
         cmocka_unit_test(a_profile_the_token_lacks_fails_clearly),
