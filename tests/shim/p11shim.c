@@ -50,8 +50,9 @@
  * the file is (re)read, like the rules.
  *   map-mechanism SHOWN REAL   the token lists and accepts mechanism SHOWN
  *                              (C_GetMechanismList/Info, C_SignInit,
- *                              C_VerifyInit) and does REAL on SoftHSM; REAL
- *                              itself is hidden (CKR_MECHANISM_INVALID)
+ *                              C_VerifyInit, C_WrapKey, C_UnwrapKey) and
+ *                              does REAL on SoftHSM; REAL itself is hidden
+ *                              (CKR_MECHANISM_INVALID)
  *   map-key-type SHOWN REAL    CKA_KEY_TYPE REAL is reported as SHOWN
  *                              (C_GetAttributeValue), and SHOWN in a template
  *                              (C_FindObjectsInit, C_CreateObject,
@@ -598,15 +599,6 @@ W_SESSION(C_DecryptVerifyUpdate,
 W_SESSION(C_GenerateKey,
           (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_ATTRIBUTE *b, CK_ULONG c, CK_OBJECT_HANDLE *d),
           (s, a, b, c, d))
-/* A wrap ends with output too: corrupt-output flips a bit of the blob. */
-W_FINISH(C_WrapKey,
-         (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b, CK_OBJECT_HANDLE c, CK_BYTE *d,
-          CK_ULONG *e),
-         (s, a, b, c, d, e), d, e)
-W_SESSION(C_UnwrapKey,
-          (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b, CK_BYTE *c, CK_ULONG d,
-           CK_ATTRIBUTE *e, CK_ULONG f, CK_OBJECT_HANDLE *g),
-          (s, a, b, c, d, e, f, g))
 W_SESSION(C_DeriveKey,
           (CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b, CK_ATTRIBUTE *c, CK_ULONG d,
            CK_OBJECT_HANDLE *e),
@@ -791,6 +783,40 @@ static CK_RV w_C_GenerateKeyPair(CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_ATTRIB
     free(c_d);
     free(v_d);
     return rv;
+}
+
+/* A wrap ends with output, like the W_FINISH functions (corrupt-output flips
+ * a bit of the blob), and takes its mechanism through map-mechanism. */
+static CK_RV w_C_WrapKey(CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b,
+                         CK_OBJECT_HANDLE c, CK_BYTE *d, CK_ULONG *e)
+{
+    CK_RV rv_;
+    bool corrupt_ = false;
+    bool fault = inject("C_WrapKey", true, s, false, 0, &rv_, &corrupt_);
+    Maps m = maps_now();
+    CK_MECHANISM mm = a ? *a : (CK_MECHANISM){0};
+    if (a && !mech_in(&m, "C_WrapKey", &mm.mechanism))
+        return CKR_MECHANISM_INVALID;
+    CK_RV rv = REAL(real->C_WrapKey(s, a ? &mm : NULL, b, c, d, e));
+    if (fault) {
+        if (rv == CKR_OK)
+            wipe(d, e);
+        return rv_;
+    }
+    if (corrupt_ && rv == CKR_OK)
+        flip(d, e);
+    return rv;
+}
+
+static CK_RV w_C_UnwrapKey(CK_SESSION_HANDLE s, CK_MECHANISM *a, CK_OBJECT_HANDLE b, CK_BYTE *c,
+                           CK_ULONG d, CK_ATTRIBUTE *e, CK_ULONG f, CK_OBJECT_HANDLE *g)
+{
+    FAULT_SESSION(C_UnwrapKey, s);
+    Maps m = maps_now();
+    CK_MECHANISM mm = a ? *a : (CK_MECHANISM){0};
+    if (a && !mech_in(&m, "C_UnwrapKey", &mm.mechanism))
+        return CKR_MECHANISM_INVALID;
+    return REAL(real->C_UnwrapKey(s, a ? &mm : NULL, b, c, d, e, f, g));
 }
 
 /* C_OpenSession also remembers the slot, for effects of functions that

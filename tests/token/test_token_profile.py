@@ -159,3 +159,32 @@ def test_a_dek_under_another_algorithm_is_refused_by_name(v, tmp_path):
     assert "DEK 1 is wrapped with 'rfc3394'" in checks["spool_db"]["detail"]
     with sqlite3.connect(db) as c:
         assert c.execute("SELECT count(*) FROM items").fetchone()[0] == 1
+
+
+def test_a_spool_from_0x210a_opens_on_a_token_with_kwp_under_0x210b_only(v, tmp_path):
+    """A spool made on SoftHSM (0x210A), opened through the shim dressed as a
+    PKCS#11 3.0 token that offers RFC 5649 only as CKM_AES_KEY_WRAP_KWP: its
+    DEKs are unwrapped by algorithm, a DEK made there records 0x210B, and
+    plain SoftHSM reads that one back."""
+    db = tmp_path / "spool.sqlite3"
+    plain = dict(v.env, ATTESTO_LOCAL_VAULT_SPOOL_DB=str(db))
+    enqueue(plain, tmp_path, "kwp-1")
+    kwp = via_shim(v, tmp_path, "map-mechanism 0x210b 0x210a\n")
+    checks = {c["name"]: c for c in json.loads(
+        run(["doctor", "--json"], env=kwp).stdout)["checks"]}
+    assert "wrap: rfc5649 via CKM_AES_KEY_WRAP_KWP (0x210b)" in checks["mechanisms"]["detail"]
+    assert checks["dek"]["status"] == "pass", checks["dek"]
+    assert "(rfc5649 via CKM_AES_KEY_WRAP_KWP)" in checks["dek"]["detail"]
+    enqueue(kwp, tmp_path, "kwp-2")
+    run(["spool", "rotate-dek", "--json"], env=kwp, check=0)
+    enqueue(kwp, tmp_path, "kwp-3")
+    with sqlite3.connect(db) as c:
+        rows = c.execute("SELECT id, wrap_alg, wrap_mechanism FROM deks ORDER BY id").fetchall()
+    assert rows == [(1, "rfc5649", 0x210A), (2, "rfc5649", 0x210B)]
+    log = (tmp_path / "shim.log").read_text()
+    assert "MAP C_UnwrapKey 0x210b->0x210a" in log and "MAP C_WrapKey 0x210b->0x210a" in log
+    for env in (kwp, plain):
+        for ref in ("kwp-1", "kwp-2", "kwp-3"):
+            p = run(["show", f"local-vault:inst-test:{ref}", "--payload", "--json"], env=env,
+                    check=0)
+            assert json.loads(p.stdout)["payload"] == {"n": 1}
