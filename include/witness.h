@@ -8,6 +8,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "lv.h"
 #include "token.h"
 
 typedef struct Witness Witness;
@@ -21,6 +22,18 @@ typedef struct Witness Witness;
 #define WITNESS_REQUEST_MAX    16384              /* bytes of a JSON request body */
 #define WITNESS_DOCUMENT_MAX   65536              /* bytes of a signed document (verify) */
 #define WITNESS_SCHEMA_VERSION 1
+
+/* What one tenant may store (witness-serve's tenants file); 0: no limit.
+ * A submission that would go past one is refused before anything is
+ * signed or written: WITNESS_ERR_STREAMS for a new stream over
+ * max_streams, WITNESS_ERR_DAILY for a new statement (receipt or fork
+ * evidence) over max_statements_per_day (UTC days). */
+typedef struct WitnessQuota {
+    int64_t max_streams;
+    int64_t max_statements_per_day;
+} WitnessQuota;
+#define WITNESS_ERR_STREAMS LV_ERR_QUOTA /* -EDQUOT: the endpoint answers 507 */
+#define WITNESS_ERR_DAILY   (-ENOBUFS)   /* the endpoint answers 429 */
 
 /* One checkpoint submission. Strings are borrowed. */
 typedef struct WitnessRequest {
@@ -119,10 +132,11 @@ typedef struct WitnessPresign WitnessPresign;
  * and detail are filled by the batch. Zero-initialize the rest. */
 typedef struct WitnessJob {
     const WitnessRequest *req;
-    WitnessOutcome out;  /* valid when r == 0, and only after the batch returned */
-    int r;               /* 0, or the error witness_submit would have returned */
-    char detail[1024];   /* lv_error() of that error */
-    WitnessPresign *pre; /* from witness_presign_batch, used and freed by the commit */
+    const WitnessQuota *quota; /* the caller's: NULL, no limits (the CLI) */
+    WitnessOutcome out;        /* valid when r == 0, and only after the batch returned */
+    int r;                     /* 0, or the error witness_submit would have returned */
+    char detail[1024];         /* lv_error() of that error */
+    WitnessPresign *pre;       /* from witness_presign_batch, used and freed by the commit */
 } WitnessJob;
 
 #define WITNESS_BATCH_MAX 64 /* jobs per batch the endpoint forms at most */
@@ -218,6 +232,7 @@ typedef struct WitnessService WitnessService;
  * service fills job (valid once witness_service_answered() says so). */
 typedef struct WitnessTicket {
     const WitnessRequest *req;
+    const WitnessQuota *quota; /* NULL: no limits; else must live until the ticket is released */
     /* Called under the service's queue lock just before the ticket is
      * queued (witness-serve suspends the connection there), so that
      * release can never come first. NULL: nothing to do. */
