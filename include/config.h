@@ -26,6 +26,8 @@ typedef struct Config {
      * relay-token comes first); never a value on the command line or in the
      * environment (src/relay.c relay_credential_load) */
     const char *relay_token_file;
+    /* witness-serve's tenants file (docs/witness.md "Tenants"); NULL: none */
+    const char *witness_tenants;
     const char *log_level;
     const char *spool_max_items, *spool_max_bytes; /* as given; parsed below */
     bool json;                                     /* --json given globally */

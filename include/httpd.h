@@ -45,6 +45,10 @@ typedef struct HttpdConfig {
     unsigned rate_burst;  /* bucket size */
     unsigned idle_exit_s; /* exit after this long without requests; 0: never */
     HttpdLimits limits;   /* max_connections, request_s 0: the defaults */
+    /* Who may submit for which tenant (witness_tenants_load). NULL: the
+     * unix socket's callers may submit for any tenant (the socket's group
+     * is the authorization) and TCP callers for none. */
+    const struct WitnessTenants *tenants;
 } HttpdConfig;
 
 /* Opens the database and the token, listens, and serves until SIGTERM or

@@ -34,6 +34,8 @@ static const Option options[] = {
         "pinned receiver receipt keys (JSON array); acks need a valid receipt"),
     OPT("relay-token-file", "RELAY_TOKEN_FILE", relay_token_file,
         "file holding the relay's bearer credential (or the relay-token credential)"),
+    OPT("witness-tenants", "WITNESS_TENANTS", witness_tenants,
+        "witness-serve: who may submit for which tenant (docs/witness.md)"),
     OPT("log-level", "LOG_LEVEL", log_level, "error|warning|notice|info|debug"),
     OPT("spool-max-items", "SPOOL_MAX_ITEMS", spool_max_items,
         "quota: items not yet delivered (0: none)"),

@@ -7,6 +7,7 @@
 #include "httpd.h"
 #include "lv.h"
 #include "witness.h"
+#include "witness_tenants.h"
 
 static int require_witness_id(const Config *cfg)
 {
@@ -192,7 +193,14 @@ int witness_serve_main(const Config *cfg, int argc, char **argv)
     int r = require_witness_id(cfg);
     if (r < 0)
         return cli_fail(verb, r);
+    /* Read before the token is opened: a bad file stops the start with
+     * exit 2 and no C_Login. */
+    WitnessTenants *tenants = NULL;
+    if (cfg->witness_tenants && (r = witness_tenants_load(cfg->witness_tenants, &tenants)) < 0)
+        return cli_fail(verb, r);
+    hc.tenants = tenants;
     r = httpd_run(&hc);
+    witness_tenants_free(tenants);
     return r < 0 ? cli_fail(verb, r) : LV_EXIT_OK;
 }
 

@@ -1,19 +1,23 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* witness-serve's routes: checkpoints handed to the witness service (each
- * answered after its batch's COMMIT), the witness's identity, health and
- * metrics, and the per-tenant rate limit. */
+ * answered after its batch's COMMIT) from callers authorized for their
+ * tenant, the witness's identity, health and metrics, and the per-tenant
+ * rate limit. */
 #include "internal.h"
 
 #include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <strings.h>
+#include <sys/socket.h>
 
 #include "log.h"
 #include "lv.h"
 #include "pubkey.h"
 #include "version.h"
 #include "witness.h"
+#include "witness_tenants.h"
 
 #define RATE_SLOTS 1024
 
@@ -103,6 +107,86 @@ static void pending_free(Pending *p)
     free(p);
 }
 
+/* ---- who may submit -------------------------------------------------------------------------- */
+
+/* The caller of a connection: a unix peer (its SO_PEERCRED uid and gid)
+ * or a TCP client. */
+typedef struct Peer {
+    bool local;
+    uid_t uid;
+    gid_t gid;
+} Peer;
+
+static int peer_of(struct MHD_Connection *c, Peer *ret)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (!ci)
+        return -EIO;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof(ss);
+    if (getsockname(ci->connect_fd, (struct sockaddr *)&ss, &sl) < 0)
+        return -errno;
+    *ret = (Peer){.local = ss.ss_family == AF_UNIX};
+    if (ret->local) {
+        struct ucred uc;
+        socklen_t ul = sizeof(uc);
+        if (getsockopt(ci->connect_fd, SOL_SOCKET, SO_PEERCRED, &uc, &ul) < 0)
+            return -errno;
+        ret->uid = uc.uid;
+        ret->gid = uc.gid;
+    }
+    return 0;
+}
+
+/* The secret of "Authorization: Bearer SECRET" (scheme case-insensitive);
+ * NULL when there is none. Never logged, never echoed. */
+static const char *bearer_of(struct MHD_Connection *c, size_t *ret_len)
+{
+    const char *v = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!v || strncasecmp(v, "Bearer ", 7) != 0)
+        return NULL;
+    v += 7;
+    while (*v == ' ')
+        v++;
+    size_t n = strlen(v);
+    while (n && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    if (!n)
+        return NULL;
+    *ret_len = n;
+    return v;
+}
+
+/* tenant_id NULL: is the caller known to the tenants file at all. */
+static WitnessAuth authorize(const WitnessTenants *t, struct MHD_Connection *c, const Peer *p,
+                             const char *tenant_id, const WitnessQuota **ret_quota)
+{
+    if (p->local)
+        return witness_tenants_peer(t, p->uid, p->gid, tenant_id, ret_quota);
+    size_t n = 0;
+    const char *secret = bearer_of(c, &n);
+    if (!secret)
+        return WITNESS_AUTH_UNKNOWN;
+    return witness_tenants_bearer(t, secret, n, tenant_id, ret_quota);
+}
+
+static enum MHD_Result send_unauthorized(Httpd *h, struct MHD_Connection *c, const Peer *p)
+{
+    char msg[200];
+    if (p->local)
+        snprintf(msg, sizeof(msg),
+                 "no tenant in the tenants file names this caller (uid %u, gid %u); nothing "
+                 "stored",
+                 (unsigned)p->uid, (unsigned)p->gid);
+    else
+        snprintf(msg, sizeof(msg),
+                 "send Authorization: Bearer with a tenant's secret (missing or not known); "
+                 "nothing stored");
+    const char *hd[] = {MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"attesto-witness\"", NULL};
+    return httpd_send_error(h, c, 401, "unauthorized", msg, NULL, p->local ? NULL : hd);
+}
+
 /* ---- routes --------------------------------------------------------------------------------- */
 
 static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pending *p);
@@ -112,18 +196,46 @@ static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pen
 static enum MHD_Result post_checkpoint(Httpd *h, struct MHD_Connection *c, HttpdRequest *q)
 {
     Server *s = httpd_userdata(h);
-    Pending *p = calloc(1, sizeof(*p));
-    if (!p)
+    const WitnessTenants *tenants = s->cfg->tenants;
+    Peer peer;
+    if (peer_of(c, &peer) < 0)
         return MHD_NO;
+    /* Who is asking comes first: an unknown caller learns nothing more. */
+    if (!tenants && !peer.local)
+        return httpd_send_error(
+            h, c, 403, "forbidden",
+            "no tenants file (ATTESTO_LOCAL_VAULT_WITNESS_TENANTS): TCP callers "
+            "cannot be authorized; submit on the unix socket",
+            NULL, NULL);
+    if (tenants && authorize(tenants, c, &peer, NULL, NULL) != WITNESS_AUTH_OK)
+        return send_unauthorized(h, c, &peer);
     WitnessRequest req;
+    const WitnessQuota *p_quota = NULL;
     cJSON *tree = NULL;
     lv_error_clear();
     int r = witness_request_parse(q->body ? q->body : "", q->len, &req, &tree);
     if (r < 0) {
-        free(p);
         if (r == LV_ERR_TOOBIG)
             return httpd_send_error(h, c, 413, "too_large", lv_error(), NULL, NULL);
         return httpd_send_error(h, c, 400, "invalid_request", lv_error(), NULL, NULL);
+    }
+    if (tenants) {
+        const WitnessQuota *quota = NULL;
+        if (authorize(tenants, c, &peer, req.tenant_id, &quota) != WITNESS_AUTH_OK) {
+            char msg[300];
+            snprintf(msg, sizeof(msg),
+                     "tenant_id %s: this caller may not submit for it (the tenants file "
+                     "authorizes it for other tenants); nothing stored",
+                     req.tenant_id);
+            cJSON_Delete(tree);
+            return httpd_send_error(h, c, 403, "forbidden", msg, NULL, NULL);
+        }
+        p_quota = quota;
+    }
+    Pending *p = calloc(1, sizeof(*p));
+    if (!p) {
+        cJSON_Delete(tree);
+        return MHD_NO;
     }
     unsigned retry = 0;
     if (!rate_take(s, req.tenant_id, &retry)) {
@@ -138,8 +250,11 @@ static enum MHD_Result post_checkpoint(Httpd *h, struct MHD_Connection *c, Httpd
     }
     p->req = req;
     p->tree = tree;
-    p->ticket = (WitnessTicket){
-        .req = &p->req, .hold = httpd_suspend, .release = httpd_resume, .userdata = c};
+    p->ticket = (WitnessTicket){.req = &p->req,
+                                .quota = p_quota,
+                                .hold = httpd_suspend,
+                                .release = httpd_resume,
+                                .userdata = c};
     q->pending = p;
     if (!witness_service_submit(s->svc, &p->ticket)) {
         const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
@@ -185,6 +300,16 @@ static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pen
             return send_token_error(h, c, s, detail);
         if (r == -EBUSY)
             return httpd_send_error(h, c, 503, "database_busy", detail, NULL, hd);
+        if (r == WITNESS_ERR_STREAMS)
+            return httpd_send_error(h, c, 507, "quota_streams", detail, NULL, NULL);
+        if (r == WITNESS_ERR_DAILY) {
+            /* The quota counts UTC days: the next one starts at midnight. */
+            char secs[16];
+            int64_t day_ms = 86400000;
+            snprintf(secs, sizeof(secs), "%" PRId64, (day_ms - lv_now_ms() % day_ms + 999) / 1000);
+            const char *rd[] = {MHD_HTTP_HEADER_RETRY_AFTER, secs, NULL};
+            return httpd_send_error(h, c, 429, "quota_statements_per_day", detail, NULL, rd);
+        }
         log_error("witness: %s", detail);
         return httpd_send_error(h, c, 500, "internal_error", detail, NULL, NULL);
     }

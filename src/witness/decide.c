@@ -68,8 +68,37 @@ static void plan_done(Plan *p)
     *p = (Plan){0};
 }
 
+/* A new statement (receipt or fork evidence) for req's tenant, at time
+ * now, within its quota? new_stream: the statement starts a stream. */
+static int quota_check(Witness *w, const char *witness_id, const WitnessRequest *req,
+                       const WitnessQuota *q, const char *now, bool new_stream)
+{
+    int64_t n = 0;
+    int r;
+    if (new_stream && q->max_streams > 0) {
+        if ((r = witness_store_streams(w, witness_id, req->tenant_id, &n)) < 0)
+            return r;
+        if (n >= q->max_streams)
+            return lv_error_set(WITNESS_ERR_STREAMS,
+                                "tenant_id %s: at its quota of %" PRId64
+                                " streams (max-streams); nothing stored",
+                                req->tenant_id, q->max_streams);
+    }
+    if (q->max_statements_per_day > 0) {
+        if ((r = witness_store_day(w, witness_id, req->tenant_id, now, false, &n)) < 0)
+            return r;
+        if (n >= q->max_statements_per_day)
+            return lv_error_set(WITNESS_ERR_DAILY,
+                                "tenant_id %s: at its quota of %" PRId64
+                                " statements on %.10s (max-statements-per-day, UTC); nothing "
+                                "stored, retry tomorrow",
+                                req->tenant_id, q->max_statements_per_day, now);
+    }
+    return 0;
+}
+
 static int plan_decision(Witness *w, const char *witness_id, const WitnessRequest *req,
-                         const char *now, Plan *ret)
+                         const WitnessQuota *quota, const char *now, Plan *ret)
 {
     Plan p = {.out = {.head_seq = -1}};
     int64_t head;
@@ -166,6 +195,11 @@ static int plan_decision(Witness *w, const char *witness_id, const WitnessReques
         r = -EINVAL;
         goto fail;
     }
+    /* Refused before anything is signed or written. */
+    if (p.statement && quota &&
+        (r = quota_check(w, witness_id, req, quota, now,
+                         p.out.result == WITNESS_ACCEPTED && p.out.head_seq < 0)) < 0)
+        goto fail;
     *ret = p;
     return 0;
 fail:
@@ -202,7 +236,8 @@ static void presign_free(WitnessPresign *p)
  * be shown before COMMIT) and *ret_write whether anything was written; on
  * failure nothing is held, and the caller undoes the request's writes. */
 static int decide(Witness *w, Token *t, const char *witness_id, const WitnessRequest *req,
-                  WitnessPresign *pre, WitnessOutcome *ret, bool *ret_write)
+                  const WitnessQuota *quota, WitnessPresign *pre, WitnessOutcome *ret,
+                  bool *ret_write)
 {
     Plan p = {0};
     Canon st = {0};
@@ -215,7 +250,7 @@ static int decide(Witness *w, Token *t, const char *witness_id, const WitnessReq
         lv_format_time(lv_now_ms(), now);
     int r;
     for (;;) {
-        if ((r = plan_decision(w, witness_id, req, now, &p)) < 0)
+        if ((r = plan_decision(w, witness_id, req, quota, now, &p)) < 0)
             goto done;
         if (!p.statement) { /* a gap, a replay, or fork evidence already stored */
             *ret = p.out;
@@ -250,6 +285,10 @@ static int decide(Witness *w, Token *t, const char *witness_id, const WitnessReq
             r = witness_store_move_head(w, witness_id, req, p.out.head_seq < 0);
     } else
         r = witness_store_fork(w, witness_id, req, p.out.reason, &p.acc, p.key, now, st.hash, doc);
+    /* Counted whether or not a quota applies now: a tenants file added
+     * later in the day finds the day's figure right. */
+    if (r >= 0)
+        r = witness_store_day(w, witness_id, req->tenant_id, now, true, NULL);
     if (r < 0)
         goto done;
     *ret = p.out;
@@ -326,7 +365,7 @@ int witness_presign_batch(Witness *r, Token *t, const char *witness_id, WitnessJ
         p->check = -1; /* until a check is queued */
         lv_format_time(lv_now_ms(), p->now);
         Plan plan = {0};
-        int e = plan_decision(r, witness_id, j->req, p->now, &plan);
+        int e = plan_decision(r, witness_id, j->req, j->quota, p->now, &plan);
         if (e >= 0 && plan.statement && (e = witness_canon_statement(plan.statement, &p->st)) >= 0)
             e = witness_sign_statement(r, t, plan.domain, plan.result_name, &p->st, r->verifier,
                                        &p->check, &p->doc, &p->doc_len);
@@ -371,7 +410,7 @@ int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJo
         }
         if (savepoints && (r = db_exec(w->db, "SAVEPOINT witness_job")) < 0)
             goto abort;
-        r = decide(w, t, witness_id, j->req, j->pre, &j->out, &wrote);
+        r = decide(w, t, witness_id, j->req, j->quota, j->pre, &j->out, &wrote);
         if (r < 0) {
             job_fail(j, r);
             /* Some errors (I/O, full disk) end the whole transaction in

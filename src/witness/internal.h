@@ -54,6 +54,12 @@ int witness_store_move_head(Witness *w, const char *witness_id, const WitnessReq
                             bool first);
 int witness_store_find_fork(Witness *w, const char *witness_id, const WitnessRequest *req,
                             const char *key, char **ret_doc);
+/* Quotas (WitnessQuota): the tenant's streams with a head; its statements
+ * stored on day ("YYYY-MM-DD", UTC), read (add false, *ret) or counted one
+ * more (add true, with the statement's own write). */
+int witness_store_streams(Witness *w, const char *witness_id, const char *tenant_id, int64_t *ret);
+int witness_store_day(Witness *w, const char *witness_id, const char *tenant_id, const char *day,
+                      bool add, int64_t *ret);
 int witness_store_fork(Witness *w, const char *witness_id, const WitnessRequest *req,
                        WitnessReason reason, const Row *acc, const char *key,
                        const char *detected_at, const char *statement_hash, const char *doc);

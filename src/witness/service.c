@@ -264,7 +264,7 @@ static void *planner_main(void *arg)
             break;
 
         for (size_t i = 0; i < b->n; i++)
-            b->jobs[i] = (WitnessJob){.req = b->items[i]->req};
+            b->jobs[i] = (WitnessJob){.req = b->items[i]->req, .quota = b->items[i]->quota};
         if (s->reader) {
             bool skip[BATCH_MAX];
             pthread_mutex_lock(&s->batch_lock);
@@ -367,7 +367,7 @@ bool witness_service_submit(WitnessService *s, WitnessTicket *t)
     bool ok = !s->queue_stop;
     if (ok) {
         t->done = false;
-        t->job = (WitnessJob){.req = t->req};
+        t->job = (WitnessJob){.req = t->req, .quota = t->quota};
         if (t->hold)
             t->hold(t->userdata);
         t->next = NULL;

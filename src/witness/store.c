@@ -13,6 +13,9 @@ enum {
     Q_ADVANCE_HEAD,
     Q_FIND_FORK,
     Q_INSERT_FORK,
+    Q_COUNT_STREAMS,
+    Q_DAY_STATEMENTS,
+    Q_DAY_ADD,
     _Q_MAX,
 };
 
@@ -35,6 +38,11 @@ static const char *const queries[_Q_MAX] = {
         "INSERT INTO fork_evidence (witness_id, tenant_id, stream_id, reason, submitted_seq, "
         "submitted_hash, accepted_seq, accepted_hash, evidence_key, detected_at, "
         "statement_hash, document) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+    [Q_COUNT_STREAMS] = "SELECT count(*) FROM heads WHERE witness_id=?1 AND tenant_id=?2",
+    [Q_DAY_STATEMENTS] = "SELECT statements FROM tenant_days "
+                         "WHERE witness_id=?1 AND tenant_id=?2 AND day=?3",
+    [Q_DAY_ADD] = "INSERT INTO tenant_days (witness_id, tenant_id, day, statements) "
+                  "VALUES (?1, ?2, ?3, 1) ON CONFLICT DO UPDATE SET statements = statements + 1",
 };
 
 /* Schema 1. The triggers repeat the witness's promises inside the database so
@@ -88,9 +96,25 @@ static const char schema_v1[] =
     " BEGIN SELECT RAISE(ABORT, 'fork evidence is append-only'); END;"
     "INSERT INTO meta VALUES ('created_at', strftime('%Y-%m-%dT%H:%M:%SZ', 'now'));";
 
-/* Version 1 is the only one so far; later versions append a step here. */
-static const char *const migrations[] = {schema_v1};
-static const char *const tables[] = {"checkpoints", "heads", "fork_evidence", NULL};
+/* Schema 2: statements stored per tenant and UTC day, so that a tenant's
+ * daily quota (witness-serve's tenants file) is one row away, counted from
+ * the history already stored. */
+static const char schema_v2[] =
+    "CREATE TABLE tenant_days ("
+    " witness_id TEXT NOT NULL, tenant_id TEXT NOT NULL,"
+    " day TEXT NOT NULL CHECK (length(day) = 10),"
+    " statements INTEGER NOT NULL CHECK (statements >= 0),"
+    " PRIMARY KEY (witness_id, tenant_id, day)) WITHOUT ROWID;"
+    "INSERT INTO tenant_days (witness_id, tenant_id, day, statements)"
+    " SELECT witness_id, tenant_id, day, count(*) FROM ("
+    "  SELECT witness_id, tenant_id, substr(witnessed_at, 1, 10) AS day FROM checkpoints"
+    "  UNION ALL"
+    "  SELECT witness_id, tenant_id, substr(detected_at, 1, 10) FROM fork_evidence)"
+    " GROUP BY witness_id, tenant_id, day;";
+
+/* migrations[i] takes user_version i to i+1; later versions append a step. */
+static const char *const migrations[] = {schema_v1, schema_v2};
+static const char *const tables[] = {"checkpoints", "heads", "fork_evidence", "tenant_days", NULL};
 
 /* "LVWI": marks the file as a witness database, so that a spool database (or
  * any other SQLite file) given as --witness-db is refused, not reused. */
@@ -396,6 +420,41 @@ int witness_store_fork(Witness *w, const char *witness_id, const WitnessRequest 
     int rc = sqlite3_step(s);
     sqlite3_reset(s);
     return rc == SQLITE_DONE ? 0 : db_error(w->db, rc, "store fork evidence");
+}
+
+int witness_store_streams(Witness *w, const char *witness_id, const char *tenant_id, int64_t *ret)
+{
+    sqlite3_stmt *s = db_stmt(w->db, Q_COUNT_STREAMS);
+    if (!s)
+        return db_last_error(w->db, "prepare");
+    sqlite3_bind_text(s, 1, witness_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, tenant_id, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    if (rc == SQLITE_ROW)
+        *ret = sqlite3_column_int64(s, 0);
+    sqlite3_reset(s);
+    return rc == SQLITE_ROW ? 0 : db_error(w->db, rc, "count streams");
+}
+
+/* The day's row: day is "YYYY-MM-DD" (the first 10 bytes of a statement's time). */
+int witness_store_day(Witness *w, const char *witness_id, const char *tenant_id, const char *day,
+                      bool add, int64_t *ret)
+{
+    sqlite3_stmt *s = db_stmt(w->db, add ? Q_DAY_ADD : Q_DAY_STATEMENTS);
+    if (!s)
+        return db_last_error(w->db, "prepare");
+    char d[11];
+    snprintf(d, sizeof(d), "%s", day);
+    sqlite3_bind_text(s, 1, witness_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 2, tenant_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(s, 3, d, -1, SQLITE_TRANSIENT);
+    int rc = sqlite3_step(s);
+    if (!add && ret)
+        *ret = rc == SQLITE_ROW ? sqlite3_column_int64(s, 0) : 0;
+    sqlite3_reset(s);
+    if (add)
+        return rc == SQLITE_DONE ? 0 : db_error(w->db, rc, "count statement");
+    return rc == SQLITE_ROW || rc == SQLITE_DONE ? 0 : db_error(w->db, rc, "read day");
 }
 
 /* What the table of DESIGN §7 decides for one request against the state w

@@ -80,7 +80,7 @@ def test_kill_9_of_the_server_during_submissions(tmp_path):
             stop = threading.Event()
 
             def drive():
-                conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+                conn = srv.connection(timeout=30)
                 seq = chain.last + 1
                 try:
                     while not stop.is_set():

@@ -163,7 +163,7 @@ def test_concurrent_clients_on_keep_alive_connections(vault, token):
     errors = []
 
     def client(n):
-        c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        c = srv.connection()
         prev = None
         try:
             for seq in range(25):

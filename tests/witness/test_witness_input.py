@@ -161,7 +161,7 @@ def test_endpoint_oversize_body_is_413(vault, server):
 def test_endpoint_oversize_chunked_body_is_413(vault, server):
     import http.client
     before = snapshot(vault)
-    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    c = server.connection(timeout=30)
     c.putrequest("POST", "/v1/witness/checkpoints")
     c.putheader("Content-Type", "application/json")
     c.putheader("Transfer-Encoding", "chunked")

@@ -58,7 +58,7 @@ def test_cli_and_endpoint_compete_for_every_seq(tmp_path):
 
     def compete(stream):
         import http.client
-        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+        conn = srv.connection()
         prev = None
         try:
             for seq in range(SEQS):

@@ -2,6 +2,7 @@
 """Socket activation: witness-serve under systemd-socket-activate, on a unix
 socket, on 127.0.0.1 and on both at once, driven with curl; --idle-exit ends
 the service when nothing happens (the sockets stay with the activator)."""
+import hashlib
 import json
 import os
 import subprocess
@@ -15,7 +16,8 @@ from witnesslib import (DbView, Vault, free_port, h, public_key_hex, request_bod
 
 ENV_VARS = ["SOFTHSM2_CONF", "ATTESTO_LOCAL_VAULT_PKCS11_MODULE", "ATTESTO_LOCAL_VAULT_PIN_FILE",
             "ATTESTO_LOCAL_VAULT_SIGNING_KEY", "ATTESTO_LOCAL_VAULT_WITNESS_DB",
-            "ATTESTO_LOCAL_VAULT_INSTALLATION_ID", "ASAN_OPTIONS", "LSAN_OPTIONS",
+            "ATTESTO_LOCAL_VAULT_INSTALLATION_ID", "ATTESTO_LOCAL_VAULT_WITNESS_TENANTS",
+            "ASAN_OPTIONS", "LSAN_OPTIONS",
             "UBSAN_OPTIONS"]
 
 
@@ -104,11 +106,27 @@ def test_unix_socket_activation(vault):
     assert "systemd socket witness" in text
 
 
+SECRET = "socket-test-secret"
+
+
+def with_tenants(vault):
+    """TCP callers submit only with a tenant's bearer secret (docs/witness.md
+    "Tenants"); the unix socket's caller (this test's uid) for the same tenant."""
+    path = os.path.join(vault.dir, "tenants")
+    with open(path, "w") as f:
+        f.write(f"tenant ten_sa uid={os.getuid()} "
+                f"bearer-sha256={hashlib.sha256(SECRET.encode()).hexdigest()}\n")
+    os.chmod(path, 0o600)
+    vault.env["ATTESTO_LOCAL_VAULT_WITNESS_TENANTS"] = path
+    return ["-H", f"Authorization: Bearer {SECRET}"]
+
+
 def test_tcp_socket_activation_on_loopback(vault):
     port = free_port()
+    bearer = with_tenants(vault)
     proc, log = activate(vault, [f"127.0.0.1:{port}"], ["witness-tcp"])
     try:
-        exercise(vault, f"http://127.0.0.1:{port}", [])
+        exercise(vault, f"http://127.0.0.1:{port}", bearer)
     finally:
         stop(proc, log)
 
@@ -116,11 +134,12 @@ def test_tcp_socket_activation_on_loopback(vault):
 def test_unix_and_tcp_together_then_idle_exit(vault):
     sock = os.path.join(vault.dir, f"w{free_port()}.sock")
     port = free_port()
+    bearer = with_tenants(vault)
     proc, log = activate(vault, [sock, f"127.0.0.1:{port}"], ["witness", "witness-tcp"],
                          ["--idle-exit", "5"])
     try:
         exercise(vault, "http://localhost", ["--unix-socket", sock])
-        exercise(vault, f"http://127.0.0.1:{port}", [])
+        exercise(vault, f"http://127.0.0.1:{port}", bearer)
         t0 = time.time()
         assert proc.wait(timeout=30) == 0
         assert time.time() - t0 >= 4.0    # idle for the full interval first

@@ -12,4 +12,5 @@ lv_add_cmocka(witness_store ${CMAKE_CURRENT_LIST_DIR}/test_witness_store.c LABEL
 lv_add_pytest(witness_docs ${CMAKE_CURRENT_LIST_DIR}/test_witness_docs.py LABELS witness)
 lv_add_pytest(witness_verify ${CMAKE_CURRENT_LIST_DIR}/test_witness_verify.py LABELS witness)
 lv_add_pytest(witness_hostile ${CMAKE_CURRENT_LIST_DIR}/test_witness_hostile.py LABELS witness)
+lv_add_pytest(witness_tenants ${CMAKE_CURRENT_LIST_DIR}/test_witness_tenants.py LABELS witness)
 lv_add_cmocka(witness_tenants_parser ${CMAKE_CURRENT_LIST_DIR}/test_witness_tenants.c LABELS witness)

@@ -10,6 +10,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import tempfile
 import time
 
 from cryptography.hazmat.primitives import serialization
@@ -137,16 +138,34 @@ def http_outcome(status, headers, body):
     return Outcome(result, body, detail, (status, headers))
 
 
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """HTTP/1.1 over a unix socket."""
+
+    def __init__(self, path, timeout=60):
+        super().__init__("localhost", timeout=timeout)
+        self.path = path
+
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(self.timeout)
+        self.sock.connect(self.path)
+
+
 class Server:
-    """witness-serve on 127.0.0.1 (and optionally a unix socket) for one test."""
+    """witness-serve on a unix socket and on 127.0.0.1 for one test. Requests
+    go to the unix socket unless tcp=True: without a tenants file only its
+    callers may submit (TCP POSTs get 403, docs/witness.md "Tenants")."""
 
     def __init__(self, vault, extra=(), env=None, wait=True):
         self.vault = vault
         self.port = free_port()
         self.env = dict(env or vault.env)
+        self.sockdir = tempfile.mkdtemp(prefix="lvw.")  # short: sun_path is 108 bytes
+        self.sock = os.path.join(self.sockdir, "w.sock")
         self.log = open(os.path.join(vault.dir, f"serve-{self.port}.log"), "wb")
         self.proc = subprocess.Popen(
-            [LV_BIN, "witness-serve", "--listen", f"127.0.0.1:{self.port}"] + list(extra),
+            [LV_BIN, "witness-serve", "--listen", f"unix:{self.sock}", "--listen",
+             f"127.0.0.1:{self.port}"] + list(extra),
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         if wait:
             try:
@@ -173,8 +192,13 @@ class Server:
         with open(self.log.name, "rb") as f:
             return f.read().decode(errors="replace")
 
-    def request(self, method, path, body=None, headers=None, conn=None):
-        c = conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+    def connection(self, tcp=False, timeout=60):
+        if tcp:
+            return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        return UnixHTTPConnection(self.sock, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, conn=None, tcp=False):
+        c = conn or self.connection(tcp)
         try:
             c.request(method, path, body=body, headers=headers or {})
             r = c.getresponse()
@@ -184,10 +208,12 @@ class Server:
             if conn is None:
                 c.close()
 
-    def post(self, obj=None, raw=None, content_type="application/json", conn=None):
+    def post(self, obj=None, raw=None, content_type="application/json", conn=None, tcp=False,
+             headers=None):
         body = raw if raw is not None else json.dumps(obj).encode()
-        headers = {"Content-Type": content_type} if content_type else {}
-        return self.request("POST", "/v1/witness/checkpoints", body, headers, conn)
+        hd = {"Content-Type": content_type} if content_type else {}
+        hd.update(headers or {})
+        return self.request("POST", "/v1/witness/checkpoints", body, hd, conn, tcp)
 
     def stop(self, sig=15, timeout=20):
         if self.proc.poll() is None:
@@ -199,6 +225,7 @@ class Server:
                 self.proc.wait()
                 raise AssertionError("witness-serve did not stop on SIGTERM")
         self.log.close()
+        shutil.rmtree(self.sockdir, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -326,5 +353,5 @@ def stored_receipts(vault):
 
 
 __all__ = ["Vault", "h", "jcs", "Server", "CliSubmitter", "HttpSubmitter", "make_submitter",
-           "verify_document", "snapshot", "head", "stored_receipts", "request_body", "cli_args",
+           "verify_document", "snapshot", "UnixHTTPConnection", "head", "stored_receipts", "request_body", "cli_args",
            "public_key_hex", "token_copy", "free_port", "volume_env", "ASAN", "DbView", "EXIT", "STATUS", "MAX_SEQ", "RECEIPT_DOMAIN", "FORK_DOMAIN"]
