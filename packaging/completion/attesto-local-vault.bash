@@ -6,7 +6,7 @@
 
 _attesto_local_vault_globals="--spool-db --witness-db --installation-id --witness-id --relay-url
   --key-id --signing-key --encryption-key --pkcs11-module --pin-file --ca-file
-  --pinned-public-key --receipt-keys-file --relay-token-file --log-level --spool-max-items --spool-max-bytes --json --help --version"
+  --pinned-public-key --receipt-keys-file --relay-token-file --witness-tenants --log-level --spool-max-items --spool-max-bytes --json --help --version"
 # Global options that take no value.
 _attesto_local_vault_global_flags=" --json --help --version "
 
@@ -67,7 +67,7 @@ _attesto_local_vault_values() {
     local opt=$1 cur=$2
     case $opt in
     --spool-db | --witness-db | --pin-file | --ca-file | --pkcs11-module | --pinned-public-key | \
-        --receipt-keys-file | --relay-token-file | \
+        --receipt-keys-file | --relay-token-file | --witness-tenants | \
         --payload-file | --jsonl | --public-key | --metrics-file)
         compgen -f -- "$cur"
         ;;
