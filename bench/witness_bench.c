@@ -114,6 +114,14 @@ static void *client_main(void *arg)
     CURL *h = curl_easy_init();
     struct curl_slist *hdr = curl_slist_append(NULL, "Content-Type: application/json");
     hdr = curl_slist_append(hdr, "Expect:");
+    /* TCP submissions need a tenant's bearer secret (docs/witness.md
+     * "Tenants"); bench/witness sets one up. */
+    const char *secret = getenv("LV_BENCH_WITNESS_BEARER");
+    char auth[256];
+    if (secret) {
+        snprintf(auth, sizeof(auth), "Authorization: Bearer %s", secret);
+        hdr = curl_slist_append(hdr, auth);
+    }
     char prev[65] = "", cur[65], body[512], url[256];
     snprintf(url, sizeof(url), "%s/v1/witness/checkpoints", c->url);
     curl_easy_setopt(h, CURLOPT_URL, url);
