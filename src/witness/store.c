@@ -114,7 +114,8 @@ static const char schema_v2[] =
 
 /* migrations[i] takes user_version i to i+1; later versions append a step. */
 static const char *const migrations[] = {schema_v1, schema_v2};
-static const char *const tables[] = {"checkpoints", "heads", "fork_evidence", "tenant_days", NULL};
+/* Tables every version has (db.h): tenant_days came with schema 2. */
+static const char *const tables[] = {"checkpoints", "heads", "fork_evidence", NULL};
 
 /* "LVWI": marks the file as a witness database, so that a spool database (or
  * any other SQLite file) given as --witness-db is refused, not reused. */

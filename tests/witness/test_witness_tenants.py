@@ -239,3 +239,29 @@ def test_tenants_file_that_others_may_write_stops_the_start(vault):
                    "127.0.0.1:1"], check=2)
     assert path + ".missing" in p.stderr
     assert snapshot(vault) is None
+
+
+def test_schema_2_counts_the_history_already_stored(vault):
+    """A schema-1 database gets its day counts from its history at the
+    migration; the CLI's statements count towards the day too."""
+    from witnesslib import cli_args
+    vault.run(cli_args(A, "s", "c0", 0, h(0)), check=0)
+    vault.run(cli_args(A, "s", "c1", 1, h(1), h(0)), check=0)
+    vault.run(cli_args(A, "s", "cx", 1, h("x"), h(0)), check=3)      # fork evidence
+    vault.run(cli_args(B, "s", "c0", 0, h("b")), check=0)
+    path = vault.env["ATTESTO_LOCAL_VAULT_WITNESS_DB"]
+    before = stored(vault)["tenant_days"]
+    assert [(w, t, n) for w, t, _, n in before] == [("inst-test", A, 3), ("inst-test", B, 1)]
+    con = sqlite3.connect(path)
+    con.executescript("DROP TABLE tenant_days; PRAGMA user_version = 1;")
+    con.close()
+    vault.run(cli_args(A, "s", "c1", 1, h(1), h(0)), check=0)        # a replay: opens, migrates
+    assert stored(vault)["tenant_days"] == before
+    # ... and the quota sees them: A has used 3 of 3 today.
+    env, _ = tenants(vault, f"tenant {A} uid={os.getuid()} max-statements-per-day=3\n")
+    srv = Server(vault, env=env)
+    try:
+        refused(srv, vault, 429, "quota_statements_per_day",
+                request_body(A, "s", "c2", 2, h(2), h(1)))
+    finally:
+        assert srv.stop() == 0
