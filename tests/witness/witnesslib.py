@@ -180,7 +180,15 @@ class Server:
         while time.time() < deadline:
             assert self.proc.poll() is None, f"witness-serve exited: {self.read_log()}"
             try:
+                # The unix socket first: its path is this server's alone,
+                # while another process may hold a port free_port() gave out.
+                u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    u.connect(self.sock)
+                finally:
+                    u.close()
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                assert self.proc.poll() is None, f"witness-serve exited: {self.read_log()}"
                 return
             except OSError:
                 time.sleep(0.02)
