@@ -6,6 +6,7 @@ requests all succeed with p99 under 1 s; the slowloris connections are
 closed by the whole-request deadline although they send a byte every
 0.4 s; a TCP peer gets no more connections than the per-peer limit; the
 drops are counted in /metrics and summarized, not logged one by one."""
+import hashlib
 import http.client
 import json
 import multiprocessing
@@ -170,7 +171,7 @@ class Attack:
             self.proc.kill()
 
 
-def good_client(new_conn, seconds, stream):
+def good_client(new_conn, seconds, stream, auth=None):
     """Sequential requests on fresh connections for `seconds`, paced under
     the per-tenant rate limit: checkpoints that extend one stream, health
     checks and identity reads. Returns the (status, latency) of each."""
@@ -183,8 +184,10 @@ def good_client(new_conn, seconds, stream):
         try:
             if kind == 0:
                 body = json.dumps(request_body("ten_h", stream, f"c{seq}", seq, h(seq), prev))
-                c.request("POST", "/v1/witness/checkpoints", body,
-                          {"Content-Type": "application/json"})
+                hdrs = {"Content-Type": "application/json"}
+                if auth:
+                    hdrs["Authorization"] = "Bearer " + auth
+                c.request("POST", "/v1/witness/checkpoints", body, hdrs)
             else:
                 c.request("GET", "/healthz" if kind == 1 else "/v1/witness/identity")
             r = c.getresponse()
@@ -247,8 +250,16 @@ def check_run(name, srv, attack, results, m):
 def test_tcp_idle_and_slowloris_keep_the_endpoint_and_the_per_peer_limit_holds(vault):
     # 1,300 fit under the default --max-connections (2,048): what closes
     # them is the deadline.
+    # TCP callers submit only with a tenants file (docs/witness.md
+    # "Tenants"): the good client is tenant ten_h by its bearer secret.
+    secret = "hostile-test-secret"
+    tenants = os.path.join(vault.dir, "tenants-hostile")
+    with open(tenants, "w") as f:
+        f.write(f"tenant ten_h bearer-sha256={hashlib.sha256(secret.encode()).hexdigest()}\n")
+    os.chmod(tenants, 0o600)
+    env = dict(vault.env, ATTESTO_LOCAL_VAULT_WITNESS_TENANTS=tenants)
     srv = Server(vault, ["--request-timeout", str(DEADLINE_S),
-                         "--max-connections-per-peer", str(PER_PEER)])
+                         "--max-connections-per-peer", str(PER_PEER)], env=env)
     try:
         # One peer opens 3x its limit: the excess is closed at once.
         held = []
@@ -279,7 +290,8 @@ def test_tcp_idle_and_slowloris_keep_the_endpoint_and_the_per_peer_limit_holds(v
 
         with Attack(connect) as attack:
             results = good_client(
-                lambda: http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10), HOLD_S, "tcp")
+                lambda: http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10), HOLD_S, "tcp",
+                auth=secret)
         m = metrics(srv)
         check_run("tcp", srv, attack, results, m)
         assert attack.errors == 0
