@@ -29,6 +29,7 @@ int witness_checkpoint_main(const Config *cfg, int argc, char **argv);
 int witness_serve_main(const Config *cfg, int argc, char **argv);
 int witness_forks_main(const Config *cfg, int argc, char **argv);
 int doctor_main(const Config *cfg, int argc, char **argv);
+int receipts_main(const Config *cfg, int argc, char **argv);
 int spool_main(const Config *cfg, int argc, char **argv);
 
 /* ---- one argument parser for every verb (src/cli/args.c) ---- */

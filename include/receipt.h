@@ -4,6 +4,7 @@
  * receipt is signed by one of them. Public keys only: verification happens
  * in-process with OpenSSL. */
 #pragma once
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -19,6 +20,10 @@ typedef struct ReceiptKeys ReceiptKeys;
  * detail naming the element, the member and the rule, e.g.
  * "[1].kid: rcv-1: given twice (each kid names one key)". */
 int receipt_keys_parse(const char *text, size_t len, ReceiptKeys **ret);
+/* The same on a tree already read strictly (canon_parse): a bundle line's
+ * key objects (src/bundle.c) take this shape too. */
+struct cJSON;
+int receipt_keys_from_json(const struct cJSON *array, ReceiptKeys **ret);
 /* Reads and parses path; detail starts with the path. A file that cannot be
  * read is LV_ERR_INPUT too (a configuration error, as --ca-file). */
 int receipt_keys_load(const char *path, ReceiptKeys **ret);
@@ -33,6 +38,9 @@ static inline void receipt_keys_freep(ReceiptKeys **k)
 size_t receipt_keys_count(const ReceiptKeys *k);
 /* The kid of key i (< count), for doctor. */
 const char *receipt_keys_kid(const ReceiptKeys *k, size_t i);
+
+/* The key pinned under kid into ret_pk; false when no key has that kid. */
+bool receipt_keys_find(const ReceiptKeys *k, const char *kid, uint8_t ret_pk[32]);
 
 /* Checks a receipt as the drain stores it (the ack's "receipt" member) for
  * the envelope whose hash is envelope_hash: its event_hash must name that

@@ -28,13 +28,14 @@ static const Verb verbs[] = {
     {"purge", purge_main, "purge --receipted-before DATE"},
     {"retry-now", retry_now_main,
      "make items waiting for a retry due now (--all | --stream-id ID)"},
-    {"verify", verify_main, "verify an envelope or witness document offline"},
+    {"verify", verify_main, "verify an envelope, a witness document or a proof bundle offline"},
     {"drain-once", drain_once_main, "one relay pass over what is due"},
     {"drain-loop", drain_loop_main, "relay until SIGTERM (the systemd service)"},
     {"witness-checkpoint", witness_checkpoint_main, "witness one checkpoint"},
     {"witness-serve", witness_serve_main, "serve the witness HTTP endpoint"},
     {"witness-forks", witness_forks_main, "list stored fork evidence"},
     {"doctor", doctor_main, "check module, token, keys, databases and relay"},
+    {"receipts", receipts_main, "receipts export --out FILE: a proof bundle for an auditor"},
     {"spool", spool_main, "spool deks | rotate-dek | rekey | rewrap-kek: data key rotation"},
 };
 

@@ -65,6 +65,12 @@ int receipt_keys_parse(const char *text, size_t len, ReceiptKeys **ret)
     int r = canon_parse(text, len, RECEIPT_KEYS_MAX_FILE, "", &root);
     if (r < 0)
         return r;
+    return receipt_keys_from_json(root, ret);
+}
+
+int receipt_keys_from_json(const cJSON *root, ReceiptKeys **ret)
+{
+    int r;
     if (!cJSON_IsArray(root))
         return lv_error_set(LV_ERR_INPUT, "must be a JSON array of " KEYS_SHAPE);
     int n = cJSON_GetArraySize(root);
@@ -126,6 +132,16 @@ size_t receipt_keys_count(const ReceiptKeys *k)
 const char *receipt_keys_kid(const ReceiptKeys *k, size_t i)
 {
     return k && i < k->n ? k->keys[i].kid : NULL;
+}
+
+bool receipt_keys_find(const ReceiptKeys *k, const char *kid, uint8_t ret_pk[32])
+{
+    for (size_t i = 0; k && kid && i < k->n; i++)
+        if (strcmp(k->keys[i].kid, kid) == 0) {
+            memcpy(ret_pk, k->keys[i].pk, 32);
+            return true;
+        }
+    return false;
 }
 
 static const char *say(char *detail, size_t detail_len, const char *reason, const char *why)

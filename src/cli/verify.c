@@ -1,14 +1,18 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* verify: offline verification of a signed document (a relay envelope, a
- * witness receipt, fork evidence) against the public keys given. */
+ * witness receipt, fork evidence) against the public keys given, or of a
+ * proof bundle line by line (--bundle). */
+#include <errno.h>
 #include <stdio.h>
 #include <string.h>
 
+#include "bundle.h"
 #include "canon.h"
 #include "cli.h"
 #include "envelope.h"
 #include "lv.h"
 #include "pubkey.h"
+#include "receipt.h"
 #include "witness.h"
 
 /* One kind of signed document verify understands: match() looks at the
@@ -134,25 +138,84 @@ static int read_public_keys(const char *arg, VerifyKey *keys, size_t *n)
 typedef struct VerifyArgs {
     const char *keys[VERIFY_MAX_KEYS];
     size_t n_keys;
+    const char *bundle, *receipt_key;
     bool json;
 } VerifyArgs;
 
 static const CliOption verify_options[] = {
     CLI_LIST_OPT("public-key", "HEX|PEMFILE|JSONFILE", VerifyArgs, keys, n_keys, VERIFY_MAX_KEYS,
                  "a key to verify with; repeat it, or give the JSON of public-key"),
+    CLI_STRING_OPT("bundle", "FILE", VerifyArgs, bundle,
+                   "check every line of a proof bundle (receipts export) instead"),
+    CLI_STRING_OPT("receipt-key", "KEYSFILE", VerifyArgs, receipt_key,
+                   "--bundle: pin the receiver keys (a --receipt-keys-file JSON array)"),
     CLI_FLAG_OPT("json", VerifyArgs, json, "JSON even on a terminal"),
     {0},
 };
 
 static const CliCommand verify_command = {
     .name = "verify",
+    .synopsis = "[--public-key KEY]... [--json] (FILE|- | --bundle FILE [--receipt-key KEYSFILE])",
     .about = "Verifies a relay envelope, a witness receipt or fork evidence offline; exit 0\n"
-             "when it verifies under one of the keys.\n",
+             "when it verifies under one of the keys. With --bundle, checks each line of a\n"
+             "proof bundle (envelope signature, receipt names the envelope, receipt\n"
+             "signature); keys given pin the keys; exit 1 when any line fails.\n",
     .operands = "FILE|-",
-    .min_operands = 1,
+    .min_operands = 0,
     .max_operands = 1,
     .options = verify_options,
 };
+
+/* verify --bundle: every line is checked, each failure named on stderr
+ * with its line number and rule, then one summary on stdout. */
+static int verify_bundle(const Config *cfg, const VerifyArgs *a, const VerifyKey *keys,
+                         size_t n_keys)
+{
+    const char *verb = "verify";
+    _cleanup_receipt_keys_ ReceiptKeys *rkeys = NULL;
+    if (a->receipt_key) {
+        lv_error_clear();
+        if (receipt_keys_load(a->receipt_key, &rkeys) < 0)
+            return cli_usage_error(verb, "--receipt-key: %s", lv_error());
+    }
+    BundleKey pins[VERIFY_MAX_KEYS];
+    for (size_t i = 0; i < n_keys; i++) {
+        snprintf(pins[i].kid, sizeof(pins[i].kid), "%s", keys[i].kid);
+        memcpy(pins[i].pk, keys[i].pk, 32);
+    }
+    BundlePins p = {.envelope_keys = pins, .n_envelope_keys = n_keys, .receipt_keys = rkeys};
+    _cleanup_fclose_ FILE *f = strcmp(a->bundle, "-") == 0 ? NULL : fopen(a->bundle, "re");
+    if (strcmp(a->bundle, "-") != 0 && !f)
+        return cli_usage_error(verb, "--bundle: %s: cannot be read: %s", a->bundle,
+                               strerror(errno));
+    FILE *in = f ? f : stdin;
+    _cleanup_free_ char *line = NULL;
+    size_t cap = 0, lines = 0, ok = 0;
+    ssize_t got;
+    while ((got = getline(&line, &cap, in)) >= 0) {
+        size_t len = (size_t)got;
+        lines++;
+        if (len && line[len - 1] == '\n')
+            line[--len] = '\0';
+        lv_error_clear();
+        int r = bundle_line_check(line, len, &p, NULL);
+        if (r < 0)
+            fprintf(stderr, "%s: --bundle %s: line %zu: %s\n", verb, a->bundle, lines, lv_error());
+        else
+            ok++;
+        explicit_bzero(line, len); /* an opt-in envelope carries the payload */
+    }
+    if (ferror(in))
+        return cli_fail(verb, lv_error_set(-EIO, "--bundle: %s: read error", a->bundle));
+    if (lines == 0)
+        fprintf(stderr, "%s: --bundle %s: no lines (an empty bundle proves nothing)\n", verb,
+                a->bundle);
+    if (a->json || !cli_human(cfg))
+        printf("{\"lines\":%zu,\"ok\":%zu,\"failed\":%zu}\n", lines, ok, lines - ok);
+    else
+        printf("bundle %s: %zu line(s), %zu ok, %zu failed\n", a->bundle, lines, ok, lines - ok);
+    return lines > 0 && ok == lines ? LV_EXIT_OK : LV_EXIT_FAILURE;
+}
 
 int verify_main(const Config *cfg, int argc, char **argv)
 {
@@ -161,7 +224,13 @@ int verify_main(const Config *cfg, int argc, char **argv)
     int k = cli_parse(&verify_command, argc, argv, &a, &path, NULL);
     if (k != 0)
         return cli_parse_exit(k);
-    if (a.n_keys == 0)
+    if (a.bundle && path)
+        return cli_usage_error(verb, "%s: unexpected argument (--bundle names the file)", path);
+    if (!a.bundle && !path)
+        return cli_usage_error(verb, "FILE|-: missing (see --help)");
+    if (a.receipt_key && !a.bundle)
+        return cli_usage_error(verb, "--receipt-key: only with --bundle");
+    if (a.n_keys == 0 && !a.bundle)
         return cli_usage_error(verb, "--public-key: missing (64 hex digits, a PEM file, or the "
                                      "JSON of public-key)");
     lv_error_clear();
@@ -172,6 +241,8 @@ int verify_main(const Config *cfg, int argc, char **argv)
         r = read_public_keys(a.keys[i], keys, &n_keys);
     if (r < 0)
         return cli_fail(verb, r);
+    if (a.bundle)
+        return verify_bundle(cfg, &a, keys, n_keys);
     _cleanup_free_ char *text = NULL;
     size_t len = 0;
     r = lv_read_file(path, ENVELOPE_MAX_BODY + 2, &text, &len);
