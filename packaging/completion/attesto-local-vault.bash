@@ -11,7 +11,7 @@ _attesto_local_vault_globals="--spool-db --witness-db --installation-id --witnes
 _attesto_local_vault_global_flags=" --json --help --version "
 
 _attesto_local_vault_verbs="keys public-key enqueue status list show dead-letter purge retry-now verify
-  drain-once drain-loop witness-checkpoint witness-serve witness-forks doctor spool"
+  drain-once drain-loop witness-checkpoint witness-serve witness-forks doctor receipts spool"
 
 # The options of a verb (or of "verb sub").
 _attesto_local_vault_verb_options() {
@@ -27,7 +27,8 @@ _attesto_local_vault_verb_options() {
     "dead-letter requeue") echo "--all --help" ;;
     purge) echo "--receipted-before --help" ;;
     retry-now) echo "--all --stream-id --help" ;;
-    verify) echo "--public-key --json --help" ;;
+    verify) echo "--public-key --bundle --receipt-key --json --help" ;;
+    "receipts export") echo "--stream-id --since --out --json --help" ;;
     drain-once) echo "--max-in-flight --max-attempts --timeout-ms --connect-timeout-ms --lease-ms
         --backoff-base-ms --json --help" ;;
     drain-loop) echo "--max-in-flight --max-attempts --timeout-ms --connect-timeout-ms --lease-ms
@@ -49,6 +50,7 @@ _attesto_local_vault_subcommands() {
     case $1 in
     keys) echo "init" ;;
     dead-letter) echo "list requeue" ;;
+    receipts) echo "export" ;;
     spool) echo "deks rotate-dek rekey rewrap-kek" ;;
     esac
 }
@@ -68,7 +70,7 @@ _attesto_local_vault_values() {
     case $opt in
     --spool-db | --witness-db | --pin-file | --ca-file | --pkcs11-module | --pinned-public-key | \
         --receipt-keys-file | --relay-token-file | --witness-tenants | \
-        --payload-file | --jsonl | --public-key | --metrics-file)
+        --payload-file | --jsonl | --public-key | --metrics-file | --bundle | --receipt-key | --out)
         compgen -f -- "$cur"
         ;;
     --log-level) compgen -W "error warning notice info debug" -- "$cur" ;;

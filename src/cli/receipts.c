@@ -36,7 +36,7 @@ static const CliCommand export_command = {
     .name = "receipts export",
     .about = "Writes a proof bundle: per receipted item one JSON line with the envelope as\n"
              "sent, the receipt as received and the public keys that verify both (receiver\n"
-             "keys from --receipt-keys-file). Check it with verify --bundle.\n",
+             "keys from --receipt-keys-file); verify checks it (see verify --help).\n",
     .options = export_options,
 };
 

@@ -90,14 +90,14 @@ def test_every_option_a_verb_parses_is_offered_for_some_verb():
     for verb in source_verbs():
         offered |= set(verb_options(verb))
     for sub in ("keys init", "dead-letter list", "dead-letter requeue", "spool deks",
-                "spool rotate-dek", "spool rekey", "spool rewrap-kek"):
+                "spool rotate-dek", "spool rekey", "spool rewrap-kek", "receipts export"):
         offered |= set(verb_options(sub))
     missing = source_verb_options() - offered
     assert not missing, f"options parsed in src/cli_*.c but not completed: {sorted(missing)}"
 
 
 SUBCOMMANDS = {"keys": ["init"], "dead-letter": ["list", "requeue"],
-               "spool": ["deks", "rotate-dek", "rekey", "rewrap-kek"]}
+               "spool": ["deks", "rotate-dek", "rekey", "rewrap-kek"], "receipts": ["export"]}
 
 
 @pytest.mark.parametrize("verb", source_verbs())
