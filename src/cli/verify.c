@@ -178,9 +178,10 @@ static int verify_bundle(const Config *cfg, const VerifyArgs *a, const VerifyKey
         if (receipt_keys_load(a->receipt_key, &rkeys) < 0)
             return cli_usage_error(verb, "--receipt-key: %s", lv_error());
     }
-    BundleKey pins[VERIFY_MAX_KEYS];
+    BundleKey pins[VERIFY_MAX_KEYS] = {0};
+    _Static_assert(sizeof(pins[0].kid) == sizeof(keys[0].kid), "kid buffers");
     for (size_t i = 0; i < n_keys; i++) {
-        snprintf(pins[i].kid, sizeof(pins[i].kid), "%s", keys[i].kid);
+        memcpy(pins[i].kid, keys[i].kid, sizeof(pins[i].kid));
         memcpy(pins[i].pk, keys[i].pk, 32);
     }
     BundlePins p = {.envelope_keys = pins, .n_envelope_keys = n_keys, .receipt_keys = rkeys};
