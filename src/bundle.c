@@ -187,6 +187,22 @@ static int receipt_keys_for(const BundlePins *pins, bool present, const BundleKe
     return 0;
 }
 
+/* cJSON hands strings over NUL-terminated: an escaped NUL (\u0000) would
+ * cut the envelope or receipt short and leave the bytes after it outside
+ * every check. No document of ours holds one, so a line with one is
+ * refused. Every backslash in JSON text starts a two-byte escape (or a
+ * six-byte \uXXXX), so walking escapes pairwise finds exactly them. */
+static bool has_escaped_nul(const char *line, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++)
+        if (line[i] == '\\') {
+            if (line[i + 1] == 'u' && i + 6 <= len && memcmp(line + i + 2, "0000", 4) == 0)
+                return true;
+            i++;
+        }
+    return false;
+}
+
 static const char *const line_members[] = {"bundle_version", "envelope",    "envelope_key",
                                            "receipt",        "receipt_key", "unverifiable"};
 
@@ -196,6 +212,8 @@ int bundle_line_check(const char *line, size_t len, const BundlePins *pins, Bund
         return lv_error_set(LV_ERR_INPUT, "empty line");
     if (len > BUNDLE_MAX_LINE)
         return lv_error_set(LV_ERR_INPUT, "over %d bytes", BUNDLE_MAX_LINE);
+    if (has_escaped_nul(line, len))
+        return lv_error_set(LV_ERR_INPUT, "line: holds an escaped NUL (\\u0000)");
     _cleanup_cjson_erase_ cJSON *root = NULL;
     int r = canon_parse(line, len, BUNDLE_MAX_LINE, "line", &root);
     if (r < 0)

@@ -153,6 +153,25 @@ def test_one_flipped_byte_anywhere_fails_that_line(vault, start_receiver, tmp_pa
             raise AssertionError(f"{what}: the independent check accepted a flipped byte")
 
 
+def test_bytes_hidden_after_an_escaped_nul_fail_the_line(vault, start_receiver, tmp_path):
+    """A JSON string may hold \\u0000, after which a C string stops: bytes
+    there would be outside every check, so such a line is refused."""
+    drained(vault, start_receiver, tmp_path, refs=[("str_1", "a")])
+    out = tmp_path / "bundle.jsonl"
+    export(vault, out)
+    line = out.read_text().splitlines()[0]
+    lines = []
+    for member in ("envelope", "receipt"):
+        b = json.loads(line)
+        b[member] += "\x00 anything at all"
+        lines.append(json.dumps(b, separators=(",", ":")))
+    bad = tmp_path / "nul.jsonl"
+    bad.write_text("\n".join(lines) + "\n")
+    p, s = verify_bundle(vault, bad, check=1)
+    assert s == {"lines": 2, "ok": 0, "failed": 2}
+    assert p.stderr.count("line: holds an escaped NUL") == 2, p.stderr
+
+
 def test_receiver_key_rotation_in_one_bundle_all_verify(vault, start_receiver, tmp_path):
     old_pem, old_pk = receipt_key_pem(tmp_path / "old.pem")
     new_pem, new_pk = receipt_key_pem(tmp_path / "new.pem")
