@@ -166,6 +166,45 @@ static const CliCommand verify_command = {
     .options = verify_options,
 };
 
+/* One line of f into *buf without its newline, at most max bytes kept: a
+ * longer line is read to its end without being stored (*ret_long), so a
+ * hostile file costs no more memory than the longest line allowed. 0 at the
+ * end of the file, 1 for a line, negative on error. */
+static int read_line(FILE *f, char **buf, size_t *cap, size_t max, size_t *ret_len, bool *ret_long)
+{
+    size_t n = 0;
+    bool any = false;
+    *ret_long = false;
+    int c;
+    while ((c = getc_unlocked(f)) != EOF && c != '\n') {
+        any = true;
+        if (n >= max) {
+            *ret_long = true;
+            continue;
+        }
+        if (n + 1 >= *cap) {
+            size_t want = *cap ? *cap * 2 : 4096;
+            if (want > max + 1)
+                want = max + 1;
+            char *p = realloc(*buf, want);
+            if (!p)
+                return -ENOMEM;
+            *buf = p;
+            *cap = want;
+        }
+        (*buf)[n++] = (char)c;
+    }
+    if (ferror(f))
+        return -EIO;
+    if (c == EOF && !any)
+        return 0;
+    if (!*buf && !(*buf = calloc(1, 1)))
+        return -ENOMEM;
+    (*buf)[n] = '\0';
+    *ret_len = n;
+    return 1;
+}
+
 /* verify --bundle: every line is checked, each failure named on stderr
  * with its line number and rule, then one summary on stdout. */
 static int verify_bundle(const Config *cfg, const VerifyArgs *a, const VerifyKey *keys,
@@ -191,23 +230,22 @@ static int verify_bundle(const Config *cfg, const VerifyArgs *a, const VerifyKey
                                strerror(errno));
     FILE *in = f ? f : stdin;
     _cleanup_free_ char *line = NULL;
-    size_t cap = 0, lines = 0, ok = 0;
-    ssize_t got;
-    while ((got = getline(&line, &cap, in)) >= 0) {
-        size_t len = (size_t)got;
+    size_t cap = 0, lines = 0, ok = 0, len = 0;
+    bool too_long = false;
+    int got;
+    while ((got = read_line(in, &line, &cap, BUNDLE_MAX_LINE, &len, &too_long)) > 0) {
         lines++;
-        if (len && line[len - 1] == '\n')
-            line[--len] = '\0';
         lv_error_clear();
-        int r = bundle_line_check(line, len, &p, NULL);
+        int r = too_long ? lv_error_set(LV_ERR_INPUT, "over %d bytes", BUNDLE_MAX_LINE)
+                         : bundle_line_check(line, len, &p, NULL);
         if (r < 0)
             fprintf(stderr, "%s: --bundle %s: line %zu: %s\n", verb, a->bundle, lines, lv_error());
         else
             ok++;
         explicit_bzero(line, len); /* an opt-in envelope carries the payload */
     }
-    if (ferror(in))
-        return cli_fail(verb, lv_error_set(-EIO, "--bundle: %s: read error", a->bundle));
+    if (got < 0)
+        return cli_fail(verb, lv_error_set(got, "--bundle: %s: %s", a->bundle, strerror(-got)));
     if (lines == 0)
         fprintf(stderr, "%s: --bundle %s: no lines (an empty bundle proves nothing)\n", verb,
                 a->bundle);

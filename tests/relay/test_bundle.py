@@ -338,3 +338,12 @@ def test_bad_verify_bundle_inputs(vault, tmp_path):
     assert "bundle_version: must be 1" in errs[2]
     assert "extra" in errs[3] and "unknown member" in errs[3]
     assert "empty line" in errs[5]
+    # A line over the cap (two envelopes' and acks' worth, escaped) is read
+    # to its end without being kept, fails, and the next line is still read.
+    cap = 2 * (1024 * 1024 + 16 * 1024 + 64 * 1024) + 4096
+    f.write_text("x" * (cap + 1) + "\n{}")
+    p, s = verify_bundle(vault, f, check=1)
+    assert s == {"lines": 2, "ok": 0, "failed": 2}
+    errs = p.stderr.splitlines()
+    assert errs[0] == f"verify: --bundle {f}: line 1: over {cap} bytes", errs
+    assert errs[1].startswith(f"verify: --bundle {f}: line 2: "), errs
