@@ -27,6 +27,9 @@
 #define LV_ERR_CRYPTO   (-EBADMSG)      /* data failed authentication/verification */
 #define LV_ERR_CONFLICT (-EEXIST)       /* enqueue drift conflict: exit 4 */
 #define LV_ERR_QUOTA    (-EDQUOT)       /* spool quota reached, nothing written: exit 9 */
+/* Witness state integrity (docs/witness.md, "The anchor"): exit 8. */
+#define LV_ERR_ROLLBACK (-ENOTRECOVERABLE) /* state_rollback: the database is behind its anchor */
+#define LV_ERR_FOREIGN  (-EMEDIUMTYPE)     /* foreign_database: not the database anchored */
 
 /* Exit codes of the CLI contract (DESIGN §8). */
 enum {
@@ -38,6 +41,7 @@ enum {
     LV_EXIT_TOKEN = 5,
     LV_EXIT_GAP = 6,
     LV_EXIT_DELIVERY = 7,
+    LV_EXIT_STATE = 8, /* witness state integrity: state_rollback or foreign_database */
     LV_EXIT_QUOTA = 9, /* the spool is full (quota): nothing written, retry later */
 };
 

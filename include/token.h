@@ -149,3 +149,22 @@ int token_aead_decrypt_slot(Token *t, unsigned slot, const uint8_t iv[TOKEN_GCM_
  * The DEK exists outside the token only wrapped. For one thread. */
 int token_dek_rewrap(Token *t, const char *new_kek_uri, const uint8_t *wrapped, size_t wrapped_len,
                      uint8_t ret_wrapped[TOKEN_WRAPPED_DEK_LEN]);
+
+/* Token data objects (CKO_DATA; CKA_TOKEN, CKA_PRIVATE, not modifiable),
+ * named by CKA_APPLICATION and CKA_LABEL, holding at most
+ * TOKEN_DATA_VALUE_MAX bytes. Some tokens (SoftHSM 2.6) refuse to change
+ * CKA_VALUE, so a new value is a new object: create, then destroy the old.
+ * On a read/write session of their own; for one thread at a time per call. */
+#define TOKEN_DATA_VALUE_MAX 512
+typedef struct TokenData {
+    unsigned long handle;
+    size_t len;
+    uint8_t value[TOKEN_DATA_VALUE_MAX];
+} TokenData;
+int token_data_create(Token *t, const char *application, const char *label, const uint8_t *value,
+                      size_t len);
+/* Finds every object with this application and label: *ret_n is the true
+ * count; the first cap of them are read into ret. */
+int token_data_find(Token *t, const char *application, const char *label, TokenData *ret,
+                    size_t cap, size_t *ret_n);
+int token_data_destroy(Token *t, unsigned long handle);

@@ -14,14 +14,16 @@
 typedef struct Witness Witness;
 
 /* Domain separation: the signature covers DOMAIN || 0x0A || JCS(statement). */
-#define WITNESS_RECEIPT_DOMAIN "attesto.local-vault.witness-receipt.v1"
-#define WITNESS_FORK_DOMAIN    "attesto.local-vault.fork-evidence.v1"
+#define WITNESS_RECEIPT_DOMAIN  "attesto.local-vault.witness-receipt.v1"
+#define WITNESS_FORK_DOMAIN     "attesto.local-vault.fork-evidence.v1"
+#define WITNESS_ADOPTION_DOMAIN "attesto.local-vault.state-adoption.v1"
 
-#define WITNESS_MAX_SEQ        9007199254740991LL /* 2^53-1, the largest exact JSON integer */
-#define WITNESS_HASH_HEX_LEN   64                 /* SHA-256 as 64 lowercase hex digits */
-#define WITNESS_REQUEST_MAX    16384              /* bytes of a JSON request body */
-#define WITNESS_DOCUMENT_MAX   65536              /* bytes of a signed document (verify) */
-#define WITNESS_SCHEMA_VERSION 1
+#define WITNESS_MAX_SEQ         9007199254740991LL /* 2^53-1, the largest exact JSON integer */
+#define WITNESS_HASH_HEX_LEN    64                 /* SHA-256 as 64 lowercase hex digits */
+#define WITNESS_REQUEST_MAX     16384              /* bytes of a JSON request body */
+#define WITNESS_DOCUMENT_MAX    65536              /* bytes of a signed document (verify) */
+#define WITNESS_SCHEMA_VERSION  2
+#define WITNESS_DATABASE_ID_LEN 32 /* the database's random id, hex */
 
 /* What one tenant may store (witness-serve's tenants file); 0: no limit.
  * A submission that would go past one is refused before anything is
@@ -187,6 +189,17 @@ int witness_head(Witness *w, const char *witness_id, const char *tenant_id, cons
 typedef int (*witness_document_fn)(void *userdata, const char *document, size_t len);
 int witness_forks_foreach(Witness *w, const char *tenant_id, const char *stream_id,
                           witness_document_fn fn, void *userdata);
+
+/* State integrity (docs/witness.md, "The anchor"): "state_rollback" for
+ * LV_ERR_ROLLBACK, "foreign_database" for LV_ERR_FOREIGN, else NULL. */
+const char *witness_integrity_cause(int r);
+/* witness-state show: {"path","database":{database_id,generation,digest},
+ * "anchors":[...],"anchor":{...}|null,"state","detail"}. Needs the token. */
+int witness_state_show(Witness *w, Token *t, cJSON **ret);
+/* witness-state adopt: re-anchors the token to the database as it is, above
+ * every anchor there, and stores the signed state_adoption document it
+ * returns (malloc'd). Never called automatically. */
+int witness_state_adopt(Witness *w, Token *t, char **ret_doc, size_t *ret_len);
 
 /* Quick database round trip for health checks. */
 int witness_ping(Witness *w);

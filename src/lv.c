@@ -66,6 +66,8 @@ int lv_exit_code(int r)
         return LV_EXIT_CONFLICT;
     if (r == LV_ERR_QUOTA)
         return LV_EXIT_QUOTA;
+    if (r == LV_ERR_ROLLBACK || r == LV_ERR_FOREIGN)
+        return LV_EXIT_STATE;
     if (lv_is_token_error(r))
         return LV_EXIT_TOKEN;
     return LV_EXIT_FAILURE;

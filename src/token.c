@@ -64,6 +64,11 @@ struct Token {
     size_t npool; /* pool[0] is the owner session, open for the Token's life */
 
     pthread_mutex_t setup_lock; /* serializes the lazy key checks */
+    /* Token data objects (token_data_*): a read/write session of their
+     * own, opened on first use, serialized by data_lock. */
+    pthread_mutex_t data_lock;
+    CK_SESSION_HANDLE data_session;
+    bool data_open;
     CK_OBJECT_HANDLE sign_key, pub_key, kek, dek;
     bool sign_checked, kek_checked, dek_loaded;
     uint8_t pk[TOKEN_ED25519_PK_LEN];
@@ -1193,6 +1198,7 @@ int token_open(const TokenConfig *cfg, Token **ret)
         return lv_error_set(-ENOMEM, "out of memory");
     pthread_mutex_init(&t->lock, NULL);
     pthread_mutex_init(&t->setup_lock, NULL);
+    pthread_mutex_init(&t->data_lock, NULL);
     pthread_cond_init(&t->free_cond, NULL);
 
     if (!cfg->signing_uri && !cfg->kek_uri) {
@@ -1275,6 +1281,8 @@ Token *token_close(Token *t)
     if (!t)
         return NULL;
     if (t->module) {
+        if (t->data_open)
+            t->module->C_CloseSession(t->data_session);
         /* Closing the sessions destroys the DEK (a session object). */
         for (size_t i = 0; i < t->npool; i++)
             t->module->C_CloseSession(t->pool[i].h);
@@ -1294,6 +1302,7 @@ Token *token_close(Token *t)
     free(t->key_id_cfg);
     pthread_mutex_destroy(&t->lock);
     pthread_mutex_destroy(&t->setup_lock);
+    pthread_mutex_destroy(&t->data_lock);
     pthread_cond_destroy(&t->free_cond);
     explicit_bzero(t, sizeof(*t));
     free(t);
@@ -2395,5 +2404,145 @@ done:
     explicit_bzero(blob, sizeof(blob));
     free(text);
     p11_kit_uri_free(u);
+    return r;
+}
+
+/* ---- Token data objects ------------------------------------------------- */
+
+/* Under t->data_lock: the read/write session for data objects. A session
+ * that failed a call is asked whether it still exists and reopened if not. */
+static int data_session(Token *t, CK_SESSION_HANDLE *ret)
+{
+    if (!t->data_open) {
+        CK_RV rv = t->module->C_OpenSession(t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL,
+                                            NULL, &t->data_session);
+        if (rv != CKR_OK)
+            return rv_error(rv, "C_OpenSession(read/write)");
+        t->data_open = true;
+    }
+    *ret = t->data_session;
+    return 0;
+}
+
+static void data_session_failed(Token *t)
+{
+    CK_SESSION_INFO si;
+    CK_RV rv = t->module->C_GetSessionInfo(t->data_session, &si);
+    if (rv != CKR_OK) {
+        t->module->C_CloseSession(t->data_session);
+        t->data_open = false;
+    }
+}
+
+int token_data_create(Token *t, const char *application, const char *label, const uint8_t *value,
+                      size_t len)
+{
+    if (len == 0 || len > TOKEN_DATA_VALUE_MAX)
+        return lv_error_set(LV_ERR_TOOBIG, "token data object: %zu bytes (1-%d)", len,
+                            TOKEN_DATA_VALUE_MAX);
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE, no = CK_FALSE;
+    /* Private: only a logged-in user sees or destroys it. Not modifiable:
+     * the next state is a new object, never an edit of this one. */
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_PRIVATE, &yes, sizeof(yes)},
+        {CKA_MODIFIABLE, &no, sizeof(no)},
+        {CKA_APPLICATION, (void *)application, strlen(application)},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_VALUE, (void *)value, len},
+    };
+    pthread_mutex_lock(&t->data_lock);
+    CK_SESSION_HANDLE s;
+    int r = data_session(t, &s);
+    if (r >= 0) {
+        CK_OBJECT_HANDLE h;
+        CK_RV rv = t->module->C_CreateObject(s, tmpl, ELEMENTSOF(tmpl), &h);
+        if (rv != CKR_OK) {
+            r = rv_error(rv, "C_CreateObject(CKO_DATA)");
+            data_session_failed(t);
+        }
+    }
+    pthread_mutex_unlock(&t->data_lock);
+    return r;
+}
+
+int token_data_find(Token *t, const char *application, const char *label, TokenData *ret,
+                    size_t cap, size_t *ret_n)
+{
+    CK_OBJECT_CLASS cls = CKO_DATA;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_APPLICATION, (void *)application, strlen(application)},
+        {CKA_LABEL, (void *)label, strlen(label)},
+    };
+    pthread_mutex_lock(&t->data_lock);
+    CK_SESSION_HANDLE s;
+    size_t n = 0;
+    int r = data_session(t, &s);
+    if (r < 0)
+        goto done;
+    CK_RV rv = t->module->C_FindObjectsInit(s, tmpl, ELEMENTSOF(tmpl));
+    if (rv != CKR_OK) {
+        r = rv_error(rv, "C_FindObjectsInit(CKO_DATA)");
+        goto failed;
+    }
+    for (;;) {
+        CK_OBJECT_HANDLE h[8];
+        CK_ULONG got = 0;
+        rv = t->module->C_FindObjects(s, h, ELEMENTSOF(h), &got);
+        if (rv != CKR_OK) {
+            r = rv_error(rv, "C_FindObjects(CKO_DATA)");
+            t->module->C_FindObjectsFinal(s);
+            goto failed;
+        }
+        if (got == 0)
+            break;
+        for (CK_ULONG i = 0; i < got; i++, n++)
+            if (n < cap)
+                ret[n].handle = h[i];
+    }
+    rv = t->module->C_FindObjectsFinal(s);
+    if (rv != CKR_OK) {
+        r = rv_error(rv, "C_FindObjectsFinal(CKO_DATA)");
+        goto failed;
+    }
+    for (size_t i = 0; i < n && i < cap; i++) {
+        CK_ULONG len = sizeof(ret[i].value);
+        rv = get_attr(t, s, ret[i].handle, CKA_VALUE, ret[i].value, &len);
+        if (rv != CKR_OK || len == CK_UNAVAILABLE_INFORMATION || len > sizeof(ret[i].value)) {
+            r = rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL
+                    ? lv_error_set(LV_ERR_TOKEN, "token data object %s: value over %d bytes", label,
+                                   TOKEN_DATA_VALUE_MAX)
+                    : rv_error(rv, "C_GetAttributeValue(CKA_VALUE)");
+            goto failed;
+        }
+        ret[i].len = len;
+    }
+    *ret_n = n;
+    goto done;
+failed:
+    data_session_failed(t);
+done:
+    pthread_mutex_unlock(&t->data_lock);
+    return r;
+}
+
+int token_data_destroy(Token *t, unsigned long handle)
+{
+    pthread_mutex_lock(&t->data_lock);
+    CK_SESSION_HANDLE s;
+    int r = data_session(t, &s);
+    if (r >= 0) {
+        CK_RV rv = t->module->C_DestroyObject(s, handle);
+        if (rv != CKR_OK) {
+            r = rv_error(rv, "C_DestroyObject(CKO_DATA)");
+            data_session_failed(t);
+        }
+    }
+    pthread_mutex_unlock(&t->data_lock);
     return r;
 }

@@ -258,6 +258,12 @@ static int decide(Witness *w, Token *t, const char *witness_id, const WitnessReq
             *ret_write = false;
             goto done;
         }
+        /* The anchor check failed (or could not be made): nothing new is
+         * signed, nor a statement signed ahead used. */
+        if (w->refuse < 0) {
+            r = lv_error_set(w->refuse, "%s", w->refuse_detail);
+            goto done;
+        }
         if ((r = witness_canon_statement(p.statement, &st)) < 0)
             goto done;
         if (!pre) {
@@ -289,6 +295,8 @@ static int decide(Witness *w, Token *t, const char *witness_id, const WitnessReq
      * later in the day finds the day's figure right. */
     if (r >= 0)
         r = witness_store_day(w, witness_id, req->tenant_id, now, true, NULL);
+    if (r >= 0)
+        r = witness_state_chain(w, st.hash);
     if (r < 0)
         goto done;
     *ret = p.out;
@@ -395,9 +403,29 @@ int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJo
     /* IMMEDIATE takes the write lock before any head is read: two deciders
      * (threads, the CLI and the endpoint) can never both see the same head. */
     lv_error_clear();
+    WitnessState before = {0}, after = {0};
     int r = db_exec(w->db, "BEGIN IMMEDIATE");
     if (r < 0)
         goto abort;
+    /* Under the write lock, before anything is signed: the database must be
+     * the state anchored on the token. If not, or if that cannot be told,
+     * replays and stored evidence still answer; nothing new is signed. */
+    w->refuse = 0;
+    if (!t)
+        w->refuse = lv_error_set(LV_ERR_TOKEN, "token unavailable: cannot sign a new statement");
+    else if (!db_readonly(w->db)) {
+        w->refuse = witness_state_read(w, &before);
+        if (w->refuse >= 0)
+            w->refuse = witness_anchor_check(w, t, &before);
+    }
+    if (w->refuse < 0) {
+        snprintf(w->refuse_detail, sizeof(w->refuse_detail), "%s",
+                 *lv_error() ? lv_error() : strerror(-w->refuse));
+        if (!lv_is_token_error(w->refuse) && !witness_integrity_cause(w->refuse)) {
+            r = w->refuse; /* the database failed: nothing answers */
+            goto abort;
+        }
+    }
     /* Savepoints let one job fail alone; a lone job needs none. */
     bool savepoints = n > 1, write = false;
     for (size_t i = 0; i < n; i++) {
@@ -427,9 +455,19 @@ int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJo
         if (savepoints && (r = db_exec(w->db, "RELEASE witness_job")) < 0)
             goto abort;
     }
+    /* One generation per committed batch. */
+    if (write && (r = witness_state_advance(w, &before, before.generation + 1, &after)) < 0)
+        goto abort;
     r = db_exec(w->db, write ? "COMMIT" : "ROLLBACK");
     if (r < 0)
         goto abort;
+    /* Committed, and answered only once its anchor is the one of its
+     * generation. Otherwise the batch stays stored, unanswered: the next
+     * batch rolls the anchor forward, and a retry gets the replay. */
+    if (write && (r = witness_anchor_commit(w, t, &after)) < 0) {
+        fail_all(jobs, n, r);
+        goto out;
+    }
     r = 0;
     goto out;
 abort:

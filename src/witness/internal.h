@@ -29,7 +29,33 @@ struct Witness {
     uint8_t pk_json_pk[TOKEN_ED25519_PK_LEN];
     char pk_json_kid[TOKEN_KID_MAX];
     Verifier *verifier; /* started by the first pipelined batch */
+    /* witness_commit_batch: why this batch signs nothing (a state
+     * integrity or token error from the anchor check), 0 when it may. */
+    int refuse;
+    char refuse_detail[1024];
 };
+
+/* anchor.c: the state anchored on the token (docs/witness.md). */
+typedef struct WitnessState {
+    char database_id[WITNESS_DATABASE_ID_LEN + 1];
+    int64_t generation;
+    char digest[WITNESS_HASH_HEX_LEN + 1];
+    char previous_digest[WITNESS_HASH_HEX_LEN + 1]; /* at generation - 1 */
+} WitnessState;
+int witness_state_read(Witness *w, WitnessState *ret);
+/* In the write transaction: chains a stored statement into the digest. */
+int witness_state_chain(Witness *w, const char *statement_hash);
+/* In the write transaction: the batch's generation; *ret the new state. */
+int witness_state_advance(Witness *w, const WitnessState *before, int64_t generation,
+                          WitnessState *ret);
+/* In the write transaction, before anything is signed: the state st must be
+ * the anchored one (an empty database with no anchor is; one unanswered
+ * batch ahead rolls the anchor forward). LV_ERR_ROLLBACK, LV_ERR_FOREIGN or
+ * a token error with detail. */
+int witness_anchor_check(Witness *w, Token *t, const WitnessState *st);
+/* After COMMIT: anchors st; 0 only if no other state claims its
+ * generation or a later one (then the batch may answer). */
+int witness_anchor_commit(Witness *w, Token *t, const WitnessState *st);
 
 /* store.c: a stored checkpoint row, validated on the way out of SQLite. */
 typedef struct Row {

@@ -112,8 +112,32 @@ static const char schema_v2[] =
     "  SELECT witness_id, tenant_id, substr(detected_at, 1, 10) FROM fork_evidence)"
     " GROUP BY witness_id, tenant_id, day;";
 
-/* migrations[i] takes user_version i to i+1; later versions append a step. */
-static const char *const migrations[] = {schema_v1, schema_v2};
+
+/* Schema 3: the state anchored on the token (anchor.c). The database's
+ * random id (SQLite's randomblob draws from the OS), the generation of the
+ * last committed batch, the digest chaining every statement stored since,
+ * the digest one generation before (to roll the anchor forward), and the
+ * signed records of deliberate re-anchoring, append-only. */
+static const char schema_v3[] =
+    "INSERT OR IGNORE INTO meta VALUES ('database_id', lower(hex(randomblob(16))));"
+    "INSERT OR IGNORE INTO meta VALUES ('generation', '0');"
+    "INSERT OR IGNORE INTO meta VALUES ('digest', "
+    " '0000000000000000000000000000000000000000000000000000000000000000');"
+    "INSERT OR IGNORE INTO meta VALUES ('previous_digest', "
+    " '0000000000000000000000000000000000000000000000000000000000000000');"
+    "CREATE TABLE IF NOT EXISTS state_adoptions ("
+    " id INTEGER PRIMARY KEY, adopted_at TEXT NOT NULL,"
+    " statement_hash TEXT NOT NULL CHECK (length(statement_hash) = 64),"
+    " document TEXT NOT NULL);"
+    "CREATE TRIGGER IF NOT EXISTS state_adoptions_no_update BEFORE UPDATE ON state_adoptions"
+    " BEGIN SELECT RAISE(ABORT, 'state adoptions are append-only'); END;"
+    "CREATE TRIGGER IF NOT EXISTS state_adoptions_no_delete BEFORE DELETE ON state_adoptions"
+    " BEGIN SELECT RAISE(ABORT, 'state adoptions are append-only'); END;";
+
+/* migrations[i] takes user_version i to i+1; later versions append a step.
+ * Schema 3 is idempotent (OR IGNORE, IF NOT EXISTS): it may run again over
+ * its own tables when an earlier step is re-applied. */
+static const char *const migrations[] = {schema_v1, schema_v2, schema_v3};
 /* Tables every version has (db.h): tenant_days came with schema 2. */
 static const char *const tables[] = {"checkpoints", "heads", "fork_evidence", NULL};
 
