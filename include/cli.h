@@ -28,6 +28,7 @@ int drain_loop_main(const Config *cfg, int argc, char **argv);
 int witness_checkpoint_main(const Config *cfg, int argc, char **argv);
 int witness_serve_main(const Config *cfg, int argc, char **argv);
 int witness_forks_main(const Config *cfg, int argc, char **argv);
+int witness_state_main(const Config *cfg, int argc, char **argv);
 int doctor_main(const Config *cfg, int argc, char **argv);
 int receipts_main(const Config *cfg, int argc, char **argv);
 int spool_main(const Config *cfg, int argc, char **argv);

@@ -34,6 +34,8 @@ static const Verb verbs[] = {
     {"witness-checkpoint", witness_checkpoint_main, "witness one checkpoint"},
     {"witness-serve", witness_serve_main, "serve the witness HTTP endpoint"},
     {"witness-forks", witness_forks_main, "list stored fork evidence"},
+    {"witness-state", witness_state_main,
+     "witness-state show | adopt --confirm: the database's state beside its anchor"},
     {"doctor", doctor_main, "check module, token, keys, databases and relay"},
     {"receipts", receipts_main, "receipts export --out FILE: a proof bundle for an auditor"},
     {"spool", spool_main, "spool deks | rotate-dek | rekey | rewrap-kek: data key rotation"},
@@ -48,6 +50,7 @@ static void usage(FILE *f)
     config_print_help(f);
     fprintf(f, "\nExit codes: 0 ok, 1 runtime failure, 2 usage or invalid input, 3 fork evidence,\n"
                "4 enqueue conflict, 5 token or key problem, 6 witness gap, 7 failed deliveries,\n"
+               "8 witness state integrity (state_rollback, foreign_database),\n"
                "9 spool quota reached (nothing written; retry once the drain has delivered).\n"
                "See attesto-local-vault(1).\n");
 }

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Witness verbs: witness-checkpoint, witness-serve, witness-forks. */
+/* Witness verbs: witness-checkpoint, witness-serve, witness-forks, witness-state. */
 #include <inttypes.h>
 #include <stdio.h>
 
@@ -38,7 +38,8 @@ static const CliOption checkpoint_options[] = {
 static const CliCommand checkpoint_command = {
     .name = "witness-checkpoint",
     .about = "Prints the signed witness receipt or fork evidence (JSON).\n"
-             "Exit: 0 accepted or replayed, 3 fork evidence, 6 gap, 2 bad input, 5 token.\n",
+             "Exit: 0 accepted or replayed, 3 fork evidence, 6 gap, 2 bad input, 5 token,\n"
+             "8 state integrity (state_rollback, foreign_database: see witness-state).\n",
     .options = checkpoint_options,
 };
 
@@ -291,4 +292,130 @@ int witness_forks_main(const Config *cfg, int argc, char **argv)
     if (p.human && p.n == 0)
         printf("no fork evidence stored\n");
     return LV_EXIT_OK;
+}
+
+/* ---- witness-state ---- */
+
+typedef struct StateArgs {
+    bool json, confirm;
+} StateArgs;
+
+static const CliOption state_show_options[] = {
+    CLI_FLAG_OPT("json", StateArgs, json, "one JSON object, even on a terminal"),
+    {0},
+};
+
+static const CliCommand state_show_command = {
+    .name = "witness-state show",
+    .about = "The witness database's id, generation and digest beside the token's anchor.\n"
+             "Exit: 0 consistent, 8 state_rollback or foreign_database, 5 token.\n",
+    .options = state_show_options,
+};
+
+static const CliOption state_adopt_options[] = {
+    CLI_FLAG_OPT("confirm", StateArgs, confirm,
+                 "required: re-anchor the token to the database as it is"),
+    {0},
+};
+
+static const CliCommand state_adopt_command = {
+    .name = "witness-state adopt",
+    .about = "Re-anchors the token to the witness database as it is and prints the signed\n"
+             "state_adoption document (stored in the database). For an operator who has\n"
+             "decided that this database is the witness's history from now on.\n",
+    .options = state_adopt_options,
+};
+
+static int state_show(const char *verb, const Config *cfg, bool json)
+{
+    Token *t = NULL;
+    int ec = cli_open_token(verb, cfg, false, &t);
+    if (ec != 0)
+        return ec;
+    Witness *w = NULL;
+    cJSON *o = NULL;
+    int r = witness_open(cfg->witness_db, 0, &w);
+    if (r >= 0)
+        r = witness_state_show(w, t, &o);
+    w = witness_close(w);
+    t = token_close(t);
+    if (r < 0)
+        return cli_fail(verb, r);
+    const char *state = cJSON_GetStringValue(cJSON_GetObjectItem(o, "state"));
+    const char *detail = cJSON_GetStringValue(cJSON_GetObjectItem(o, "detail"));
+    bool bad =
+        !state || (strcmp(state, "consistent") != 0 && strcmp(state, "ahead_by_one_batch") != 0);
+    if (json || !cli_human(cfg)) {
+        char *text = cJSON_PrintUnformatted(o);
+        if (text)
+            puts(text);
+        free(text);
+    } else {
+        const cJSON *d = cJSON_GetObjectItem(o, "database"), *a = cJSON_GetObjectItem(o, "anchor");
+        printf("%-10s %-32s %12s  %s\n", "", "database id", "generation", "digest");
+        printf("%-10s %-32s %12.0f  %s\n", "database",
+               cJSON_GetStringValue(cJSON_GetObjectItem(d, "database_id")),
+               cJSON_GetNumberValue(cJSON_GetObjectItem(d, "generation")),
+               cJSON_GetStringValue(cJSON_GetObjectItem(d, "digest")));
+        if (cJSON_IsObject(a))
+            printf("%-10s %-32s %12.0f  %s\n", "anchor",
+                   cJSON_GetStringValue(cJSON_GetObjectItem(a, "database_id")),
+                   cJSON_GetNumberValue(cJSON_GetObjectItem(a, "generation")),
+                   cJSON_GetStringValue(cJSON_GetObjectItem(a, "digest")));
+        else
+            printf("%-10s (none on the token)\n", "anchor");
+        printf("state: %s\n", state ? state : "?");
+    }
+    if (bad && detail && *detail)
+        fprintf(stderr, "%s: %s\n", verb, detail);
+    int exit_code = !bad                                   ? LV_EXIT_OK
+                    : state && strcmp(state, "error") != 0 ? LV_EXIT_STATE
+                                                           : LV_EXIT_FAILURE;
+    cJSON_Delete(o);
+    return exit_code;
+}
+
+static int state_adopt(const char *verb, const Config *cfg, bool confirm)
+{
+    if (!confirm)
+        return cli_fail(verb, lv_error_set(LV_ERR_INPUT,
+                                           "--confirm: required; adopting re-anchors the token to "
+                                           "this database and is recorded in a signed statement"));
+    Token *t = NULL;
+    int ec = cli_open_token(verb, cfg, false, &t);
+    if (ec != 0)
+        return ec;
+    Witness *w = NULL;
+    char *doc = NULL;
+    size_t len = 0;
+    int r = witness_open(cfg->witness_db, 0, &w);
+    if (r >= 0)
+        r = witness_state_adopt(w, t, &doc, &len);
+    w = witness_close(w);
+    t = token_close(t);
+    if (r < 0)
+        return cli_fail(verb, r);
+    bool ok =
+        fwrite(doc, 1, len, stdout) == len && fputc('\n', stdout) != EOF && fflush(stdout) == 0;
+    free(doc);
+    if (!ok) {
+        fprintf(stderr, "%s: cannot write the document to stdout: %s (it is stored)\n", verb,
+                strerror(errno));
+        return LV_EXIT_FAILURE;
+    }
+    return LV_EXIT_OK;
+}
+
+int witness_state_main(const Config *cfg, int argc, char **argv)
+{
+    static const CliCommand *const subs[] = {&state_show_command, &state_adopt_command};
+    StateArgs a = {.json = cfg->json};
+    int i = 0;
+    int k = cli_parse_subcommand("witness-state", argc, argv, subs, ELEMENTSOF(subs), &i, &a, NULL,
+                                 NULL);
+    if (k != 0)
+        return cli_parse_exit(k);
+    if (subs[i] == &state_adopt_command)
+        return state_adopt("witness-state adopt", cfg, a.confirm);
+    return state_show("witness-state show", cfg, a.json);
 }

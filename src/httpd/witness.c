@@ -296,6 +296,14 @@ static enum MHD_Result answer_checkpoint(Httpd *h, struct MHD_Connection *c, Pen
         if (r == LV_ERR_INPUT || r == LV_ERR_TOOBIG)
             return httpd_send_error(h, c, 400, "invalid_request", detail, NULL, NULL);
         const char *hd[] = {MHD_HTTP_HEADER_RETRY_AFTER, "5", NULL};
+        /* The database is not the state anchored on the token: no retry
+         * helps before an operator looks (witness-state show). */
+        const char *cause = witness_integrity_cause(r);
+        if (cause) {
+            char extra[64];
+            snprintf(extra, sizeof(extra), ",\"cause\":\"%s\"", cause);
+            return httpd_send_error(h, c, 503, "state_integrity", detail, extra, NULL);
+        }
         if (lv_is_token_error(r))
             return send_token_error(h, c, s, detail);
         if (r == -EBUSY)

@@ -7,6 +7,8 @@
  * decided. Its events go to the log (log.h): it runs on its own threads. */
 #include "internal.h"
 
+#include <stdatomic.h>
+
 #include "log.h"
 
 #define TOKEN_RETRY_MS 2000
@@ -59,6 +61,9 @@ struct WitnessService {
     pthread_mutex_t lock;
     Witness *w;
     Witness *reader; /* NULL: nothing is signed ahead */
+    /* The last commit found the database not the anchored state: nothing
+     * is signed ahead until a commit finds it consistent again. */
+    atomic_bool integrity_refused;
 
     /* token_lock guards the token fields below. A thread that uses the
      * token holds token_use for reading while it does; closing the token
@@ -265,7 +270,7 @@ static void *planner_main(void *arg)
 
         for (size_t i = 0; i < b->n; i++)
             b->jobs[i] = (WitnessJob){.req = b->items[i]->req, .quota = b->items[i]->quota};
-        if (s->reader) {
+        if (s->reader && !atomic_load(&s->integrity_refused)) {
             bool skip[BATCH_MAX];
             pthread_mutex_lock(&s->batch_lock);
             in_flight_streams(s, b, skip);
@@ -332,6 +337,8 @@ static void *committer_main(void *arg)
         Token *t = token_acquire(s);
         pthread_mutex_lock(&s->lock);
         witness_commit_batch(s->w, t, s->witness_id, s->committing, n);
+        if (t)
+            atomic_store(&s->integrity_refused, witness_integrity_cause(s->w->refuse) != NULL);
         pthread_mutex_unlock(&s->lock);
         token_release(s);
         settle_token_errors(s, t, s->committing, n);
