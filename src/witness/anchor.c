@@ -120,7 +120,15 @@ int witness_state_advance(Witness *w, const WitnessState *before, int64_t genera
         r = meta_set(w, "previous_digest", before->digest);
     if (r >= 0)
         r = witness_state_read(w, ret);
-    return r;
+    if (r < 0)
+        return r;
+    _cleanup_finalize_ sqlite3_stmt *s = NULL;
+    if ((r = db_prepare(w->db, "INSERT INTO generations VALUES (?1, ?2)", &s)) < 0)
+        return r;
+    sqlite3_bind_int64(s, 1, generation);
+    sqlite3_bind_text(s, 2, ret->digest, -1, SQLITE_STATIC);
+    int rc = sqlite3_step(s);
+    return rc == SQLITE_DONE ? 0 : db_error(w->db, rc, "record the generation");
 }
 
 /* ---- the token's side ----------------------------------------------------------------------- */
@@ -131,6 +139,11 @@ typedef struct Anchor {
     int64_t generation;
     char digest[WITNESS_HASH_HEX_LEN + 1];
 } Anchor;
+
+/* Outside any transaction: whether this database's history holds st (its
+ * digest at st's generation) and is now the state of the anchor top (or one
+ * batch ahead of it). Then top descends from st: the digests chain. */
+static bool descends(Witness *w, const WitnessState *st, const Anchor *top);
 
 /* The anchors' label names the signing key: the first 32 hex digits of
  * SHA-256(public key); the value carries all 64. */
@@ -249,6 +262,8 @@ static int anchor_publish(Witness *w, Token *t, const AnchorKey *k, const Witnes
             ours = true;
             continue;
         }
+        if (a[i].generation > st->generation && descends(w, st, &a[i]))
+            continue; /* another process on this database moved on from this batch */
         if (a[i].generation > st->generation)
             return lv_error_set(-EAGAIN,
                                 "witness database %s: the anchor moved on to generation %" PRId64
@@ -275,6 +290,30 @@ static int anchor_publish(Witness *w, Token *t, const AnchorKey *k, const Witnes
         return lv_error_set(LV_ERR_TOKEN, "the witness anchor just written is not on the token");
     anchors_prune(t, a, n, st->generation);
     return 0;
+}
+
+static bool descends(Witness *w, const WitnessState *st, const Anchor *top)
+{
+    WitnessState now;
+    char digest[WITNESS_HASH_HEX_LEN + 1] = "";
+    bool ok = false;
+    if (db_exec(w->db, "BEGIN") < 0)
+        return false;
+    _cleanup_finalize_ sqlite3_stmt *s = NULL;
+    if (db_prepare(w->db, "SELECT digest FROM generations WHERE generation = ?1", &s) >= 0) {
+        sqlite3_bind_int64(s, 1, st->generation);
+        if (sqlite3_step(s) == SQLITE_ROW)
+            db_column_copy(s, 0, digest, sizeof(digest));
+        sqlite3_reset(s);
+    }
+    if (strcmp(digest, st->digest) == 0 && witness_state_read(w, &now) >= 0 &&
+        strcmp(now.database_id, top->database_id) == 0)
+        ok = (now.generation == top->generation && strcmp(now.digest, top->digest) == 0) ||
+             (now.generation == top->generation + 1 &&
+              strcmp(now.previous_digest, top->digest) == 0);
+    sqlite3_exec(db_handle(w->db), "ROLLBACK", NULL, NULL, NULL);
+    lv_error_clear();
+    return ok;
 }
 
 int witness_anchor_commit(Witness *w, Token *t, const WitnessState *st)

@@ -404,6 +404,7 @@ int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJo
      * (threads, the CLI and the endpoint) can never both see the same head. */
     lv_error_clear();
     WitnessState before = {0}, after = {0};
+    Token *anchor_t = t; /* t becomes NULL after a job's token error; the anchor is still due */
     int r = db_exec(w->db, "BEGIN IMMEDIATE");
     if (r < 0)
         goto abort;
@@ -464,7 +465,7 @@ int witness_commit_batch(Witness *w, Token *t, const char *witness_id, WitnessJo
     /* Committed, and answered only once its anchor is the one of its
      * generation. Otherwise the batch stays stored, unanswered: the next
      * batch rolls the anchor forward, and a retry gets the replay. */
-    if (write && (r = witness_anchor_commit(w, t, &after)) < 0) {
+    if (write && (r = witness_anchor_commit(w, anchor_t, &after)) < 0) {
         fail_all(jobs, n, r);
         goto out;
     }

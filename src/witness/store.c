@@ -116,14 +116,19 @@ static const char schema_v2[] =
 /* Schema 3: the state anchored on the token (anchor.c). The database's
  * random id (SQLite's randomblob draws from the OS), the generation of the
  * last committed batch, the digest chaining every statement stored since,
- * the digest one generation before (to roll the anchor forward), and the
- * signed records of deliberate re-anchoring, append-only. */
+ * the digest one generation before (to roll the anchor forward), the
+ * digest of every generation (to tell that a later anchor descends from a
+ * batch), and the signed records of deliberate re-anchoring, append-only. */
 static const char schema_v3[] =
     "INSERT OR IGNORE INTO meta VALUES ('database_id', lower(hex(randomblob(16))));"
     "INSERT OR IGNORE INTO meta VALUES ('generation', '0');"
     "INSERT OR IGNORE INTO meta VALUES ('digest', "
     " '0000000000000000000000000000000000000000000000000000000000000000');"
     "INSERT OR IGNORE INTO meta VALUES ('previous_digest', "
+    " '0000000000000000000000000000000000000000000000000000000000000000');"
+    "CREATE TABLE IF NOT EXISTS generations (generation INTEGER PRIMARY KEY, digest TEXT NOT NULL"
+    " CHECK (length(digest) = 64));"
+    "INSERT OR IGNORE INTO generations VALUES (0, "
     " '0000000000000000000000000000000000000000000000000000000000000000');"
     "CREATE TABLE IF NOT EXISTS state_adoptions ("
     " id INTEGER PRIMARY KEY, adopted_at TEXT NOT NULL,"

@@ -29,7 +29,10 @@ STREAMS = ["str_a", "str_b"]
 
 
 def cli_env(vault, name):
-    return volume_env(token_copy(vault, name))
+    # The endpoint's own token, not a copy: the token anchors one witness
+    # state per key (docs/witness.md, "The anchor"), which CLI and endpoint
+    # share like the database.
+    return volume_env(vault.env)
 
 
 def cli_seconds(vault, env):

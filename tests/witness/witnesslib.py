@@ -67,13 +67,16 @@ def volume_env(env):
 
 
 class DbView:
-    """The same token with its own witness database: tests that share one
-    token (slow to make in the ASan build) keep their state apart."""
+    """A copy of the token (same keys, made once, fast to copy) with its own
+    witness database: tests that share one token (slow to make in the ASan
+    build) keep their state apart. A copy each, because the token anchors
+    one witness database per key (docs/witness.md, "The anchor")."""
 
     def __init__(self, vault, name):
         self.dir = vault.dir
-        self.env = dict(vault.env, ATTESTO_LOCAL_VAULT_WITNESS_DB=os.path.join(
+        self.env = dict(token_copy(vault, f"view-{name}"), ATTESTO_LOCAL_VAULT_WITNESS_DB=os.path.join(
             vault.dir, f"witness-{name}.sqlite3"))
+        self.env["LV_TOKEN_DIR"] = os.path.join(vault.dir, f"token-view-{name}")
 
     def run(self, args, **kw):
         kw.setdefault("env", self.env)
