@@ -2426,6 +2426,8 @@ static int data_session(Token *t, CK_SESSION_HANDLE *ret)
 
 static void data_session_failed(Token *t)
 {
+    if (!t->data_open)
+        return;
     CK_SESSION_INFO si;
     CK_RV rv = t->module->C_GetSessionInfo(t->data_session, &si);
     if (rv != CKR_OK) {
@@ -2468,6 +2470,52 @@ int token_data_create(Token *t, const char *application, const char *label, cons
     return r;
 }
 
+/* Under t->data_lock: one search and the reads of what it found. *ret_n is
+ * the true count; *ret_gone how many of the first cap vanished before they
+ * were read (destroyed by another process meanwhile). */
+static int data_find_once(Token *t, CK_SESSION_HANDLE s, CK_ATTRIBUTE *tmpl, CK_ULONG ntmpl,
+                          const char *label, TokenData *ret, size_t cap, size_t *ret_n,
+                          size_t *ret_gone)
+{
+    size_t n = 0, kept = 0;
+    CK_RV rv = t->module->C_FindObjectsInit(s, tmpl, ntmpl);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_FindObjectsInit(CKO_DATA)");
+    for (;;) {
+        CK_OBJECT_HANDLE h[8];
+        CK_ULONG got = 0;
+        rv = t->module->C_FindObjects(s, h, ELEMENTSOF(h), &got);
+        if (rv != CKR_OK) {
+            t->module->C_FindObjectsFinal(s);
+            return rv_error(rv, "C_FindObjects(CKO_DATA)");
+        }
+        if (got == 0)
+            break;
+        for (CK_ULONG i = 0; i < got; i++, n++)
+            if (n < cap)
+                ret[n].handle = h[i];
+    }
+    rv = t->module->C_FindObjectsFinal(s);
+    if (rv != CKR_OK)
+        return rv_error(rv, "C_FindObjectsFinal(CKO_DATA)");
+    for (size_t i = 0; i < n && i < cap; i++) {
+        CK_ULONG len = sizeof(ret[kept].value);
+        ret[kept].handle = ret[i].handle;
+        rv = get_attr(t, s, ret[kept].handle, CKA_VALUE, ret[kept].value, &len);
+        if (rv == CKR_OBJECT_HANDLE_INVALID)
+            continue;
+        if (rv != CKR_OK || len == CK_UNAVAILABLE_INFORMATION || len > sizeof(ret[kept].value))
+            return rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL
+                       ? lv_error_set(LV_ERR_TOKEN, "token data object %s: value over %d bytes",
+                                      label, TOKEN_DATA_VALUE_MAX)
+                       : rv_error(rv, "C_GetAttributeValue(CKA_VALUE)");
+        ret[kept++].len = len;
+    }
+    *ret_n = n;
+    *ret_gone = (n < cap ? n : cap) - kept;
+    return 0;
+}
+
 int token_data_find(Token *t, const char *application, const char *label, TokenData *ret,
                     size_t cap, size_t *ret_n)
 {
@@ -2481,52 +2529,20 @@ int token_data_find(Token *t, const char *application, const char *label, TokenD
     };
     pthread_mutex_lock(&t->data_lock);
     CK_SESSION_HANDLE s;
-    size_t n = 0;
+    size_t n = 0, gone = 1;
     int r = data_session(t, &s);
+    /* An object destroyed between the search and its read was replaced by
+     * another process, and the search did not see what replaced it: search
+     * again until a search and its reads agree. */
+    for (int tries = 0; r >= 0 && gone > 0 && tries < 20; tries++)
+        r = data_find_once(t, s, tmpl, ELEMENTSOF(tmpl), label, ret, cap, &n, &gone);
+    if (r >= 0 && gone > 0)
+        r = lv_error_set(LV_ERR_TOKEN, "token data objects %s keep changing during a search",
+                         label);
     if (r < 0)
-        goto done;
-    CK_RV rv = t->module->C_FindObjectsInit(s, tmpl, ELEMENTSOF(tmpl));
-    if (rv != CKR_OK) {
-        r = rv_error(rv, "C_FindObjectsInit(CKO_DATA)");
-        goto failed;
-    }
-    for (;;) {
-        CK_OBJECT_HANDLE h[8];
-        CK_ULONG got = 0;
-        rv = t->module->C_FindObjects(s, h, ELEMENTSOF(h), &got);
-        if (rv != CKR_OK) {
-            r = rv_error(rv, "C_FindObjects(CKO_DATA)");
-            t->module->C_FindObjectsFinal(s);
-            goto failed;
-        }
-        if (got == 0)
-            break;
-        for (CK_ULONG i = 0; i < got; i++, n++)
-            if (n < cap)
-                ret[n].handle = h[i];
-    }
-    rv = t->module->C_FindObjectsFinal(s);
-    if (rv != CKR_OK) {
-        r = rv_error(rv, "C_FindObjectsFinal(CKO_DATA)");
-        goto failed;
-    }
-    for (size_t i = 0; i < n && i < cap; i++) {
-        CK_ULONG len = sizeof(ret[i].value);
-        rv = get_attr(t, s, ret[i].handle, CKA_VALUE, ret[i].value, &len);
-        if (rv != CKR_OK || len == CK_UNAVAILABLE_INFORMATION || len > sizeof(ret[i].value)) {
-            r = rv == CKR_OK || rv == CKR_BUFFER_TOO_SMALL
-                    ? lv_error_set(LV_ERR_TOKEN, "token data object %s: value over %d bytes", label,
-                                   TOKEN_DATA_VALUE_MAX)
-                    : rv_error(rv, "C_GetAttributeValue(CKA_VALUE)");
-            goto failed;
-        }
-        ret[i].len = len;
-    }
-    *ret_n = n;
-    goto done;
-failed:
-    data_session_failed(t);
-done:
+        data_session_failed(t);
+    else
+        *ret_n = n - gone;
     pthread_mutex_unlock(&t->data_lock);
     return r;
 }

@@ -256,14 +256,16 @@ static int anchor_publish(Witness *w, Token *t, const AnchorKey *k, const Witnes
     size_t n = 0;
     if ((r = anchors_read(t, k, a, &n)) < 0)
         return r;
-    bool ours = false;
+    bool ours = false, moved_on = false;
     for (size_t i = 0; i < n; i++) {
         if (anchor_is(&a[i], st->database_id, st->generation, st->digest)) {
             ours = true;
             continue;
         }
-        if (a[i].generation > st->generation && descends(w, st, &a[i]))
-            continue; /* another process on this database moved on from this batch */
+        if (a[i].generation > st->generation && descends(w, st, &a[i])) {
+            moved_on = true; /* another process on this database moved on from this batch */
+            continue;
+        }
         if (a[i].generation > st->generation)
             return lv_error_set(-EAGAIN,
                                 "witness database %s: the anchor moved on to generation %" PRId64
@@ -286,7 +288,8 @@ static int anchor_publish(Witness *w, Token *t, const AnchorKey *k, const Witnes
                                 w->path, st->database_id, a[i].database_id, st->generation);
         }
     }
-    if (!ours)
+    /* Ours may be gone already: pruned by the process that moved on. */
+    if (!ours && !moved_on)
         return lv_error_set(LV_ERR_TOKEN, "the witness anchor just written is not on the token");
     anchors_prune(t, a, n, st->generation);
     return 0;

@@ -16,7 +16,8 @@ import time
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from lvtest import LV_BIN, Vault, run
+import lvtest
+from lvtest import LV_BIN, run
 
 RECEIPT_DOMAIN = b"attesto.local-vault.witness-receipt.v1"
 FORK_DOMAIN = b"attesto.local-vault.fork-evidence.v1"
@@ -66,6 +67,16 @@ def volume_env(env):
     return env
 
 
+class Vault(lvtest.Vault):
+    """lvtest.Vault, with a copy of its token taken right after the keys were
+    made, before any witness state was anchored on it (for DbView)."""
+
+    def __init__(self, tmp, keys=True, label="attesto"):
+        super().__init__(tmp, keys=keys, label=label)
+        self.pristine = os.path.join(self.dir, "token-pristine")
+        shutil.copytree(self.env["LV_TOKEN_DIR"], self.pristine)
+
+
 class DbView:
     """A copy of the token (same keys, made once, fast to copy) with its own
     witness database: tests that share one token (slow to make in the ASan
@@ -74,8 +85,9 @@ class DbView:
 
     def __init__(self, vault, name):
         self.dir = vault.dir
-        self.env = dict(token_copy(vault, f"view-{name}"), ATTESTO_LOCAL_VAULT_WITNESS_DB=os.path.join(
-            vault.dir, f"witness-{name}.sqlite3"))
+        self.env = dict(token_copy(vault, f"view-{name}", source=vault.pristine),
+                        ATTESTO_LOCAL_VAULT_WITNESS_DB=os.path.join(vault.dir,
+                                                                    f"witness-{name}.sqlite3"))
         self.env["LV_TOKEN_DIR"] = os.path.join(vault.dir, f"token-view-{name}")
 
     def run(self, args, **kw):
@@ -272,16 +284,18 @@ def make_submitter(kind, vault):
     return CliSubmitter(vault) if kind == "cli" else HttpSubmitter(vault)
 
 
-def token_copy(vault, name):
+def token_copy(vault, name, source=None):
     """An environment using a copy of the vault's token (same keys, same
-    PIN). SoftHSM rewrites its token file at every C_Login, so processes
-    that log in concurrently, or that are killed at random moments, each get
-    their own copy: a hardware token has no such file to tear."""
+    PIN), or of source (a copy of it). SoftHSM rewrites its token file at
+    every C_Login, so processes that log in concurrently, or that are killed
+    at random moments, each get their own copy: a hardware token has no such
+    file to tear. A copy also carries the witness anchors of the token
+    (docs/witness.md, "The anchor")."""
     src = vault.env["LV_TOKEN_DIR"]
     dst = os.path.join(vault.dir, f"token-{name}")
     if os.path.exists(dst):
         shutil.rmtree(dst)
-    shutil.copytree(src, dst)
+    shutil.copytree(source or src, dst)
     conf = os.path.join(dst, "softhsm2.conf")
     with open(conf) as f:
         text = f.read().replace(src, dst)
