@@ -39,6 +39,9 @@
  *                  bit of its output is flipped, as a faulty token that
  *                  answers CKR_OK with a wrong result (a size query, with no
  *                  output buffer, uses the rule up and changes nothing)
+ *   stall          the call waits 5 s before it goes on (to the fault, or
+ *                  with RV CKR_OK to the real module): a test kills the
+ *                  process while it stands exactly there
  * RV CKR_OK makes a rule an effect without a fault: the effect happens, then
  * the call reaches the real module and answers what it answers (a login lost
  * between two calls, which only the next call reveals).
@@ -84,10 +87,11 @@ typedef enum {
     EFFECT_LOGOUT,
     EFFECT_CLOSE_ALL,
     EFFECT_CORRUPT_OUTPUT,
+    EFFECT_STALL,
 } Effect;
 
-static const char *const effect_names[] = {"auto",   "none",      "close-session",
-                                           "logout", "close-all", "corrupt-output"};
+static const char *const effect_names[] = {"auto",      "none",           "close-session", "logout",
+                                           "close-all", "corrupt-output", "stall"};
 
 typedef struct Rule {
     char func[48];
@@ -374,7 +378,7 @@ static bool wildcard_ok(const char *func)
 static void apply_effect(Effect e, bool has_session, CK_SESSION_HANDLE session, bool has_slot,
                          CK_SLOT_ID slot)
 {
-    if (e == EFFECT_NONE || e == EFFECT_CORRUPT_OUTPUT)
+    if (e == EFFECT_NONE || e == EFFECT_CORRUPT_OUTPUT || e == EFFECT_STALL)
         return;
     pthread_rwlock_wrlock(&calls);
     switch (e) {
@@ -429,7 +433,7 @@ static void apply_effect(Effect e, bool has_session, CK_SESSION_HANDLE session, 
 static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session, bool has_slot,
                    CK_SLOT_ID slot, CK_RV *ret_rv, bool *ret_corrupt)
 {
-    bool fire = false;
+    bool fire = false, stall = false;
     pthread_mutex_lock(&lock);
     refresh_rules();
     for (size_t i = 0; i < nrules && !fire; i++) {
@@ -446,9 +450,12 @@ static bool inject(const char *func, bool has_session, CK_SESSION_HANDLE session
         apply_effect(r->effect, has_session, session, has_slot, slot);
         if (r->effect == EFFECT_CORRUPT_OUTPUT && ret_corrupt)
             *ret_corrupt = true;
+        stall = stall || r->effect == EFFECT_STALL;
         log_line("%d %s %s %s\n", (int)getpid(), func, code_name(r->rv), effect_names[r->effect]);
     }
     pthread_mutex_unlock(&lock);
+    if (stall)
+        sleep(5);
     return fire;
 }
 

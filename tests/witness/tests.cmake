@@ -14,3 +14,4 @@ lv_add_pytest(witness_verify ${CMAKE_CURRENT_LIST_DIR}/test_witness_verify.py LA
 lv_add_pytest(witness_hostile ${CMAKE_CURRENT_LIST_DIR}/test_witness_hostile.py LABELS witness)
 lv_add_pytest(witness_tenants ${CMAKE_CURRENT_LIST_DIR}/test_witness_tenants.py LABELS witness)
 lv_add_cmocka(witness_tenants_parser ${CMAKE_CURRENT_LIST_DIR}/test_witness_tenants.c LABELS witness)
+lv_add_pytest(witness_anchor ${CMAKE_CURRENT_LIST_DIR}/test_witness_anchor.py LABELS witness)
