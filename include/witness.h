@@ -228,6 +228,7 @@ int witness_verify_document(const char *doc, size_t len, const uint8_t *expected
  * summary's members (but "valid" and "kind") to ret. */
 bool witness_receipt_match(const cJSON *doc);
 bool witness_fork_match(const cJSON *doc);
+bool witness_adoption_match(const cJSON *doc);
 int witness_verify_check(const char *text, size_t len, const uint8_t pk[32], cJSON *ret);
 
 /* ---- the witness as a service (witness-serve) ------------------------------------------------ */

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* verify: offline verification of a signed document (a relay envelope, a
- * witness receipt, fork evidence) against the public keys given, or of a
- * proof bundle line by line (--bundle). */
+ * witness receipt, fork evidence, a state adoption) against the public keys
+ * given, or of a proof bundle line by line (--bundle). */
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -53,6 +53,7 @@ static const DocKind doc_kinds[] = {
     {"relay_envelope", envelope_match, envelope_check},
     {"witness_receipt", witness_receipt_match, witness_verify_check},
     {"fork_evidence", witness_fork_match, witness_verify_check},
+    {"state_adoption", witness_adoption_match, witness_verify_check},
 };
 
 static int read_public_key(const char *arg, uint8_t pk[32])
@@ -301,12 +302,10 @@ int verify_main(const Config *cfg, int argc, char **argv)
         if (doc_kinds[i].match(doc))
             kind = &doc_kinds[i];
     if (!kind)
-        return cli_fail(
-            verb,
-            lv_error_set(
-                LV_ERR_INPUT,
-                "%s: not a document verify knows (relay envelope, witness receipt, fork evidence)",
-                path));
+        return cli_fail(verb, lv_error_set(LV_ERR_INPUT,
+                                           "%s: not a document verify knows (relay envelope, "
+                                           "witness receipt, fork evidence, state adoption)",
+                                           path));
     _cleanup_cjson_ cJSON *out = cJSON_CreateObject();
     cJSON_AddBoolToObject(out, "valid", true);
     cJSON_AddStringToObject(out, "kind", kind->name);

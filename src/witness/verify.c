@@ -89,6 +89,51 @@ static int check_receipt_statement(const cJSON *s)
     return 0;
 }
 
+/* A database's state in a state_adoption statement (anchor.c). */
+static int check_state(const cJSON *o, const char *path)
+{
+    static const char *const names[] = {"database_id", "generation", "digest"};
+    const char *v;
+    int64_t gen;
+    int r;
+    if (!cJSON_IsObject(o))
+        return lv_error_set(LV_ERR_INPUT, "%s: must be an object", path);
+    if ((r = exact_members(o, path, names, ELEMENTSOF(names))) < 0 ||
+        (r = want_str(o, path, "database_id", &v)) < 0)
+        return r;
+    if (!is_lower_hex(v, WITNESS_DATABASE_ID_LEN))
+        return lv_error_set(LV_ERR_INPUT, "%s.database_id: must be %d lowercase hex digits", path,
+                            WITNESS_DATABASE_ID_LEN);
+    if ((r = want_seq(o, path, "generation", &gen)) < 0 ||
+        (r = want_hash(o, path, "digest", false, &v)) < 0)
+        return r;
+    return 0;
+}
+
+static int check_adoption_statement(const cJSON *s, const char **ret_cause)
+{
+    static const char *const names[] = {"kind",     "adopted_at",      "cause",
+                                        "database", "previous_anchor", "adopted_generation"};
+    const char *path = "statement", *cause;
+    int64_t gen;
+    int r;
+    if ((r = exact_members(s, path, names, ELEMENTSOF(names))) < 0 ||
+        (r = want_time(s, path, "adopted_at")) < 0 || (r = want_str(s, path, "cause", &cause)) < 0)
+        return r;
+    if (strcmp(cause, "state_rollback") != 0 && strcmp(cause, "foreign_database") != 0 &&
+        strcmp(cause, "none") != 0)
+        return lv_error_set(LV_ERR_INPUT, "statement.cause: must be state_rollback, "
+                                          "foreign_database or none");
+    const cJSON *prev = cJSON_GetObjectItemCaseSensitive(s, "previous_anchor");
+    if ((r = check_state(cJSON_GetObjectItemCaseSensitive(s, "database"), "statement.database")) <
+            0 ||
+        (!cJSON_IsNull(prev) && (r = check_state(prev, "statement.previous_anchor")) < 0) ||
+        (r = want_seq(s, path, "adopted_generation", &gen)) < 0)
+        return r;
+    *ret_cause = cause;
+    return 0;
+}
+
 typedef struct Cp {
     const char *id, *hash, *prev;
     int64_t seq;
@@ -225,9 +270,15 @@ int witness_verify_document(const char *text, size_t len, const uint8_t *expecte
             return lv_error_set(LV_ERR_INPUT, "result: fork evidence must be \"fork_evidence\"");
         domain = WITNESS_FORK_DOMAIN;
         r = check_fork_statement(st, &reason);
+    } else if (strcmp(kind, "state_adoption") == 0) {
+        if (strcmp(result, "state_adoption") != 0)
+            return lv_error_set(LV_ERR_INPUT, "result: a state adoption must be "
+                                              "\"state_adoption\"");
+        domain = WITNESS_ADOPTION_DOMAIN;
+        r = check_adoption_statement(st, &reason);
     } else
-        return lv_error_set(LV_ERR_INPUT, "statement.kind: must be witness_receipt or "
-                                          "fork_evidence");
+        return lv_error_set(LV_ERR_INPUT, "statement.kind: must be witness_receipt, "
+                                          "fork_evidence or state_adoption");
     if (r < 0)
         return r;
     if ((r = exact_members(sig, "signature", sig_names, ELEMENTSOF(sig_names))) < 0 ||
@@ -281,7 +332,25 @@ int witness_verify_document(const char *text, size_t len, const uint8_t *expecte
                             "signature: does not verify over \"%s\" 0x0A "
                             "JCS(statement) with public_key_hex",
                             domain);
-    if (ret_summary) {
+    if (ret_summary && strcmp(kind, "state_adoption") == 0) {
+        const cJSON *db = cJSON_GetObjectItemCaseSensitive(st, "database");
+        cJSON *s = cJSON_CreateObject();
+        if (!s || !cJSON_AddTrueToObject(s, "valid") || !witness_json_str(s, "kind", kind) ||
+            !witness_json_str(s, "result", result) ||
+            !witness_json_str(s, "adopted_at", get_str(st, "adopted_at")) ||
+            !witness_json_str(s, "cause", reason) ||
+            !witness_json_str(s, "database_id", get_str(db, "database_id")) ||
+            !witness_json_int(
+                s, "adopted_generation",
+                (int64_t)cJSON_GetObjectItemCaseSensitive(st, "adopted_generation")->valuedouble) ||
+            !witness_json_str(s, "statement_hash", sh) || !witness_json_str(s, "kid", pk_kid) ||
+            !witness_json_str(s, "public_key_hex", pk_hex) ||
+            !cJSON_AddBoolToObject(s, "key_pinned", expected_pk != NULL)) {
+            cJSON_Delete(s);
+            return -ENOMEM;
+        }
+        *ret_summary = s;
+    } else if (ret_summary) {
         cJSON *s = cJSON_CreateObject();
         const cJSON *seq = cJSON_GetObjectItemCaseSensitive(
             strcmp(kind, "witness_receipt") == 0
@@ -321,6 +390,11 @@ bool witness_receipt_match(const cJSON *doc)
 bool witness_fork_match(const cJSON *doc)
 {
     return statement_kind_is(doc, "fork_evidence");
+}
+
+bool witness_adoption_match(const cJSON *doc)
+{
+    return statement_kind_is(doc, "state_adoption");
 }
 
 int witness_verify_check(const char *text, size_t len, const uint8_t pk[32], cJSON *ret)
