@@ -11,7 +11,7 @@ _attesto_local_vault_globals="--spool-db --witness-db --installation-id --witnes
 _attesto_local_vault_global_flags=" --json --help --version "
 
 _attesto_local_vault_verbs="keys public-key enqueue status list show dead-letter purge retry-now verify
-  drain-once drain-loop witness-checkpoint witness-serve witness-forks doctor receipts spool"
+  drain-once drain-loop witness-checkpoint witness-serve witness-forks witness-state doctor receipts spool"
 
 # The options of a verb (or of "verb sub").
 _attesto_local_vault_verb_options() {
@@ -38,6 +38,8 @@ _attesto_local_vault_verb_options() {
     witness-serve) echo "--listen --threads --max-body-bytes --rate-limit --rate-burst --idle-exit
         --max-connections --max-connections-per-peer --request-timeout --help" ;;
     witness-forks) echo "--tenant-id --stream-id --json --help" ;;
+    "witness-state show") echo "--json --help" ;;
+    "witness-state adopt") echo "--confirm --help" ;;
     doctor) echo "--json --connect-timeout-ms --timeout-ms --help" ;;
     "spool deks" | "spool rotate-dek") echo "--json --help" ;;
     "spool rekey") echo "--batch --json --help" ;;
@@ -52,6 +54,7 @@ _attesto_local_vault_subcommands() {
     dead-letter) echo "list requeue" ;;
     receipts) echo "export" ;;
     spool) echo "deks rotate-dek rekey rewrap-kek" ;;
+    witness-state) echo "show adopt" ;;
     esac
 }
 
@@ -59,7 +62,7 @@ _attesto_local_vault_subcommands() {
 # completion of options after them.
 _attesto_local_vault_takes_value() {
     case $1 in
-    --json | --help | --version | --include-payload | --payload | --all) return 1 ;;
+    --json | --help | --version | --include-payload | --payload | --all | --confirm) return 1 ;;
     --*) return 0 ;;
     esac
     return 1

@@ -97,7 +97,8 @@ def test_every_option_a_verb_parses_is_offered_for_some_verb():
 
 
 SUBCOMMANDS = {"keys": ["init"], "dead-letter": ["list", "requeue"],
-               "spool": ["deks", "rotate-dek", "rekey", "rewrap-kek"], "receipts": ["export"]}
+               "spool": ["deks", "rotate-dek", "rekey", "rewrap-kek"], "receipts": ["export"],
+               "witness-state": ["show", "adopt"]}
 
 
 @pytest.mark.parametrize("verb", source_verbs())
@@ -150,6 +151,8 @@ def test_subcommands_and_values():
     assert complete("dead-letter", "requeue", "--") == ["--all", "--help"]
     assert complete("spool", "") == ["deks", "rekey", "rewrap-kek", "rotate-dek"]
     assert complete("spool", "rekey", "--") == ["--batch", "--help", "--json"]
+    assert complete("witness-state", "") == ["adopt", "show"]
+    assert complete("witness-state", "adopt", "--") == ["--confirm", "--help"]
     assert complete("list", "--state", "d") == ["dead_letter"]
     assert complete("public-key", "--format", "") == ["hex", "json", "pem"]
     assert complete("--log-level", "") == ["debug", "error", "info", "notice", "warning"]
