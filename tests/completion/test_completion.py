@@ -75,7 +75,8 @@ def test_every_verb_of_the_table_completes():
 
 def test_verbs_complete_by_prefix():
     assert complete("dr") == ["drain-loop", "drain-once"]
-    assert complete("witness-") == ["witness-checkpoint", "witness-forks", "witness-serve"]
+    assert complete("witness-") == ["witness-checkpoint", "witness-forks", "witness-serve",
+                                    "witness-state"]
 
 
 def test_every_global_option_completes():
@@ -90,7 +91,8 @@ def test_every_option_a_verb_parses_is_offered_for_some_verb():
     for verb in source_verbs():
         offered |= set(verb_options(verb))
     for sub in ("keys init", "dead-letter list", "dead-letter requeue", "spool deks",
-                "spool rotate-dek", "spool rekey", "spool rewrap-kek", "receipts export"):
+                "spool rotate-dek", "spool rekey", "spool rewrap-kek", "receipts export",
+                "witness-state show", "witness-state adopt"):
         offered |= set(verb_options(sub))
     missing = source_verb_options() - offered
     assert not missing, f"options parsed in src/cli_*.c but not completed: {sorted(missing)}"
