@@ -33,6 +33,10 @@ struct Witness {
      * integrity or token error from the anchor check), 0 when it may. */
     int refuse;
     char refuse_detail[1024];
+    /* The state this process last saw anchored (anchor.c): a batch that
+     * finds the database still there skips reading the anchors before it
+     * signs; the read after its COMMIT still decides whether it answers. */
+    struct WitnessState *anchored;
 };
 
 /* anchor.c: the state anchored on the token (docs/witness.md). */

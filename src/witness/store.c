@@ -212,6 +212,7 @@ Witness *witness_close(Witness *w)
     db_close(w->db);
     witness_verifier_free(w->verifier);
     free(w->pk_json);
+    free(w->anchored);
     free(w);
     return NULL;
 }
