@@ -334,7 +334,8 @@ static int state_show(const char *verb, const Config *cfg, bool json)
         return ec;
     Witness *w = NULL;
     cJSON *o = NULL;
-    int r = witness_open(cfg->witness_db, 0, &w);
+    /* Looking creates nothing: a missing database is reported, not made. */
+    int r = witness_open(cfg->witness_db, WITNESS_OPEN_READONLY, &w);
     if (r >= 0)
         r = witness_state_show(w, t, &o);
     w = witness_close(w);

@@ -300,7 +300,10 @@ static bool descends(Witness *w, const WitnessState *st, const Anchor *top)
     WitnessState now;
     char digest[WITNESS_HASH_HEX_LEN + 1] = "";
     bool ok = false;
-    if (db_exec(w->db, "BEGIN") < 0)
+    /* In the roll-forward of witness_anchor_check the write transaction is
+     * open already: read inside it, and leave it open. */
+    bool own = sqlite3_get_autocommit(db_handle(w->db));
+    if (own && db_exec(w->db, "BEGIN") < 0)
         return false;
     _cleanup_finalize_ sqlite3_stmt *s = NULL;
     if (db_prepare(w->db, "SELECT digest FROM generations WHERE generation = ?1", &s) >= 0) {
@@ -314,7 +317,8 @@ static bool descends(Witness *w, const WitnessState *st, const Anchor *top)
         ok = (now.generation == top->generation && strcmp(now.digest, top->digest) == 0) ||
              (now.generation == top->generation + 1 &&
               strcmp(now.previous_digest, top->digest) == 0);
-    sqlite3_exec(db_handle(w->db), "ROLLBACK", NULL, NULL, NULL);
+    if (own)
+        sqlite3_exec(db_handle(w->db), "ROLLBACK", NULL, NULL, NULL);
     lv_error_clear();
     return ok;
 }
