@@ -112,7 +112,6 @@ static const char schema_v2[] =
     "  SELECT witness_id, tenant_id, substr(detected_at, 1, 10) FROM fork_evidence)"
     " GROUP BY witness_id, tenant_id, day;";
 
-
 /* Schema 3: the state anchored on the token (anchor.c). The database's
  * random id (SQLite's randomblob draws from the OS), the generation of the
  * last committed batch, the digest chaining every statement stored since,
