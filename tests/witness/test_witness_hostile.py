@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from witnesslib import ASAN, Server, Vault, h, request_body
+from witnesslib import ASAN, Server, UnixHTTPConnection, Vault, h, request_body
 
 IDLE, SLOW = 1000, 300      # the figures
 PER_PEER = 16
@@ -53,17 +53,6 @@ def setup_module():
 @pytest.fixture(scope="module")
 def vault(tmp_path_factory):
     return Vault(tmp_path_factory.mktemp("hostile"))
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path, timeout):
-        super().__init__("localhost", timeout=timeout)
-        self.path = path
-
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
 
 
 class Attack:
